@@ -1,0 +1,3 @@
+from depth_common.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""One command-line entry point: ``python -m depth_common <command> --params params.yaml --set k=v``.
+
+Each command is a small function that loads the params once and calls the library; heavy
+imports (torch, mlflow, tritonclient) happen inside the command so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from depth_common.config import ConfigError, Params, load_params
+from depth_common.errors import DataError
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(args.params, args.set or ())
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``128x256`` → (128, 256) (height x width, pixels)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 128x256") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: sizes must be positive")
+    return h, w
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from depth_common.synthetic import generate_cityscapes
+
+    summary = generate_cityscapes(args.out, cities=args.cities, per_split=args.per_split,
+                                  size=args.size, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from depth_common.data.preprocess import preprocess_dataset
+
+    params = _params(args)
+    manifest = preprocess_dataset(args.raw or params.data.raw_dir,
+                                  args.out or params.data.processed_dir, params.data)
+    print(json.dumps(manifest["counts"], indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from depth_common.train import train
+
+    params = _params(args)
+    result = train(params, args.data or params.data.processed_dir,
+                   args.out or params.training.checkpoint_dir, resume=args.resume)
+    print(f"best checkpoint: {result.checkpoint_path}")
+    print(json.dumps(result.best_val, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from depth_common.evaluate import evaluate, format_metrics_table
+
+    params = _params(args)
+    result = evaluate(args.checkpoint, args.data or params.data.processed_dir, params,
+                      split=args.split, out_dir=args.out, run_id=args.run_id)
+    print(format_metrics_table(result.metrics))
+    print(f"report: {result.report_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from depth_common.predict import predict_files
+
+    for out in predict_files(args.checkpoint, args.images, args.out):
+        print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m depth_common",
+                                     description="Monocular depth: data, training, export, serving.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
+                params: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if params:
+            p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+            p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                           help="override one param (repeatable), e.g. training.epochs=2")
+        p.set_defaults(func=fn)
+        return p
+
+    p = command("synth", cmd_synth, "write a synthetic Cityscapes-format dataset", params=False)
+    p.add_argument("--out", required=True, help="output root (leftImg8bit/, disparity/, camera/)")
+    p.add_argument("--cities", type=int, default=2)
+    p.add_argument("--per-split", type=int, default=8, help="images per city per split")
+    p.add_argument("--size", type=_size, default=(128, 256), help="HEIGHTxWIDTH (default 128x256)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("preprocess", cmd_preprocess, "resize RGB, convert disparity to metric depth (.npy)")
+    p.add_argument("--raw", help="raw dataset root (default: data.raw_dir)")
+    p.add_argument("--out", help="processed output root (default: data.processed_dir)")
+
+    p = command("train", cmd_train, "train the DPT; best checkpoint by val RMSE, logged to MLflow")
+    p.add_argument("--data", help="processed dataset root (default: data.processed_dir)")
+    p.add_argument("--out", help="checkpoint directory (default: training.checkpoint_dir)")
+    p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
+
+    p = command("evaluate", cmd_evaluate, "evaluate a checkpoint: metrics.json, HTML report, MLflow test_*")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="processed dataset root (default: data.processed_dir)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="reports", help="directory for metrics.json and report.html")
+    p.add_argument("--run-id", help="MLflow run to log test_* metrics to (default: the checkpoint's)")
+
+    p = command("predict", cmd_predict, "image files → colourised depth PNG + .npy (metres)", params=False)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="predictions")
+    p.add_argument("images", nargs="+")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
