@@ -286,8 +286,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return value
     if origin is tuple:
         args = typing.get_args(tp)
-        if key.endswith(".img_size") and isinstance(value, int) and not isinstance(value, bool):
-            value = [value, value]  # a square size given as one int
+        if key.endswith(".img_size"):
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = [value, value]  # a square size given as one int
+            _check(isinstance(value, list | tuple) and len(value) == 2, key, value,
+                   "an integer or [height, width]")
         _check(isinstance(value, list | tuple), key, value, "a list")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
