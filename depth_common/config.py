@@ -46,20 +46,32 @@ class DataConfig:
     focal_length: float = 2262.52
 
     def _validate(self, p: str) -> None:
-        _check(self.layout in ("auto", "cityscapes", "seed"), f"{p}.layout", self.layout,
-               "one of auto, cityscapes, seed")
-        _check(all(s > 0 for s in self.img_size), f"{p}.img_size", self.img_size,
-               "positive sizes")
+        _check(
+            self.layout in ("auto", "cityscapes", "seed"),
+            f"{p}.layout",
+            self.layout,
+            "one of auto, cityscapes, seed",
+        )
+        _check(all(s > 0 for s in self.img_size), f"{p}.img_size", self.img_size, "positive sizes")
         _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
         _check(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, "an integer >= 0")
-        _check(self.num_cities is None or self.num_cities >= 1, f"{p}.num_cities",
-               self.num_cities, "null or an integer >= 1")
+        _check(
+            self.num_cities is None or self.num_cities >= 1,
+            f"{p}.num_cities",
+            self.num_cities,
+            "null or an integer >= 1",
+        )
         _check(self.min_depth > 0, f"{p}.min_depth", self.min_depth, "a number > 0 (metres)")
-        _check(self.max_depth > self.min_depth, f"{p}.max_depth", self.max_depth,
-               f"a number > data.min_depth ({self.min_depth})")
+        _check(
+            self.max_depth > self.min_depth,
+            f"{p}.max_depth",
+            self.max_depth,
+            f"a number > data.min_depth ({self.min_depth})",
+        )
         _check(self.baseline > 0, f"{p}.baseline", self.baseline, "a number > 0 (metres)")
-        _check(self.focal_length > 0, f"{p}.focal_length", self.focal_length,
-               "a number > 0 (pixels)")
+        _check(
+            self.focal_length > 0, f"{p}.focal_length", self.focal_length, "a number > 0 (pixels)"
+        )
 
 
 @dataclass(frozen=True)
@@ -72,11 +84,20 @@ class ModelConfig:
 
     def _validate(self, p: str) -> None:
         _check(bool(self.encoder), f"{p}.encoder", self.encoder, "a timm ViT model name")
-        _check(self.decoder_features >= 8, f"{p}.decoder_features", self.decoder_features,
-               "an integer >= 8")
-        _check(len(self.hooks) == 4 and all(h >= 0 for h in self.hooks)
-               and list(self.hooks) == sorted(set(self.hooks)), f"{p}.hooks", list(self.hooks),
-               "four increasing block indices >= 0")
+        _check(
+            self.decoder_features >= 8,
+            f"{p}.decoder_features",
+            self.decoder_features,
+            "an integer >= 8",
+        )
+        _check(
+            len(self.hooks) == 4
+            and all(h >= 0 for h in self.hooks)
+            and list(self.hooks) == sorted(set(self.hooks)),
+            f"{p}.hooks",
+            list(self.hooks),
+            "four increasing block indices >= 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -105,26 +126,47 @@ class TrainingConfig:
 
     def _validate(self, p: str) -> None:
         _check(self.epochs >= 0, f"{p}.epochs", self.epochs, "an integer >= 0")
-        for name in ("encoder_lr", "decoder_lr", "weight_decay", "grad_clip", "si_weight",
-                     "grad_weight"):
+        for name in (
+            "encoder_lr",
+            "decoder_lr",
+            "weight_decay",
+            "grad_clip",
+            "si_weight",
+            "grad_weight",
+        ):
             v = getattr(self, name)
             _check(v >= 0, f"{p}.{name}", v, "a number >= 0")
-        _check(0.0 <= self.si_lambda <= 1.0, f"{p}.si_lambda", self.si_lambda,
-               "a number in [0, 1]")
-        _check(self.warmup_epochs >= 0, f"{p}.warmup_epochs", self.warmup_epochs,
-               "an integer >= 0")
-        _check(self.scheduler in ("cosine", "constant"), f"{p}.scheduler", self.scheduler,
-               "one of cosine, constant")
+        _check(0.0 <= self.si_lambda <= 1.0, f"{p}.si_lambda", self.si_lambda, "a number in [0, 1]")
+        _check(self.warmup_epochs >= 0, f"{p}.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+        _check(
+            self.scheduler in ("cosine", "constant"),
+            f"{p}.scheduler",
+            self.scheduler,
+            "one of cosine, constant",
+        )
         _check(self.patience >= 1, f"{p}.patience", self.patience, "an integer >= 1")
-        _check(self.device in ("auto", "cpu", "cuda"), f"{p}.device", self.device,
-               "one of auto, cpu, cuda")
-        _check(self.max_train_batches is None or self.max_train_batches >= 1,
-               f"{p}.max_train_batches", self.max_train_batches, "null or an integer >= 1")
+        _check(
+            self.device in ("auto", "cpu", "cuda"),
+            f"{p}.device",
+            self.device,
+            "one of auto, cpu, cuda",
+        )
+        _check(
+            self.max_train_batches is None or self.max_train_batches >= 1,
+            f"{p}.max_train_batches",
+            self.max_train_batches,
+            "null or an integer >= 1",
+        )
         _check(self.num_nodes >= 1, f"{p}.num_nodes", self.num_nodes, "an integer >= 1")
-        _check(self.procs_per_node >= 1, f"{p}.procs_per_node", self.procs_per_node,
-               "an integer >= 1")
-        _check(self.launcher in ("trainjob", "pytorchjob"), f"{p}.launcher", self.launcher,
-               "one of trainjob, pytorchjob")
+        _check(
+            self.procs_per_node >= 1, f"{p}.procs_per_node", self.procs_per_node, "an integer >= 1"
+        )
+        _check(
+            self.launcher in ("trainjob", "pytorchjob"),
+            f"{p}.launcher",
+            self.launcher,
+            "one of trainjob, pytorchjob",
+        )
         _check(self.train_gpu >= 0, f"{p}.train_gpu", self.train_gpu, "an integer >= 0")
 
 
@@ -147,8 +189,12 @@ class AugmentationConfig:
             _check(v >= 0.0, f"{p}.{name}", v, "a number >= 0")
         _check(0.0 <= self.hue <= 0.5, f"{p}.hue", self.hue, "a number in [0, 0.5]")
         lo, hi = self.crop_scale
-        _check(0.0 < lo <= hi <= 1.0, f"{p}.crop_scale", list(self.crop_scale),
-               "[low, high] with 0 < low <= high <= 1")
+        _check(
+            0.0 < lo <= hi <= 1.0,
+            f"{p}.crop_scale",
+            list(self.crop_scale),
+            "[low, high] with 0 < low <= high <= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -159,8 +205,12 @@ class MlflowConfig:
     model_name: str = "ViT+Decoder"
 
     def _validate(self, p: str) -> None:
-        _check(bool(self.tracking_uri), f"{p}.tracking_uri", self.tracking_uri,
-               "an MLflow tracking URI (sqlite:///..., http://...)")
+        _check(
+            bool(self.tracking_uri),
+            f"{p}.tracking_uri",
+            self.tracking_uri,
+            "an MLflow tracking URI (sqlite:///..., http://...)",
+        )
         _check(bool(self.experiment), f"{p}.experiment", self.experiment, "a non-empty name")
         _check(bool(self.model_name), f"{p}.model_name", self.model_name, "a non-empty name")
 
@@ -170,8 +220,12 @@ class PromotionConfig:
     min_improvement: float = 0.0
 
     def _validate(self, p: str) -> None:
-        _check(self.min_improvement >= 0, f"{p}.min_improvement", self.min_improvement,
-               "a number >= 0 (metres of test RMSE)")
+        _check(
+            self.min_improvement >= 0,
+            f"{p}.min_improvement",
+            self.min_improvement,
+            "a number >= 0 (metres of test RMSE)",
+        )
 
 
 @dataclass(frozen=True)
@@ -196,23 +250,42 @@ class ExportConfig:
     def _validate(self, p: str) -> None:
         _check(13 <= self.opset <= 21, f"{p}.opset", self.opset, "an ONNX opset in [13, 21]")
         _check(self.parity_atol > 0, f"{p}.parity_atol", self.parity_atol, "a number > 0")
-        _check(1 <= self.trt_min_batch <= self.trt_opt_batch <= self.trt_max_batch,
-               f"{p}.trt_opt_batch", (self.trt_min_batch, self.trt_opt_batch,
-                                      self.trt_max_batch),
-               "1 <= trt_min_batch <= trt_opt_batch <= trt_max_batch")
-        _check(self.max_batch_size >= 1, f"{p}.max_batch_size", self.max_batch_size,
-               "an integer >= 1")
-        _check(all(1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes),
-               f"{p}.preferred_batch_sizes", list(self.preferred_batch_sizes),
-               f"sizes in [1, export.max_batch_size={self.max_batch_size}]")
-        _check(self.max_queue_delay_us >= 0, f"{p}.max_queue_delay_us",
-               self.max_queue_delay_us, "an integer >= 0 (microseconds)")
-        _check(self.instance_count >= 1, f"{p}.instance_count", self.instance_count,
-               "an integer >= 1")
-        _check(bool(self.triton_model_name) and "/" not in self.triton_model_name,
-               f"{p}.triton_model_name", self.triton_model_name, "a model name without '/'")
-        _check(self.hf_repo_id == "" or self.hf_repo_id.count("/") == 1,
-               f"{p}.hf_repo_id", self.hf_repo_id, "'' (skip) or 'owner/name'")
+        _check(
+            1 <= self.trt_min_batch <= self.trt_opt_batch <= self.trt_max_batch,
+            f"{p}.trt_opt_batch",
+            (self.trt_min_batch, self.trt_opt_batch, self.trt_max_batch),
+            "1 <= trt_min_batch <= trt_opt_batch <= trt_max_batch",
+        )
+        _check(
+            self.max_batch_size >= 1, f"{p}.max_batch_size", self.max_batch_size, "an integer >= 1"
+        )
+        _check(
+            all(1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes),
+            f"{p}.preferred_batch_sizes",
+            list(self.preferred_batch_sizes),
+            f"sizes in [1, export.max_batch_size={self.max_batch_size}]",
+        )
+        _check(
+            self.max_queue_delay_us >= 0,
+            f"{p}.max_queue_delay_us",
+            self.max_queue_delay_us,
+            "an integer >= 0 (microseconds)",
+        )
+        _check(
+            self.instance_count >= 1, f"{p}.instance_count", self.instance_count, "an integer >= 1"
+        )
+        _check(
+            bool(self.triton_model_name) and "/" not in self.triton_model_name,
+            f"{p}.triton_model_name",
+            self.triton_model_name,
+            "a model name without '/'",
+        )
+        _check(
+            self.hf_repo_id == "" or self.hf_repo_id.count("/") == 1,
+            f"{p}.hf_repo_id",
+            self.hf_repo_id,
+            "'' (skip) or 'owner/name'",
+        )
 
 
 @dataclass(frozen=True)
@@ -225,8 +298,9 @@ class DeployConfig:
     timeout_s: int = 600
 
     def _validate(self, p: str) -> None:
-        _check(self.target in ("local", "kserve"), f"{p}.target", self.target,
-               "one of local, kserve")
+        _check(
+            self.target in ("local", "kserve"), f"{p}.target", self.target, "one of local, kserve"
+        )
         _check(self.timeout_s >= 1, f"{p}.timeout_s", self.timeout_s, "an integer >= 1")
 
 
@@ -278,8 +352,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
         return value
     if tp is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, value,
-               "a number")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool), key, value, "a number"
+        )
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, value, "a string")
@@ -289,13 +364,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if key.endswith(".img_size"):
             if isinstance(value, int) and not isinstance(value, bool):
                 value = [value, value]  # a square size given as one int
-            _check(isinstance(value, list | tuple) and len(value) == 2, key, value,
-                   "an integer or [height, width]")
+            _check(
+                isinstance(value, list | tuple) and len(value) == 2,
+                key,
+                value,
+                "an integer or [height, width]",
+            )
         _check(isinstance(value, list | tuple), key, value, "a list")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
         _check(len(value) == len(args), key, value, f"a list of {len(args)} values")
-        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            _coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     raise TypeError(f"unsupported annotation {tp} for {key}")  # a bug in this module
 
 
@@ -306,8 +387,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            _fail(f"{prefix}.{key}" if prefix else str(key), raw[key],
-                  f"no such key; known keys: {', '.join(sorted(known))}")
+            _fail(
+                f"{prefix}.{key}" if prefix else str(key),
+                raw[key],
+                f"no such key; known keys: {', '.join(sorted(known))}",
+            )
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
@@ -339,13 +423,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def params_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Params:
-    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v
-                              for k, v in raw.items()}
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
     for text in overrides:
         (section, key), value = parse_override(text)
         if section not in {f.name for f in dataclasses.fields(Params)}:
-            raise ConfigError(f"{section}.{key}: no such section; known sections: "
-                              + ", ".join(f.name for f in dataclasses.fields(Params)))
+            raise ConfigError(
+                f"{section}.{key}: no such section; known sections: "
+                + ", ".join(f.name for f in dataclasses.fields(Params))
+            )
         sec = merged.setdefault(section, {})
         if not isinstance(sec, dict):
             _fail(section, sec, "a mapping of keys")

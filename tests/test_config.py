@@ -36,8 +36,15 @@ def test_params_yaml_lists_every_field():
 
 
 def test_overrides_parse_yaml_values():
-    p = load_params(ROOT / "params.yaml", ["training.epochs=2", "data.img_size=[64, 128]",
-                                            "model.pretrained=false", "data.num_cities=null"])
+    p = load_params(
+        ROOT / "params.yaml",
+        [
+            "training.epochs=2",
+            "data.img_size=[64, 128]",
+            "model.pretrained=false",
+            "data.num_cities=null",
+        ],
+    )
     assert p.training.epochs == 2
     assert p.data.img_size == (64, 128)
     assert p.model.pretrained is False
@@ -65,7 +72,10 @@ def test_params_are_frozen_and_round_trip():
         ("training.epochs=two", "training.epochs: got 'two', expected an integer"),
         ("training.epoch=1", "training.epoch: got 1, expected no such key"),
         ("trainin.epochs=1", "trainin.epochs: no such section"),
-        ("data.img_size=[1,2,3]", "data.img_size: got [1, 2, 3], expected an integer or [height, width]"),
+        (
+            "data.img_size=[1,2,3]",
+            "data.img_size: got [1, 2, 3], expected an integer or [height, width]",
+        ),
         ("data.img_size=abc", "data.img_size: got 'abc', expected an integer or [height, width]"),
         ("data.max_depth=0", "data.max_depth: got 0.0"),
         ("model.pretrained=maybe", "model.pretrained: got 'maybe', expected true or false"),
