@@ -24,7 +24,9 @@ def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 128x256") from None
+        raise argparse.ArgumentTypeError(
+            f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 128x256"
+        ) from None
     if h <= 0 or w <= 0:
         raise argparse.ArgumentTypeError(f"--size {text!r}: sizes must be positive")
     return h, w
@@ -33,8 +35,9 @@ def _size(text: str) -> tuple[int, int]:
 def cmd_synth(args: argparse.Namespace) -> int:
     from depth_common.synthetic import generate_cityscapes
 
-    summary = generate_cityscapes(args.out, cities=args.cities, per_split=args.per_split,
-                                  size=args.size, seed=args.seed)
+    summary = generate_cityscapes(
+        args.out, cities=args.cities, per_split=args.per_split, size=args.size, seed=args.seed
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -43,8 +46,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from depth_common.data.preprocess import preprocess_dataset
 
     params = _params(args)
-    manifest = preprocess_dataset(args.raw or params.data.raw_dir,
-                                  args.out or params.data.processed_dir, params.data)
+    manifest = preprocess_dataset(
+        args.raw or params.data.raw_dir, args.out or params.data.processed_dir, params.data
+    )
     print(json.dumps(manifest["counts"], indent=2))
     return 0
 
@@ -53,8 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from depth_common.train import train
 
     params = _params(args)
-    result = train(params, args.data or params.data.processed_dir,
-                   args.out or params.training.checkpoint_dir, resume=args.resume)
+    result = train(
+        params,
+        args.data or params.data.processed_dir,
+        args.out or params.training.checkpoint_dir,
+        resume=args.resume,
+    )
     print(f"best checkpoint: {result.checkpoint_path}")
     print(json.dumps(result.best_val, indent=2))
     return 0
@@ -64,8 +72,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from depth_common.evaluate import evaluate, format_metrics_table
 
     params = _params(args)
-    result = evaluate(args.checkpoint, args.data or params.data.processed_dir, params,
-                      split=args.split, out_dir=args.out, run_id=args.run_id)
+    result = evaluate(
+        args.checkpoint,
+        args.data or params.data.processed_dir,
+        params,
+        split=args.split,
+        out_dir=args.out,
+        run_id=args.run_id,
+    )
     print(format_metrics_table(result.metrics))
     print(f"report: {result.report_path}")
     return 0
@@ -80,17 +94,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m depth_common",
-                                     description="Monocular depth: data, training, export, serving.")
+    parser = argparse.ArgumentParser(
+        prog="python -m depth_common",
+        description="Monocular depth: data, training, export, serving.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
-                params: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str, params: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if params:
-            p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-            p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                           help="override one param (repeatable), e.g. training.epochs=2")
+            p.add_argument(
+                "--params", default="params.yaml", help="the params file (default: params.yaml)"
+            )
+            p.add_argument(
+                "--set",
+                action="append",
+                metavar="SECTION.KEY=VALUE",
+                help="override one param (repeatable), e.g. training.epochs=2",
+            )
         p.set_defaults(func=fn)
         return p
 
@@ -101,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(128, 256), help="HEIGHTxWIDTH (default 128x256)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = command("preprocess", cmd_preprocess, "resize RGB, convert disparity to metric depth (.npy)")
+    p = command(
+        "preprocess", cmd_preprocess, "resize RGB, convert disparity to metric depth (.npy)"
+    )
     p.add_argument("--raw", help="raw dataset root (default: data.raw_dir)")
     p.add_argument("--out", help="processed output root (default: data.processed_dir)")
 
@@ -110,14 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="checkpoint directory (default: training.checkpoint_dir)")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
 
-    p = command("evaluate", cmd_evaluate, "evaluate a checkpoint: metrics.json, HTML report, MLflow test_*")
+    p = command(
+        "evaluate", cmd_evaluate, "evaluate a checkpoint: metrics.json, HTML report, MLflow test_*"
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="processed dataset root (default: data.processed_dir)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", default="reports", help="directory for metrics.json and report.html")
-    p.add_argument("--run-id", help="MLflow run to log test_* metrics to (default: the checkpoint's)")
+    p.add_argument(
+        "--run-id", help="MLflow run to log test_* metrics to (default: the checkpoint's)"
+    )
 
-    p = command("predict", cmd_predict, "image files → colourised depth PNG + .npy (metres)", params=False)
+    p = command(
+        "predict", cmd_predict, "image files → colourised depth PNG + .npy (metres)", params=False
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions")
     p.add_argument("images", nargs="+")
