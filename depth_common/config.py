@@ -123,6 +123,15 @@ class TrainingConfig:
     sync_batchnorm: bool = False
     launcher: str = "trainjob"
     train_gpu: int = 0
+    micro_batch_size: int | None = None
+    dist_timeout_s: float = 1800.0
+    job_timeout_s: int = 86400
+    runtime: str = "torch-distributed"
+    node_selector: tuple[str, ...] = ()
+    tolerations: tuple[str, ...] = ()
+    shared_pvc: str = ""
+    mlflow_secret: str = ""
+    storage_secret: str = ""
 
     def _validate(self, p: str) -> None:
         _check(self.epochs >= 0, f"{p}.epochs", self.epochs, "an integer >= 0")
@@ -168,6 +177,18 @@ class TrainingConfig:
             "one of trainjob, pytorchjob",
         )
         _check(self.train_gpu >= 0, f"{p}.train_gpu", self.train_gpu, "an integer >= 0")
+        _check(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            f"{p}.micro_batch_size",
+            self.micro_batch_size,
+            "null or an integer >= 1",
+        )
+        _check(self.dist_timeout_s > 0, f"{p}.dist_timeout_s", self.dist_timeout_s, "seconds > 0")
+        _check(self.job_timeout_s >= 1, f"{p}.job_timeout_s", self.job_timeout_s, "seconds >= 1")
+        _check(bool(self.runtime), f"{p}.runtime", self.runtime, "a TrainingRuntime name")
+        for i, item in enumerate(self.node_selector):
+            k, eq, v = item.partition("=")
+            _check(bool(k) and eq == "=", f"{p}.node_selector[{i}]", item, "'key=value'")
 
 
 @dataclass(frozen=True)
