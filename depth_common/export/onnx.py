@@ -1,0 +1,289 @@
+"""Checkpoint → ``model.onnx`` with a parity gate against PyTorch.
+
+The exported graph takes ``image`` (float32 ``[batch, 3, H, W]``, ImageNet-normalised, see
+:func:`depth_common.data.transforms.prepare_image`) and returns ``depth`` (float32
+``[batch, 1, H, W]``, metres). Only the batch axis is dynamic: a ViT's position embedding is
+fixed to the training size, so H and W are baked in and recorded in the metadata.
+
+The file is written to a temporary name in the output directory, checked (``onnx.checker``),
+compared with PyTorch in ONNX Runtime on batch 1 and batch 4, and only then moved onto
+``out_path`` with ``os.replace``: a failed export never leaves a ``model.onnx`` behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "depth"
+#: Batch sizes the parity gate runs (1: the latency path; 4: proves the dynamic batch axis).
+PARITY_BATCHES: tuple[int, ...] = (1, 4)
+#: The batch size used while tracing. Not 1, so that no broadcast over a size-1 batch can be
+#: baked into the graph as a constant.
+_TRACE_BATCH = 2
+
+
+class ParityError(RuntimeError):
+    """An exported model's outputs differ from the reference by more than the tolerance.
+
+    ``max_abs_diff`` is the measured difference (metres), ``atol`` the allowed one and
+    ``batch`` the batch size on which it was measured.
+    """
+
+    def __init__(self, message: str, *, max_abs_diff: float, atol: float, batch: int) -> None:
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+        self.atol = atol
+        self.batch = batch
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """Result of an export.
+
+    ``parity`` maps ``"batch_<n>"`` to the max |ONNX Runtime - PyTorch| in metres.
+    ``img_size`` is (height, width) in pixels.
+    """
+
+    path: Path
+    parity: dict[str, float]
+    input_name: str
+    output_name: str
+    img_size: tuple[int, int]
+    opset: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk_bytes`` chunks (checkpoints can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_metadata(
+    *,
+    encoder: str,
+    img_size: tuple[int, int],
+    max_depth: float,
+    run_id: str | None,
+    checkpoint_sha256: str | None,
+) -> dict[str, str]:
+    """The ``metadata_props`` a consumer needs to use the ONNX file without the checkpoint.
+
+    Normalisation comes from :mod:`depth_common.data.transforms` (the one preprocessing
+    definition); lists are JSON so a client can ``json.loads`` them.
+    """
+    from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return {
+        "encoder": encoder,
+        "img_size": json.dumps([int(img_size[0]), int(img_size[1])]),
+        "normalization_mean": json.dumps([round(float(v), 6) for v in IMAGENET_MEAN]),
+        "normalization_std": json.dumps([round(float(v), 6) for v in IMAGENET_STD]),
+        "max_depth": repr(float(max_depth)),
+        "depth_unit": "metres",
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "mlflow_run_id": run_id or "",
+        "checkpoint_sha256": checkpoint_sha256 or "",
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (weights are not loaded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def parity_inputs(batch: int, img_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Seeded float32 ``[batch, 3, H, W]`` standard-normal input.
+
+    A normalised image has roughly zero mean and unit variance per channel, so this exercises
+    the same value range as real inputs without needing any data.
+    """
+    rng = np.random.default_rng(seed + batch)
+    return rng.standard_normal((batch, 3, *img_size), dtype=np.float32)
+
+
+def _ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check_onnx_parity(
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    img_size: tuple[int, int],
+    *,
+    atol: float = 1e-3,
+    batches: tuple[int, ...] = PARITY_BATCHES,
+    seed: int = 0,
+    label: str | Path | None = None,
+) -> dict[str, float]:
+    """Run PyTorch and ONNX Runtime on the same seeded inputs; return max |diff| per batch.
+
+    Raises :class:`ParityError` (with the measured difference, metres) when any batch
+    differs by ``atol`` or more, and ``ValueError`` when the output is not ``[B, 1, H, W]``.
+    ``label`` names the file in messages (default: ``onnx_path``).
+    """
+    label = label or onnx_path
+    session = _ort_session(Path(onnx_path))
+    parity: dict[str, float] = {}
+    model.eval()
+    for batch in batches:
+        x = parity_inputs(batch, img_size, seed)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).float().numpy()
+        expected = (batch, 1, *img_size)
+        if ref.shape != expected:
+            raise ValueError(
+                f"model output has shape {list(ref.shape)}, expected {list(expected)} "
+                "([batch, 1, H, W] depth in metres)"
+            )
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        if got.shape != expected:
+            raise ValueError(
+                f"{label}: ONNX Runtime output '{OUTPUT_NAME}' has shape {list(got.shape)} "
+                f"for batch {batch}, expected {list(expected)}"
+            )
+        diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+        parity[f"batch_{batch}"] = diff
+        # `not diff < atol` also catches NaN.
+        if not diff < atol:
+            raise ParityError(
+                f"{label}: ONNX Runtime differs from PyTorch by {diff:.3g} m on batch "
+                f"{batch} (max abs difference; allowed < {atol:g})",
+                max_abs_diff=diff,
+                atol=atol,
+                batch=batch,
+            )
+    return parity
+
+
+def _tmp_sibling(path: Path) -> Path:
+    """A temporary name in the same directory, so ``os.replace`` onto ``path`` is atomic."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def export_model(
+    model: torch.nn.Module,
+    out_path: str | Path,
+    *,
+    img_size: tuple[int, int],
+    metadata: Mapping[str, str] | None = None,
+    opset: int = 17,
+    atol: float = 1e-3,
+    seed: int = 0,
+) -> OnnxExport:
+    """Export an in-memory depth model (``[B,3,H,W]`` → ``[B,1,H,W]`` metres) to ONNX.
+
+    Uses the TorchScript exporter (``dynamo=False``; the dynamo exporter needs
+    ``onnxscript``) with a dynamic batch axis named ``batch``. The parity gate runs before the
+    file appears at ``out_path``; on any failure the temporary file is removed.
+    """
+    import onnx
+
+    out_path = Path(out_path)
+    img_size = (int(img_size[0]), int(img_size[1]))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(out_path)
+    model = model.eval().float().cpu()
+    dummy = torch.from_numpy(parity_inputs(_TRACE_BATCH, img_size, seed))
+    try:
+        # timm's shape asserts trace to constants (TracerWarning); H, W are fixed by design and
+        # the parity gate below on two batch sizes is the real check, so they are only noise.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                do_constant_folding=True,
+            )
+        proto = onnx.load(str(tmp))
+        meta = dict(metadata or {})
+        del proto.metadata_props[:]
+        for key in sorted(meta):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, str(meta[key])
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+        del proto
+        parity = check_onnx_parity(model, tmp, img_size, atol=atol, seed=seed, label=out_path)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return OnnxExport(
+        path=out_path,
+        parity=parity,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        img_size=img_size,
+        opset=opset,
+        metadata=meta,
+    )
+
+
+def export_onnx(
+    checkpoint_path: str | Path,
+    out_path: str | Path,
+    *,
+    opset: int = 17,
+    atol: float = 1e-3,
+    run_id: str | None = None,
+) -> OnnxExport:
+    """Export a training checkpoint (``depth_common.checkpoint`` format) to ONNX.
+
+    ``run_id`` overrides the MLflow run id recorded in the checkpoint. H and W come from the
+    checkpoint's ``model_config.img_size`` (pixels); ``max_depth`` (metres) from its params.
+    Raises :class:`ParityError` if ONNX Runtime and PyTorch differ by ``atol`` (metres) or more.
+    """
+    from depth_common.checkpoint import model_from_checkpoint
+
+    checkpoint_path = Path(checkpoint_path)
+    model, ckpt = model_from_checkpoint(checkpoint_path)
+    cfg = ckpt["model_config"]
+    img_size = (int(cfg["img_size"][0]), int(cfg["img_size"][1]))
+    metadata = build_metadata(
+        encoder=str(cfg["encoder"]),
+        img_size=img_size,
+        max_depth=float(ckpt["params"]["data"]["max_depth"]),
+        run_id=run_id or ckpt.get("mlflow_run_id"),
+        checkpoint_sha256=file_sha256(checkpoint_path),
+    )
+    return export_model(
+        model, out_path, img_size=img_size, metadata=metadata, opset=opset, atol=atol
+    )
+
+
+def log_onnx_to_mlflow(path: str | Path, run_id: str, tracking_uri: str) -> str:
+    """Log the ONNX file as an artifact of ``run_id`` under ``onnx/``; return its artifact URI."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no ONNX file to log")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.log_artifact(run_id, str(path), artifact_path="onnx")
+    return f"{client.get_run(run_id).info.artifact_uri}/onnx/{path.name}"
