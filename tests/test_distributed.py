@@ -1,0 +1,303 @@
+"""depth_common.distributed: torchrun env, samplers, batch plan, collectives, DDP equivalence.
+
+The multi-process tests run this file itself as the torchrun worker (``python -m
+torch.distributed.run --standalone --nproc-per-node 2 tests/test_distributed.py <scenario>``),
+gloo on CPU, so what they exercise is the real process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depth_common import distributed as D
+from depth_common.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- unit tests (one process) --------------------------------------------------------------------
+
+
+def test_env_absent_means_single_process():
+    env = D.TorchrunEnv.from_environ({})
+    assert (env.rank, env.world_size, env.local_rank) == (0, 1, 0)
+
+
+def test_env_parsed_from_torchrun_variables():
+    env = D.TorchrunEnv.from_environ(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "trainer-node-0-0.job",
+            "MASTER_PORT": "23456",
+        }
+    )
+    assert env == D.TorchrunEnv(3, 4, 1, 2, "trainer-node-0-0.job", 23456)
+
+
+@pytest.mark.parametrize(
+    ("environ", "needle"),
+    [
+        ({"WORLD_SIZE": "2"}, "RANK: missing"),
+        ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE: got 'two'"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "0 <= RANK < WORLD_SIZE"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "2"},
+            "LOCAL_RANK",
+        ),
+    ],
+)
+def test_env_errors_name_the_variable(environ, needle):
+    with pytest.raises(ConfigError, match=needle):
+        D.TorchrunEnv.from_environ(environ)
+
+
+def test_single_process_context_and_identity_collectives():
+    ctx = D.init_distributed("cpu", environ={})
+    assert not ctx.distributed and ctx.is_main and ctx.world_size == 1
+    assert D.is_main_process() and D.world_size() == 1
+    t = torch.tensor([1.5, 2.0])
+    assert torch.equal(D.all_reduce_sum(t), t)
+    assert D.broadcast_object({"stop": True}) == {"stop": True}
+    assert D.all_reduce_state({"n": 3, "s": 2.5}) == {"n": 3, "s": 2.5}
+    model = torch.nn.Linear(2, 2)
+    assert D.wrap_ddp(model, ctx) is model
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_config_error():
+    ctx = D.DistContext(env=D.TorchrunEnv(0, 2), device=torch.device("cpu"), backend="gloo")
+    with pytest.raises(ConfigError, match="training.sync_batchnorm: .*needs CUDA"):
+        D.wrap_ddp(torch.nn.BatchNorm2d(3), ctx, sync_batchnorm=True)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7, 16])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shard_sampler_partitions_without_padding(n, world):
+    shards = [list(D.ShardSampler(n, r, world)) for r in range(world)]
+    assert [i for s in shards for i in s] == list(range(n))  # every sample once, in order
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_plan_batches_is_exact():
+    p = D.plan_batches(8, 2)
+    assert (p.micro_batch_size, p.accumulation_steps, p.loss_scale) == (4, 1, 1.0)
+    p = D.plan_batches(8, 2, micro_batch_size=1)
+    assert (p.micro_batch_size, p.accumulation_steps) == (1, 4)
+    assert p.world_size * p.micro_batch_size * p.accumulation_steps == 8
+    p = D.plan_batches(12, 1, micro_batch_size=4)
+    assert p.accumulation_steps == 3
+    # steps end every 3rd micro-batch, and the epoch's tail is stepped too
+    assert [p.is_step(i, 7) for i in range(7)] == [False, False, True, False, False, True, True]
+    with pytest.raises(ConfigError, match="data.batch_size: got 6, expected a multiple of"):
+        D.plan_batches(6, 4)
+    with pytest.raises(ConfigError, match="training.micro_batch_size: got 3"):
+        D.plan_batches(8, 2, micro_batch_size=3)
+
+
+def test_rank_seeds_differ_and_are_reproducible():
+    seeds = [D.rank_seed(42, r) for r in range(4)]
+    assert len(set(seeds)) == 4 and seeds[0] == 42 and D.rank_seed(42, 3) == seeds[3]
+
+
+# -- multi-process tests (torchrun, gloo) --------------------------------------------------------
+
+
+def _torchrun(scenario: str, out: Path, nproc: int = 2, timeout: float = 120.0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(Path(__file__).resolve()),
+        scenario,
+        str(out),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _toy_model(seed: int) -> torch.nn.Module:
+    """Conv + BatchNorm + conv: small, but with the BatchNorm the equivalence depends on."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 1, 3, padding=1),
+    )
+
+
+def _toy_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.rand(n, 1, 8, 8, generator=g) * 10
+
+
+def _one_step(model, x, y, plan: D.BatchPlan, bn_eval: bool) -> None:
+    """One optimiser step over this rank's ``x`` in ``plan.accumulation_steps`` micro-batches,
+    as the training loop does it (loss scaled, DDP sync only on the last micro-step)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.0)
+    model.train()
+    if bn_eval:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    opt.zero_grad(set_to_none=True)
+    micro = plan.micro_batch_size
+    n_micro = x.shape[0] // micro
+    for i in range(n_micro):
+        xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
+        with D.no_sync_unless(model, plan.is_step(i, n_micro)):
+            loss = torch.nn.functional.mse_loss(model(xs), ys) * plan.loss_scale
+            loss.backward()
+    opt.step()
+
+
+EQUIV_CASES = {
+    # name: (global batch, micro batch per rank, BatchNorm in eval, SyncBatchNorm).
+    # SyncBatchNorm needs CUDA (torch's DDP refuses it on CPU), so CPU cases use BatchNorm in
+    # eval mode: per-rank batch statistics would otherwise (rightly) differ from 2b's.
+    "bn_eval": (8, None, True, False),
+    "accum_bn_eval": (8, 2, True, False),
+}
+
+
+def _worker(scenario: str, out: Path) -> None:
+    """Entry point of each torchrun worker."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    @record
+    def main() -> None:
+        if scenario == "timeout":
+            ctx = D.init_distributed("cpu", timeout_s=3)
+        else:
+            ctx = D.init_distributed("cpu")
+        try:
+            if scenario == "collectives":
+                _collectives(ctx, out)
+            elif scenario == "raise":
+                if ctx.rank == 1:
+                    raise ValueError("rank 1 broke on purpose")
+                D.barrier()  # rank 0 would wait here for the full 30 min timeout
+            elif scenario == "timeout":
+                if ctx.rank == 1:
+                    import time
+
+                    time.sleep(60)  # alive but never joins: rank 0's barrier must time out
+                D.barrier()
+        finally:
+            D.cleanup_distributed()
+
+    main()
+
+
+def _collectives(ctx: D.DistContext, out: Path) -> None:
+    r = ctx.rank
+    assert ctx.world_size == 2 and D.world_size() == 2 and D.is_main_process() == (r == 0)
+    s = D.all_reduce_sum(torch.tensor([1.0 + r, 10.0 * r]))
+    # per-rank statistics as a metrics accumulator would hold them (sums and counts)
+    state = {"count": 3 + r, "sq": np.array([0.5, 1.5]) * (r + 1), "t": torch.tensor(2.0 * r)}
+    merged = D.all_reduce_state(state)
+    decision = D.broadcast_object({"stop": True, "from": r} if r == 0 else None)
+    anyflag = D.any_rank(r == 1)
+    # eval sampler shards of 5 samples
+    shard = list(D.eval_sampler(list(range(5))))
+    # train sampler: disjoint shards that change with the epoch
+    ts = D.train_sampler(list(range(10)), seed=7)
+    ts_e0 = list(ts)
+    D.set_epoch(ts, 1)
+    ts_e1 = list(ts)
+    results = {
+        "sum": s.tolist(),
+        "count": merged["count"],
+        "count_type": type(merged["count"]).__name__,
+        "sq": merged["sq"].tolist(),
+        "t": float(merged["t"]),
+        "decision": decision,
+        "any": anyflag,
+        "shard": shard,
+        "train_e0": ts_e0,
+        "train_e1": ts_e1,
+    }
+    for name, (batch, micro, bn_eval, sync_bn) in EQUIV_CASES.items():
+        plan = D.plan_batches(batch, ctx.world_size, micro)
+        model = D.wrap_ddp(_toy_model(seed=0 if r == 0 else 99), ctx, sync_batchnorm=sync_bn)
+        x, y = _toy_batch(batch)
+        per = batch // ctx.world_size
+        _one_step(model, x[r * per : (r + 1) * per], y[r * per : (r + 1) * per], plan, bn_eval)
+        if r == 0:
+            torch.save(D.unwrap(model).state_dict(), out / f"{name}.pt")
+    (out / f"rank{r}.json").write_text(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def collectives_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    proc = _torchrun("collectives", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_collectives_under_torchrun(collectives_run):
+    _, (r0, r1) = collectives_run
+    for res in (r0, r1):
+        assert res["sum"] == [3.0, 10.0]
+        assert res["count"] == 7 and res["count_type"] == "int"
+        assert res["sq"] == [1.5, 4.5]
+        assert res["t"] == 2.0
+        assert res["decision"] == {"stop": True, "from": 0}  # rank 0's object everywhere
+        assert res["any"] is True
+    assert r0["shard"] + r1["shard"] == [0, 1, 2, 3, 4]
+    for epoch in ("train_e0", "train_e1"):
+        assert sorted(r0[epoch] + r1[epoch]) == list(range(10))
+    assert r0["train_e0"] != r0["train_e1"]  # set_epoch reshuffles
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(EQUIV_CASES))
+def test_two_ranks_equal_one_process_with_the_whole_batch(collectives_run, case):
+    """2 processes x batch b (DDP) == 1 process x batch 2b, after one optimiser step."""
+    out, _ = collectives_run
+    batch, _micro, bn_eval, _sync = EQUIV_CASES[case]
+    ddp_state = torch.load(out / f"{case}.pt", weights_only=True)
+    model = _toy_model(seed=0)
+    x, y = _toy_batch(batch)
+    _one_step(model, x, y, D.plan_batches(batch, 1), bn_eval)
+    ref = model.state_dict()
+    start = _toy_model(seed=0).state_dict()
+    moved = 0.0
+    for k, v in ref.items():
+        torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6, msg=k)
+        if v.is_floating_point():
+            moved = max(moved, (v - start[k]).abs().max().item())
+    assert moved > 1e-3  # the step changed the weights: the comparison is not vacuous
+
+
+@pytest.mark.slow
+def test_an_exception_on_one_rank_fails_the_job_without_hanging(tmp_path):
+    proc = _torchrun("raise", tmp_path, timeout=90)
+    assert proc.returncode != 0
+    assert "rank 1 broke on purpose" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_collective_waiting_for_a_missing_rank_times_out(tmp_path):
+    proc = _torchrun("timeout", tmp_path, timeout=90)
+    assert proc.returncode != 0
+    text = (proc.stdout + proc.stderr).lower()
+    assert "timed out" in text or "timeout" in text
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], Path(sys.argv[2]))
