@@ -93,6 +93,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from depth_common.serving.server import TritonServerError, serve_forever
+
+    repository = args.repository or _params(args).export.repository_dir
+    try:
+        serve_forever(
+            repository,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_path=args.log,
+        )
+    except TritonServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from depth_common.serving.demo import launch_demo
+
+    onnx = args.onnx
+    if not args.endpoint and not onnx:
+        onnx = _params(args).export.onnx_path
+    launch_demo(
+        endpoint=args.endpoint,
+        onnx_path=onnx,
+        protocol=args.protocol,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m depth_common",
@@ -152,6 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions")
     p.add_argument("images", nargs="+")
+
+    p = command(
+        "serve",
+        cmd_serve,
+        "serve a Triton repository with the real local tritonserver (127.0.0.1) until Ctrl-C",
+    )
+    p.add_argument("--repository", help="Triton model repository (default: export.repository_dir)")
+    p.add_argument("--http-port", type=int, default=8000, help="0 = pick a free port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="0 = pick a free port")
+    p.add_argument("--metrics-port", type=int, default=8002, help="0 = pick a free port")
+    p.add_argument("--log", default="runs/serve/triton.log", help="server log file")
+
+    p = command("demo", cmd_demo, "Gradio demo: image → depth (a v2 endpoint or ONNX Runtime)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--endpoint", help="v2 endpoint host:port (Triton/KServe), e.g. 127.0.0.1:8000"
+    )
+    src.add_argument("--onnx", help="ONNX file run in-process (default: export.onnx_path)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    p.add_argument("--model-name", default="depth")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
 
     return parser
 
