@@ -1,0 +1,209 @@
+"""Torch ``Dataset``/``DataLoader`` over a preprocessed directory (see ``data.preprocess``).
+
+Items are ``(image, depth)``: the image ImageNet-normalised by :func:`prepare_image` (float32
+3xHxW), the depth in metres (float32 1xHxW, 0 = invalid). Train-time augmentation draws one set
+of random numbers per item and applies the same flip and crop to image and depth (nearest for
+depth, so no depth is invented across an edge or an invalid pixel); colour jitter touches the
+image only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torchvision.transforms.v2 import functional as TF
+
+from depth_common.config import AugmentationConfig, Params
+from depth_common.data.preprocess import FORMAT, MANIFEST
+from depth_common.data.transforms import prepare_image, resize_depth_nearest
+from depth_common.errors import DataError
+
+
+def read_manifest(processed_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a complete preprocessed directory (``DataError`` if absent or invalid)."""
+    path = Path(processed_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no manifest, so {processed_dir} is not a complete preprocessed dataset "
+            "(expected the output of `python -m depth_common preprocess`; an interrupted run "
+            "leaves no manifest)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: expected a manifest with format {FORMAT!r}")
+    for key in ("frames", "counts", "params"):
+        if key not in manifest:
+            raise DataError(f"{path}: manifest has no '{key}' (expected format {FORMAT})")
+    return manifest
+
+
+def augment_pair(
+    rgb: np.ndarray, depth: np.ndarray, cfg: AugmentationConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flip + resized crop (same for both) and colour jitter (image only).
+
+    ``rgb`` uint8 (H, W, 3), ``depth`` float32 (H, W) metres; outputs keep (H, W). The crop
+    keeps the image's aspect ratio (area fraction drawn from ``cfg.crop_scale``) so scene
+    geometry is zoomed, not sheared; RGB is resampled bicubic, depth nearest.
+    """
+    h, w = depth.shape
+    if rng.random() < cfg.hflip_prob:
+        rgb, depth = rgb[:, ::-1], depth[:, ::-1]
+    if rng.random() < cfg.crop_prob:
+        side = float(np.sqrt(rng.uniform(*cfg.crop_scale)))
+        ch, cw = max(1, round(h * side)), max(1, round(w * side))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        box = (left, top, left + cw, top + ch)
+        rgb = np.array(
+            Image.fromarray(np.ascontiguousarray(rgb)).resize(
+                (w, h), Image.Resampling.BICUBIC, box=box
+            )
+        )
+        depth = resize_depth_nearest(depth[top : top + ch, left : left + cw], (h, w))
+    jitters = []
+    if cfg.brightness > 0:
+        f = rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
+        jitters.append(lambda t, f=f: TF.adjust_brightness(t, f))
+    if cfg.contrast > 0:
+        f = rng.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
+        jitters.append(lambda t, f=f: TF.adjust_contrast(t, f))
+    if cfg.saturation > 0:
+        f = rng.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
+        jitters.append(lambda t, f=f: TF.adjust_saturation(t, f))
+    if cfg.hue > 0:
+        f = rng.uniform(-cfg.hue, cfg.hue)
+        jitters.append(lambda t, f=f: TF.adjust_hue(t, f))
+    if jitters:
+        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        for i in rng.permutation(len(jitters)):  # random order, as torchvision's ColorJitter
+            t = jitters[i](t)
+        rgb = t.permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(depth)
+
+
+class DepthDataset(Dataset):
+    """``(image float32 3xHxW normalised, depth float32 1xHxW metres)`` for one split.
+
+    ``augmentation=None`` gives the stored pixels (deterministic: validation, test). With an
+    ``AugmentationConfig`` the random draws come from a numpy generator seeded with ``seed``;
+    each DataLoader worker reseeds it (see :func:`seed_worker`), so workers never repeat each
+    other's augmentations.
+    """
+
+    def __init__(
+        self,
+        processed_dir: str | Path,
+        split: str,
+        augmentation: AugmentationConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(processed_dir)
+        manifest = read_manifest(self.root)
+        frames = manifest["frames"].get(split)
+        if not frames:
+            raise DataError(
+                f"{self.root / MANIFEST}: no split '{split}' (has: "
+                f"{', '.join(manifest['frames']) or 'none'})"
+            )
+        self.split = split
+        self.size: tuple[int, int] = tuple(manifest["params"]["img_size"])  # type: ignore[assignment]
+        self.items = [
+            (self.root / split / f"{f}.png", self.root / split / f"{f}.npy") for f in frames
+        ]
+        for png, npy in self.items:
+            for p in (png, npy):
+                if not p.is_file():
+                    raise DataError(
+                        f"{p}: listed in {self.root / MANIFEST} but missing (expected a complete "
+                        "preprocessed set; rerun preprocessing)"
+                    )
+        self.augmentation = augmentation
+        self._rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation generator (called once in each DataLoader worker)."""
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stored pixels of item ``index``: RGB uint8 (H, W, 3) and depth float32 (H, W)."""
+        png, npy = self.items[index]
+        try:
+            with Image.open(png) as img:
+                rgb = np.array(img.convert("RGB"))  # writable: torch.from_numpy needs it
+            depth = np.load(npy, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{png.with_suffix('')}.{{png,npy}}: unreadable ({exc})") from exc
+        if depth.shape != self.size or rgb.shape[:2] != self.size or depth.dtype != np.float32:
+            raise DataError(
+                f"{npy}: expected float32 depth and RGB of {self.size}, got depth "
+                f"{depth.dtype} {depth.shape} and RGB {rgb.shape}"
+            )
+        return rgb, depth
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb, depth = self.load(index)
+        if self.augmentation is not None:
+            rgb, depth = augment_pair(rgb, depth, self.augmentation, self._rng)
+        image = prepare_image(rgb, self.size)
+        return torch.from_numpy(image), torch.from_numpy(np.ascontiguousarray(depth)[None])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy/random and the dataset's generator per worker.
+
+    ``torch`` gives each worker ``base_seed + worker_id`` where ``base_seed`` comes from the
+    loader's seeded generator, so the streams are distinct and reproducible.
+    """
+    info = get_worker_info()
+    seed = info.seed if info is not None else torch.initial_seed()
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    dataset = info.dataset if info is not None else None
+    if hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
+
+
+def build_dataloader(
+    processed_dir: str | Path,
+    split: str,
+    params: Params,
+    train: bool,
+    sampler: Sampler | None = None,
+) -> DataLoader:
+    """A DataLoader over ``split`` with ``data.batch_size`` / ``data.num_workers``.
+
+    ``train`` turns on augmentation (``params.augmentation``) and shuffling (unless a
+    ``sampler``, e.g. a DistributedSampler, is given). Shuffling, worker seeds and augmentation
+    all derive from ``training.seed``. Workers persist across epochs; memory is pinned when
+    batches go to CUDA.
+    """
+    seed = params.training.seed
+    dataset = DepthDataset(processed_dir, split, params.augmentation if train else None, seed=seed)
+    workers = params.data.num_workers
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=params.data.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=False,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available() and params.training.device != "cpu",
+        worker_init_fn=seed_worker if workers > 0 else None,
+        generator=generator,
+    )
