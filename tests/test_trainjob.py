@@ -1,0 +1,218 @@
+"""depth_common.trainjob: job objects from params, CRD validation, the SDK path, wait/fail."""
+
+from __future__ import annotations
+
+import copy
+from unittest import mock
+
+import pytest
+
+from depth_common import trainjob as T
+from depth_common.config import ConfigError, load_params
+
+CLUSTER = [
+    "training.num_nodes=2",
+    "training.procs_per_node=4",
+    "training.train_gpu=4",
+    'training.node_selector=["nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3"]',
+    'training.tolerations=["nvidia.com/gpu:NoSchedule", "dedicated=ml:NoExecute"]',
+    "training.shared_pvc=depth-shared",
+    "training.mlflow_secret=mlflow-credentials",
+    "training.storage_secret=s3-credentials",
+    "training.job_timeout_s=7200",
+]
+
+
+def _job(overrides=CLUSTER, **kw):
+    params = load_params("params.yaml", overrides)
+    return T.job_from_params(
+        params,
+        name=kw.pop("name", "depth-train-1"),
+        params_path="/mnt/shared/run1/params.yaml",
+        data_dir="/mnt/shared/run1/data",
+        out_dir="/mnt/shared/run1/out",
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def job():
+    return _job()
+
+
+def test_job_from_params_maps_every_setting(job):
+    assert job.namespace == "kubeflow-user-example-com"
+    assert job.image == "ghcr.io/depth-mlops/depth-component:0.1.0-cuda"  # GPUs: the CUDA tag
+    assert job.command[:3] == ("torchrun", "--nnodes=2", "--nproc-per-node=4")
+    assert job.command[3:6] == ("-m", "depth_common", "train")
+    assert job.node_selector == (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
+    assert job.tolerations == (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"},
+    )
+    assert ("MLFLOW_TRACKING_PASSWORD", "mlflow-credentials", "MLFLOW_TRACKING_PASSWORD") in (
+        job.secret_env
+    )
+    assert ("AWS_SECRET_ACCESS_KEY", "s3-credentials", "AWS_SECRET_ACCESS_KEY") in job.secret_env
+    assert job.timeout_s == 7200
+    cpu = _job(["training.num_nodes=2"])
+    assert cpu.image.endswith(":0.1.0") and cpu.gpus_per_node == 0 and cpu.secret_env == ()
+    assert ("OMP_NUM_THREADS", "1") in cpu.env
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kw", "needle"),
+    [
+        (["training.train_gpu=1", "training.procs_per_node=2"], {}, "training.procs_per_node"),
+        (['training.tolerations=["gpu:Sometimes"]'], {}, r"training.tolerations\[0\]"),
+        (['training.tolerations=["=x:NoSchedule"]'], {}, r"training.tolerations\[0\]"),
+        ([], {"name": "Depth_Train"}, "job name: got 'Depth_Train'"),
+    ],
+)
+def test_bad_settings_are_named(overrides, kw, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _job(overrides, **kw)
+
+
+def test_trainjob_object(job):
+    obj = T.build_trainjob(job)
+    assert obj["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and obj["kind"] == "TrainJob"
+    spec = obj["spec"]
+    assert spec["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime"}
+    assert spec["trainer"]["numNodes"] == 2
+    assert spec["trainer"]["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": 4}
+    assert spec["trainer"]["command"] == list(job.command)
+    rjob = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = rjob[0]["template"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["name"] == "node"
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+    assert secret_refs["MLFLOW_TRACKING_TOKEN"] == "mlflow-credentials"
+    assert {"name": "shared", "mountPath": "/mnt/shared"} in container["volumeMounts"]
+    assert {"name": "shared", "persistentVolumeClaim": {"claimName": "depth-shared"}} in pod[
+        "volumes"
+    ]
+    T.validate_job(obj)
+
+
+def test_pytorchjob_object(job):
+    obj = T.build_pytorchjob(job)
+    assert obj["apiVersion"] == "kubeflow.org/v1" and obj["kind"] == "PyTorchJob"
+    spec = obj["spec"]
+    assert spec["nprocPerNode"] == "4" and spec["runPolicy"]["activeDeadlineSeconds"] == 7200
+    reps = spec["pytorchReplicaSpecs"]
+    assert reps["Master"]["replicas"] == 1 and reps["Worker"]["replicas"] == 1
+    (container,) = reps["Master"]["template"]["spec"]["containers"]
+    assert container["name"] == "pytorch" and container["image"] == job.image
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    envs = {e["name"]: e for e in container["env"]}
+    assert envs["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-credentials",
+        "key": "AWS_ACCESS_KEY_ID",
+        "optional": True,
+    }
+    assert "value" not in envs["AWS_ACCESS_KEY_ID"]  # never a secret value in the object
+    T.validate_job(obj)
+    single = T.build_pytorchjob(_job(["training.procs_per_node=2"]))
+    assert "Worker" not in single["spec"]["pytorchReplicaSpecs"]
+    T.validate_job(single)
+
+
+def test_build_job_dispatches_on_launcher(job):
+    assert T.build_job(job, "trainjob")["kind"] == "TrainJob"
+    assert T.build_job(job, "pytorchjob")["kind"] == "PyTorchJob"
+    with pytest.raises(ConfigError, match="training.launcher"):
+        T.build_job(job, "mpijob")
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate", "needle"),
+    [
+        ("pytorchjob", lambda o: o["spec"].__setitem__("nprocPerNode", 4), "nprocPerNode"),
+        ("pytorchjob", lambda o: o["spec"].pop("pytorchReplicaSpecs"), "pytorchReplicaSpecs"),
+        ("trainjob", lambda o: o["spec"].pop("runtimeRef"), "runtimeRef"),
+        ("trainjob", lambda o: o["spec"]["trainer"].__setitem__("numNodes", "2"), "numNodes"),
+        (
+            "trainjob",
+            lambda o: o["spec"]["runtimePatches"][0].pop("manager"),
+            "runtimePatches.0",
+        ),
+    ],
+)
+def test_crd_validation_catches_bad_objects(job, kind, mutate, needle):
+    obj = copy.deepcopy(T.build_job(job, kind))
+    mutate(obj)
+    with pytest.raises(T.JobValidationError, match=needle):
+        T.validate_job(obj)
+
+
+def test_the_sdk_creates_exactly_the_built_trainjob(job):
+    """TrainerClient.train (Kubernetes backend) with trainer_client_inputs posts build_trainjob."""
+    from kubeflow.trainer.backends.kubernetes.backend import KubernetesBackend
+    from kubeflow.trainer.types import types
+
+    backend = KubernetesBackend.__new__(KubernetesBackend)  # no cluster: record the API call
+    backend.namespace = job.namespace
+    backend.custom_api = mock.MagicMock()
+    runtime = types.Runtime(
+        name="torch-distributed",
+        trainer=types.RuntimeTrainer(
+            trainer_type=types.TrainerType.CUSTOM_TRAINER, framework="torch", image="unused"
+        ),
+        kind=types.RuntimeKind.CLUSTER_TRAINING_RUNTIME,
+    )
+    backend.get_runtime = lambda name: runtime
+    name = backend.train(**T.trainer_client_inputs(job))
+    assert name == job.name
+    call = backend.custom_api.create_namespaced_custom_object.call_args
+    assert call.args[:4] == ("trainer.kubeflow.org", "v1alpha1", job.namespace, "trainjobs")
+    assert call.args[4] == T.build_trainjob(job)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, T.JobState("pending")),
+        ({"conditions": [{"type": "Created", "status": "True"}]}, T.JobState("pending")),
+        ({"conditions": [{"type": "Running", "status": "True"}]}, T.JobState("running")),
+        (
+            {"conditions": [{"type": "Complete", "status": "True", "reason": "JobSetCompleted"}]},
+            T.JobState("succeeded", "JobSetCompleted"),
+        ),
+        (
+            {
+                "conditions": [
+                    {"type": "Running", "status": "False"},
+                    {"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"},
+                ]
+            },
+            T.JobState("succeeded", "PyTorchJobSucceeded"),
+        ),
+        (
+            {
+                "conditions": [
+                    {"type": "Running", "status": "True"},
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "pod node-0-0 exit code 1",
+                    },
+                ]
+            },
+            T.JobState("failed", "BackoffLimitExceeded", "pod node-0-0 exit code 1"),
+        ),
+    ],
+)
+def test_job_state(status, expected):
+    assert T.job_state({"status": status}) == expected
+
+
+def test_write_params_file_round_trips(tmp_path):
+    params = load_params("params.yaml", CLUSTER)
+    path = T.write_params_file(params, tmp_path / "run" / "params.yaml")
+    assert load_params(path) == params
+    assert [p.name for p in path.parent.iterdir()] == ["params.yaml"]  # no temp file left
