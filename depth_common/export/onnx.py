@@ -176,6 +176,17 @@ def check_onnx_parity(
     return parity
 
 
+def _declare_shape(value_info: Any, dims: tuple[int | str, ...]) -> None:
+    """Overwrite a graph input/output's declared shape (str = symbolic, int = fixed)."""
+    shape = value_info.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        if isinstance(d, str):
+            shape.dim.add().dim_param = d
+        else:
+            shape.dim.add().dim_value = d
+
+
 def _tmp_sibling(path: Path) -> Path:
     """A temporary name in the same directory, so ``os.replace`` onto ``path`` is atomic."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -205,6 +216,15 @@ def export_model(
     tmp = _tmp_sibling(out_path)
     model = model.eval().float().cpu()
     dummy = torch.from_numpy(parity_inputs(_TRACE_BATCH, img_size, seed))
+    with torch.no_grad():
+        probe = model(dummy)
+    expected = (_TRACE_BATCH, 1, *img_size)
+    if not isinstance(probe, torch.Tensor) or tuple(probe.shape) != expected:
+        got = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise ValueError(
+            f"model output for a {list(dummy.shape)} input is {got}, expected {list(expected)} "
+            "([batch, 1, H, W] depth in metres)"
+        )
     try:
         # timm's shape asserts trace to constants (TracerWarning); H, W are fixed by design and
         # the parity gate below on two batch sizes is the real check, so they are only noise.
@@ -222,6 +242,10 @@ def export_model(
                 do_constant_folding=True,
             )
         proto = onnx.load(str(tmp))
+        # The tracer leaves the output's H, W symbolic (they come out of a Resize); declare the
+        # shape the parity gate below verifies, so Triton and TensorRT see static H, W.
+        for value, channels in ((proto.graph.input[0], 3), (proto.graph.output[0], 1)):
+            _declare_shape(value, ("batch", channels, *img_size))
         meta = dict(metadata or {})
         del proto.metadata_props[:]
         for key in sorted(meta):

@@ -1,0 +1,426 @@
+"""ONNX → TensorRT FP16 engine (``model.plan``), a runner, and a parity check (GPU only).
+
+``tensorrt`` and the CUDA bindings are imported only inside the functions of this module, so
+the rest of the project (and its tests) work on machines without them.
+
+CUDA memory and streams use NVIDIA's ``cuda-python`` (``cuda.bindings.runtime``) rather than
+``pycuda``: it ships prebuilt wheels (pycuda compiles against a local CUDA toolkit, which a
+slim GPU node image does not have), it is what TensorRT's own Python samples use since
+TensorRT 10, and the project's torch build already installs it (``cuda-bindings``).
+
+TensorRT versions: 10.x builds an FP16 engine from the FP32 ONNX with ``BuilderFlag.FP16``.
+TensorRT 11 removed weak typing (all precision flags); there the FP32 ONNX is first converted
+to mixed precision with NVIDIA ModelOpt AutoCast (``nvidia-modelopt``), keeping FP32 I/O,
+which is the replacement NVIDIA documents, and the strongly typed network is built from it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from depth_common.config import ExportConfig
+from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, ParityError, parity_inputs
+
+#: Parity tolerance of the FP16 engine against FP32 ONNX Runtime, elementwise
+#: ``|trt - ort| <= FP16_ATOL_M + FP16_RTOL * |ort|`` (depth in metres).
+#:
+#: Why these numbers: FP16 has an 11-bit significand, a unit roundoff of 2^-11 ≈ 4.9e-4, i.e.
+#: about 3 decimal digits. Merely storing the output in FP16 costs up to half a spacing: the
+#: spacing is 2^-5 m = 0.031 m between 32 and 64 m and 0.0625 m between 64 and 80 m, so even a
+#: perfect FP16 engine is off by up to ~0.03 m at the far end (absolute) or ~0.05 % (relative).
+#: A ViT runs ~12 blocks of layer norm, softmax and GELU plus the decoder, each adding rounding
+#: of that order; published FP16 ViT engines land around 1e-3 .. 5e-3 relative. RTOL = 1 % gives
+#: that headroom (0.8 m at 80 m) and ATOL = 0.05 m covers near depths where a relative bound
+#: alone would demand sub-millimetre agreement. Both stay far below the model's own error
+#: (RMSE of metres, AbsRel ~0.1), so a gate at this level cannot hide a real regression, while a
+#: broken engine (wrong layout, overflow to inf, a dropped layer) misses it by orders of
+#: magnitude.
+FP16_ATOL_M = 0.05
+FP16_RTOL = 1e-2
+#: Builder scratch memory (bytes); TensorRT uses less when tactics need less.
+DEFAULT_WORKSPACE_BYTES = 4 << 30
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT, the CUDA bindings or a CUDA GPU is missing; the message says which."""
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT export needs the 'tensorrt' Python package and an NVIDIA GPU "
+            f"({exc}); install it on a GPU node with `pip install 'depth-common[gpu]'`, "
+            "or set export.tensorrt=false"
+        ) from exc
+    return trt
+
+
+def _import_cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            f"the TensorRT runner needs NVIDIA's CUDA bindings ({exc}): pip install cuda-python"
+        ) from exc
+    return cudart
+
+
+def _cuda_call(result: tuple[Any, ...]) -> Any:
+    """Unwrap a ``cuda.bindings`` return tuple ``(err, *values)``; raise on a CUDA error."""
+    cudart = _import_cudart()
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, text = cudart.cudaGetErrorString(err)
+        raise RuntimeError(f"CUDA error {err.name}: {text.decode(errors='replace')}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_available() -> tuple[bool, str]:
+    """(True, description) when TensorRT, the CUDA bindings and a CUDA GPU are all usable;
+    otherwise (False, the reason), e.g. for ``pytest.skip``."""
+    try:
+        trt = _import_tensorrt()
+        cudart = _import_cudart()
+    except TensorRTUnavailable as exc:
+        return False, str(exc)
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or not count:
+        _, text = cudart.cudaGetErrorString(err)
+        return False, f"no usable CUDA GPU ({err.name}: {text.decode(errors='replace')})"
+    return True, f"{count} CUDA GPU(s), TensorRT {trt.__version__}"
+
+
+def profile_shapes(
+    export_cfg: ExportConfig, img_size: tuple[int, int]
+) -> dict[str, tuple[int, int, int, int]]:
+    """The optimisation profile of the ``image`` input: min/opt/max ``(B, 3, H, W)``.
+
+    Batch sizes come from ``export.trt_min_batch`` / ``trt_opt_batch`` / ``trt_max_batch``
+    (TensorRT tunes kernels for ``opt``); H, W (pixels) are fixed by the ONNX model.
+    """
+    h, w = int(img_size[0]), int(img_size[1])
+    return {
+        "min": (export_cfg.trt_min_batch, 3, h, w),
+        "opt": (export_cfg.trt_opt_batch, 3, h, w),
+        "max": (export_cfg.trt_max_batch, 3, h, w),
+    }
+
+
+def parity_batches(export_cfg: ExportConfig) -> tuple[int, ...]:
+    """Batch sizes the TensorRT parity check runs: the profile's min, opt and max."""
+    return tuple(
+        sorted({export_cfg.trt_min_batch, export_cfg.trt_opt_batch, export_cfg.trt_max_batch})
+    )
+
+
+def _atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _fp16_onnx_for_strong_typing(onnx_path: Path, out_path: Path) -> Path:
+    """TensorRT >= 11: FP32 ONNX → mixed-precision FP16 ONNX (FP32 I/O) with ModelOpt AutoCast."""
+    try:
+        import modelopt.onnx.autocast as autocast
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT 11 has no FP16 builder flag; an FP16 engine needs the ONNX converted "
+            f"with NVIDIA ModelOpt AutoCast ({exc}): pip install 'nvidia-modelopt[onnx]', or "
+            "set export.trt_fp16=false for an FP32 engine"
+        ) from exc
+    import onnx
+
+    converted = autocast.convert_to_mixed_precision(
+        onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True
+    )
+    onnx.save(converted, str(out_path))
+    return out_path
+
+
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    export_cfg: ExportConfig,
+    *,
+    timing_cache_path: str | Path | None = None,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+) -> Path:
+    """Build a serialized TensorRT engine from the ONNX model; write it atomically.
+
+    - explicit-batch network parsed by ``OnnxParser`` (parser errors are raised with the
+      node they concern);
+    - one optimisation profile on ``image`` from :func:`profile_shapes`;
+    - FP16 when ``export.trt_fp16`` (see the module docstring for TensorRT 10 vs 11);
+    - a timing cache read from and written back to ``timing_cache_path`` (default
+      ``<plan>.timing.cache``), so rebuilding on the same GPU model skips kernel timing.
+
+    The plan is tied to the GPU model and TensorRT version it was built with: build it on the
+    node type that serves it.
+    """
+    from depth_common.export.triton import read_onnx_io
+
+    trt = _import_tensorrt()
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    img_size = read_onnx_io(onnx_path)  # validates image/depth names and shapes
+    cache_path = (
+        Path(timing_cache_path)
+        if timing_cache_path
+        else plan_path.with_name(plan_path.name + ".timing.cache")
+    )
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    # TensorRT 8 needs EXPLICIT_BATCH for dynamic batch; 10 deprecates it (always explicit);
+    # 11 drops the member. Setting it only where it exists keeps one code path.
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    if explicit is not None:
+        flags |= 1 << int(explicit)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+
+    with tempfile.TemporaryDirectory(prefix="trt-build-", dir=plan_path.parent) as scratch:
+        source = onnx_path
+        if export_cfg.trt_fp16:
+            if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT <= 10: weak typing
+                config.set_flag(trt.BuilderFlag.FP16)
+            else:  # TensorRT >= 11: strongly typed only
+                source = _fp16_onnx_for_strong_typing(onnx_path, Path(scratch) / "model_fp16.onnx")
+        elif hasattr(trt.BuilderFlag, "TF32"):
+            # TF32 (10-bit mantissa) is on by default for FP32 layers on Ampere and newer; an
+            # engine requested as FP32 is held to the FP32 parity gate, so turn it off.
+            config.clear_flag(trt.BuilderFlag.TF32)
+        if not parser.parse_from_file(str(source)):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser failed: {'; '.join(errors)}")
+
+    shapes = profile_shapes(export_cfg, img_size)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    # ignore_mismatch=False: a cache from another GPU/TensorRT is rejected, not silently used.
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log)")
+    _atomic_write_bytes(plan_path, memoryview(serialized))
+    _atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()))
+    return plan_path
+
+
+class TrtRunner:
+    """Run a TensorRT plan on float32 ``[B, 3, H, W]`` → ``[B, 1, H, W]`` (metres).
+
+    Device buffers are allocated once for the profile's maximum batch; ``infer`` sets the
+    input shape per call, so any batch in [min, max] runs. Use as a context manager (or call
+    ``close``) to free GPU memory.
+    """
+
+    def __init__(self, plan_path: str | Path) -> None:
+        trt = _import_tensorrt()
+        cudart = _import_cudart()
+        self._trt, self._cudart = trt, cudart
+        self.plan_path = Path(plan_path)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(
+                f"{self.plan_path}: TensorRT could not deserialize the plan (built with another "
+                "TensorRT version or GPU?)"
+            )
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        for name in (INPUT_NAME, OUTPUT_NAME):
+            if name not in names:
+                raise RuntimeError(f"{self.plan_path}: no I/O tensor '{name}' (found {names})")
+        self.context = self.engine.create_execution_context()
+        lo, _, hi = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.img_size = (int(hi[2]), int(hi[3]))
+        self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(INPUT_NAME)))
+        self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(OUTPUT_NAME)))
+        h, w = self.img_size
+        self._stream = _cuda_call(cudart.cudaStreamCreate())
+        self._d_in = self._d_out = None
+        self._d_in = _cuda_call(
+            cudart.cudaMalloc(self.max_batch * 3 * h * w * self._in_dtype.itemsize)
+        )
+        self._d_out = _cuda_call(
+            cudart.cudaMalloc(self.max_batch * h * w * self._out_dtype.itemsize)
+        )
+        self.context.set_tensor_address(INPUT_NAME, int(self._d_in))
+        self.context.set_tensor_address(OUTPUT_NAME, int(self._d_out))
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """float32 ``[B, 3, H, W]`` normalised images → float32 ``[B, 1, H, W]`` depth (m)."""
+        cudart = self._cudart
+        h, w = self.img_size
+        if images.ndim != 4 or images.shape[1:] != (3, h, w):
+            raise ValueError(
+                f"TrtRunner: input shape {list(images.shape)}, expected [B, 3, {h}, {w}]"
+            )
+        batch = images.shape[0]
+        if not self.min_batch <= batch <= self.max_batch:
+            raise ValueError(
+                f"TrtRunner: batch {batch} outside the engine's profile "
+                f"[{self.min_batch}, {self.max_batch}]"
+            )
+        x = np.ascontiguousarray(images, dtype=self._in_dtype)
+        if not self.context.set_input_shape(INPUT_NAME, tuple(x.shape)):
+            raise RuntimeError(f"TrtRunner: TensorRT rejected input shape {list(x.shape)}")
+        out = np.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), dtype=self._out_dtype)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _cuda_call(cudart.cudaMemcpyAsync(self._d_in, x.ctypes.data, x.nbytes, h2d, self._stream))
+        if not self.context.execute_async_v3(int(self._stream)):
+            raise RuntimeError("TrtRunner: TensorRT execution failed (see the TensorRT log)")
+        _cuda_call(
+            cudart.cudaMemcpyAsync(out.ctypes.data, self._d_out, out.nbytes, d2h, self._stream)
+        )
+        _cuda_call(cudart.cudaStreamSynchronize(self._stream))
+        return out.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        """Free the device buffers and the stream (idempotent)."""
+        cudart = self._cudart
+        for attr in ("_d_in", "_d_out"):
+            ptr = getattr(self, attr, None)
+            if ptr is not None:
+                _cuda_call(cudart.cudaFree(ptr))
+                setattr(self, attr, None)
+        if getattr(self, "_stream", None) is not None:
+            _cuda_call(cudart.cudaStreamDestroy(self._stream))
+            self._stream = None
+
+    def __enter__(self) -> TrtRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def compare_outputs(
+    reference: np.ndarray, candidate: np.ndarray, *, atol: float, rtol: float
+) -> dict[str, float]:
+    """Elementwise ``|candidate - reference| <= atol + rtol * |reference|``.
+
+    Returns ``max_abs_diff`` (m), ``max_rel_diff`` (relative to ``|reference|``, where it is
+    non-zero) and ``worst_excess`` (max of ``|diff| - bound``; <= 0 means within tolerance,
+    NaN/inf anywhere gives +inf).
+    """
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shapes differ: {list(reference.shape)} vs {list(candidate.shape)}")
+    ref = reference.astype(np.float64)
+    diff = np.abs(candidate.astype(np.float64) - ref)
+    if not np.all(np.isfinite(diff)):
+        return {
+            "max_abs_diff": float("inf"),
+            "max_rel_diff": float("inf"),
+            "worst_excess": float("inf"),
+        }
+    nonzero = np.abs(ref) > 0
+    rel = diff[nonzero] / np.abs(ref[nonzero])
+    return {
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(rel.max()) if rel.size else 0.0,
+        "worst_excess": float(np.max(diff - (atol + rtol * np.abs(ref)))),
+    }
+
+
+def check_trt_parity(
+    plan_path: str | Path,
+    onnx_path: str | Path,
+    batch_sizes: Sequence[int] = (1, 4, 8),
+    *,
+    atol: float = FP16_ATOL_M,
+    rtol: float = FP16_RTOL,
+    seed: int = 0,
+    label: str | Path | None = None,
+) -> dict[str, dict[str, float]]:
+    """Compare the engine with FP32 ONNX Runtime on seeded inputs for each batch size.
+
+    Returns ``{"batch_<n>": compare_outputs(...)}``; raises :class:`ParityError` naming the
+    batch and the measured difference when any element is outside ``atol + rtol * |ort|``.
+    See :data:`FP16_ATOL_M` / :data:`FP16_RTOL` for why these defaults. ``label`` names the
+    plan in messages (default: ``plan_path``).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    results: dict[str, dict[str, float]] = {}
+    with TrtRunner(plan_path) as runner:
+        for batch in batch_sizes:
+            x = parity_inputs(batch, runner.img_size, seed)
+            (ref,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+            stats = compare_outputs(ref, runner.infer(x), atol=atol, rtol=rtol)
+            results[f"batch_{batch}"] = stats
+            if stats["worst_excess"] > 0:
+                raise ParityError(
+                    f"{label or plan_path}: TensorRT differs from ONNX Runtime on batch {batch}: max abs "
+                    f"{stats['max_abs_diff']:.3g} m, max rel {stats['max_rel_diff']:.3g} "
+                    f"(allowed {atol:g} m + {rtol:g} x |depth|)",
+                    max_abs_diff=stats["max_abs_diff"],
+                    atol=atol,
+                    batch=batch,
+                )
+    return results
+
+
+@dataclass(frozen=True)
+class TrtExport:
+    """A built and parity-checked engine: ``plan_path`` and per-batch parity statistics."""
+
+    plan_path: Path
+    parity: dict[str, dict[str, float]]
+    fp16: bool
+
+
+def export_tensorrt(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    export_cfg: ExportConfig,
+    *,
+    timing_cache_path: str | Path | None = None,
+) -> TrtExport:
+    """Build the engine and gate it on parity with ONNX Runtime; a failing plan is not kept.
+
+    An FP32 engine (``export.trt_fp16=false``) is held to the ONNX gate's ``parity_atol``;
+    an FP16 engine to :data:`FP16_ATOL_M` / :data:`FP16_RTOL`.
+    """
+    plan_path = Path(plan_path)
+    fp16 = export_cfg.trt_fp16
+    cache = timing_cache_path or plan_path.with_name(plan_path.name + ".timing.cache")
+    # Built under a temporary name and moved onto plan_path only after the parity gate.
+    tmp = plan_path.with_name(f".{plan_path.name}.{os.getpid()}.tmp")
+    atol, rtol = (FP16_ATOL_M, FP16_RTOL) if fp16 else (export_cfg.parity_atol, 0.0)
+    try:
+        build_engine(onnx_path, tmp, export_cfg, timing_cache_path=cache)
+        parity = check_trt_parity(
+            tmp, onnx_path, parity_batches(export_cfg), atol=atol, rtol=rtol, label=plan_path
+        )
+        os.replace(tmp, plan_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return TrtExport(plan_path=plan_path, parity=parity, fp16=fp16)
