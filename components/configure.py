@@ -1,0 +1,72 @@
+"""configure: the run's Params = params.yaml (baked in at compile time) ← pipeline parameters
+← free-form ``section.key=value`` overrides; validated once, before any work starts."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def configure(base_params: str, keys: dict, values: dict, overrides: list) -> NamedTuple(
+    "Config", [("params", str), ("data_params", str)]
+):
+    """``keys`` maps pipeline parameter → dotted params key, ``values`` pipeline parameter →
+    value. Outputs the full Params as JSON, and its ``data`` section alone (what preprocess
+    depends on, so preprocessing stays cached when only training settings change)."""
+    import json
+    from collections import namedtuple
+
+    import yaml
+
+    from depth_common.config import ConfigError, params_from_dict
+
+    base = json.loads(base_params)
+
+    def like(value, ref):
+        # KFP hands struct values back as text ('5.0', '[64.0, 128.0]', 'True') and protobuf
+        # numbers are doubles: parse, then restore the types params.yaml has for the key.
+        if isinstance(ref, str):
+            return value if isinstance(value, str) else str(value)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = yaml.safe_load(value)
+        if isinstance(value, float) and value.is_integer() and isinstance(ref, int):
+            return int(value)
+        if isinstance(value, list) and isinstance(ref, list) and ref:
+            return [like(v, ref[0]) for v in value]
+        return value
+
+    items = []
+    for name, value in values.items():
+        section, _, key = keys[name].partition(".")
+        ref = base.get(section, {}).get(key)
+        try:
+            items.append(f"{keys[name]}={json.dumps(like(value, ref))}")
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(
+                f"pipeline parameter {name!r}: cannot read {value!r} ({exc})"
+            ) from None
+    try:
+        params = params_from_dict(base, [*items, *overrides])
+    except ConfigError as exc:
+        by_key = {v: k for k, v in keys.items()}
+        key = str(exc).partition(":")[0]
+        where = f"pipeline parameter {by_key[key]!r} → " if key in by_key else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+    import timm  # the first place that can tell an unknown encoder, before any data work
+
+    if not timm.is_model(params.model.encoder):
+        raise ConfigError(
+            f"pipeline parameter 'encoder' → model.encoder: {params.model.encoder!r} is not a "
+            "timm model (e.g. vit_tiny_patch16_224, vit_base_patch16_224)"
+        )
+    full = params.to_dict()
+    print(json.dumps(full, indent=1))
+    return namedtuple("Config", ["params", "data_params"])(
+        json.dumps(full, sort_keys=True), json.dumps({"data": full["data"]}, sort_keys=True)
+    )

@@ -1,0 +1,34 @@
+"""decide: promote this run? (vs the registry's champion; see depth_common.promotion)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Markdown, Output
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def decide(run_id: str, params: str, decision: Output[Markdown]) -> NamedTuple(
+    "Decision", [("promote", bool), ("reason", str)]
+):
+    import json
+    from collections import namedtuple
+
+    from depth_common.config import params_from_dict
+    from depth_common.promotion import decide_promotion, format_decision
+
+    p = params_from_dict(json.loads(params))
+    d = decide_promotion(run_id, p)
+    with open(decision.path, "w") as fh:
+        fh.write(format_decision(d, p.mlflow.model_name))
+    decision.metadata.update(
+        {
+            "promote": d.promote,
+            "challenger_rmse": d.challenger_rmse,
+            "champion_rmse": d.champion_rmse,
+            "champion_version": d.champion_version,
+        }
+    )
+    print(d.reason)
+    return namedtuple("Decision", ["promote", "reason"])(d.promote, d.reason)

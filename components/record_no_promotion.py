@@ -1,0 +1,14 @@
+"""record_no_promotion: the Else branch: why the champion stays (a Markdown the UI shows)."""
+
+from kfp import dsl
+from kfp.dsl import Markdown, Output
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def record_no_promotion(run_id: str, reason: str, note: Output[Markdown]):
+    with open(note.path, "w") as fh:
+        fh.write(f"# Not promoted\n\nRun `{run_id}` was not promoted: {reason}\n")
+    note.metadata["reason"] = reason
+    print(f"not promoted: {reason}")

@@ -1,0 +1,18 @@
+"""register: the run's model becomes a registry version with alias ``champion`` (idempotent)."""
+
+from kfp import dsl
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def register(run_id: str, params: str, pipeline_run: str) -> int:
+    import json
+
+    from depth_common.config import params_from_dict
+    from depth_common.promotion import register_champion
+
+    p = params_from_dict(json.loads(params))
+    version = register_champion(run_id, p, pipeline_run=pipeline_run)
+    print(f"{p.mlflow.model_name} version {version} is now the champion (run {run_id})")
+    return version

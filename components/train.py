@@ -1,0 +1,40 @@
+"""train: processed dataset → best checkpoint (Model) + its val metrics; returns the MLflow run."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def train(
+    processed: Input[Dataset], params: str, model: Output[Model], val: Output[Metrics]
+) -> str:
+    import json
+    import shutil
+    from pathlib import Path
+
+    from depth_common.config import params_from_dict
+    from depth_common.train import train as train_model
+
+    p = params_from_dict(json.loads(params))
+    # Scratch next to the artifact (not uploaded); only the best checkpoint becomes the Model.
+    work = Path(model.path).parent / "train-work"
+    result = train_model(p, processed.path, work, tracking=True)
+    if not result.mlflow_run_id:
+        raise RuntimeError("train: no MLflow run was created; promotion needs one")
+    shutil.move(str(result.checkpoint_path), model.path)
+    shutil.rmtree(work, ignore_errors=True)
+    for key, value in result.best_val.items():
+        val.log_metric(key, float(value))
+    model.metadata.update(
+        {
+            "format": "depth_common.checkpoint/v1",
+            "encoder": p.model.encoder,
+            "img_size": list(p.data.img_size),
+            "best_val_rmse": float(result.best_val.get("val_rmse", float("nan"))),
+            "epochs_run": result.epochs_run,
+            "mlflow_run_id": result.mlflow_run_id,
+        }
+    )
+    return result.mlflow_run_id

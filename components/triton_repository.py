@@ -1,0 +1,30 @@
+"""triton_repository: ``model.onnx`` → a Triton model repository (version = registry version)."""
+
+from kfp import dsl
+from kfp.dsl import Input, Model, Output
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def triton_repository(
+    onnx_model: Input[Model], params: str, version: int, repository: Output[Model]
+):
+    import json
+    from pathlib import Path
+
+    from depth_common.config import params_from_dict
+    from depth_common.export.triton import build_triton_repository
+
+    p = params_from_dict(json.loads(params))
+    onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
+    build_triton_repository(
+        onnx_file,
+        repository.path,
+        model_name=p.export.triton_model_name,
+        version=int(version),
+        export_cfg=p.export,
+    )
+    repository.metadata.update(
+        {"model_name": p.export.triton_model_name, "version": int(version), "format": "triton"}
+    )

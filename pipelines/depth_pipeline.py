@@ -1,0 +1,207 @@
+"""The depth pipeline: data → preprocess → train → evaluate → decide → (promote | record why not).
+
+How the configuration reaches the components (one source of truth, ``params.yaml``):
+
+* ``make_pipeline(params)`` bakes ``params`` (normally ``params.yaml``) into the compiled
+  pipeline as the ``base_params`` constant of the first task, ``configure``.
+* The pipeline parameters a user typically changes per run (``PARAM_KEYS``: encoder,
+  img_size, epochs, learning rates, batch size, MLflow URI, ...) take their defaults from those
+  same params; ``params_overrides`` takes any other ``section.key=value``.
+* ``configure`` merges base ← parameters ← overrides, validates them with
+  ``depth_common.config`` (an unknown encoder or a bad value fails here, naming the pipeline
+  parameter), and hands the resolved Params to every later task as one JSON string.
+* Compile-time settings (resources, the train GPU request from ``training.train_gpu``, the
+  Secret names from ``training.mlflow_secret`` / ``training.storage_secret``) come from the
+  same params, so changing ``params.yaml`` makes ``python compile.py --check`` fail until the
+  YAML is regenerated.
+
+Secrets never become parameters: MLflow and object-store credentials enter the tasks that
+need them through ``kfp.kubernetes.use_secret_as_env`` (kfp.local ignores platform configs, so
+the same function runs locally, where no credentials are needed).
+
+The data source is a ``dsl.If`` / ``dsl.Else`` on ``data_uri``: "synthetic" generates a
+Cityscapes-layout dataset, anything else enters through ``dsl.importer`` (a local path, or an
+``s3://`` / ``gs://`` / ``minio://`` URI on a cluster). kfp.local cannot merge artifacts with
+``dsl.OneOf``, so each branch calls the same sub-pipeline ``train_and_promote`` on its raw
+Dataset (the compiled YAML holds it once per branch; exactly one runs).
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Dataset, Input
+
+from components import (
+    COMPONENT_CUDA_IMAGE,
+    configure,
+    decide,
+    evaluate,
+    export_onnx,
+    preprocess,
+    record_no_promotion,
+    register,
+    synthesize,
+    train,
+    triton_repository,
+)
+from depth_common.config import Params, load_params
+
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+PIPELINE_NAME = "depth-pipeline"
+
+#: Pipeline parameter → the ``params.yaml`` key it sets (its default is that key's value).
+PARAM_KEYS: dict[str, str] = {
+    "encoder": "model.encoder",
+    "pretrained": "model.pretrained",
+    "img_size": "data.img_size",
+    "batch_size": "data.batch_size",
+    "epochs": "training.epochs",
+    "encoder_lr": "training.encoder_lr",
+    "decoder_lr": "training.decoder_lr",
+    "mlflow_uri": "mlflow.tracking_uri",
+    "mlflow_experiment": "mlflow.experiment",
+    "min_improvement": "promotion.min_improvement",
+}
+
+#: Requests of the train task on a cluster (CPU cores, memory); GPUs from training.train_gpu.
+TRAIN_CPU = "4"
+TRAIN_MEMORY = "16G"
+#: Keys read from the Secrets named by training.mlflow_secret / training.storage_secret.
+MLFLOW_SECRET_KEYS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def _with_secrets(task: dsl.PipelineTask, params: Params) -> dsl.PipelineTask:
+    """Mount the MLflow / object-store credentials (if their Secrets are configured)."""
+    for name, keys in (
+        (params.training.mlflow_secret, MLFLOW_SECRET_KEYS),
+        (params.training.storage_secret, STORAGE_SECRET_KEYS),
+    ):
+        if name:
+            # optional: a Secret may hold only some of the keys (e.g. a token, no password).
+            kubernetes.use_secret_as_env(
+                task, secret_name=name, secret_key_to_env={k: k for k in keys}, optional=True
+            )
+    return task
+
+
+def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
+    """Build the pipeline function with its defaults and compile-time settings from ``params``."""
+    base_params = json.dumps(params.to_dict(), sort_keys=True)
+    train_gpu = params.training.train_gpu
+    settings = params  # the inner pipelines' `params` is the resolved JSON string
+
+    @dsl.pipeline(
+        name="train-and-promote",
+        description="preprocess → train → evaluate → decide → promote or record why not",
+    )
+    def train_and_promote(raw: Input[Dataset], params: str, data_params: str):
+        prep = preprocess(raw=raw, data_params=data_params).set_display_name("preprocess")
+        prep.set_caching_options(True)  # the slow, deterministic step: reuse when inputs match
+
+        trained = train(processed=prep.outputs["processed"], params=params)
+        trained.set_display_name("train").set_cpu_request(TRAIN_CPU).set_memory_request(
+            TRAIN_MEMORY
+        )
+        if train_gpu > 0:
+            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpu)
+            trained.set_container_image(COMPONENT_CUDA_IMAGE)
+        _with_secrets(trained, settings)
+        run_id = trained.outputs["Output"]
+
+        evaluated = evaluate(
+            model=trained.outputs["model"],
+            processed=prep.outputs["processed"],
+            params=params,
+            run_id=run_id,
+        ).set_display_name("evaluate")
+        _with_secrets(evaluated, settings)
+
+        decided = decide(run_id=run_id, params=params).set_display_name("decide")
+        decided.set_caching_options(False)  # the registry changes between runs
+        _with_secrets(decided, settings)
+
+        with dsl.If(decided.outputs["promote"] == True, name="promote"):  # noqa: E712
+            registered = register(
+                run_id=run_id, params=params, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+            ).set_display_name("register champion")
+            registered.set_caching_options(False)
+            _with_secrets(registered, settings)
+            onnx = export_onnx(
+                model=trained.outputs["model"], params=params, run_id=run_id
+            ).set_display_name("export ONNX")
+            triton_repository(
+                onnx_model=onnx.outputs["onnx_model"],
+                params=params,
+                version=registered.output,
+            ).set_display_name("Triton repository")
+        with dsl.Else(name="keep-champion"):
+            record_no_promotion(run_id=run_id, reason=decided.outputs["reason"]).set_display_name(
+                "record why not"
+            ).set_caching_options(False)
+
+    @dsl.pipeline(
+        name=name,
+        description="Monocular metric depth (DPT on a timm ViT): train, evaluate, and promote "
+        "through the MLflow registry; defaults from params.yaml",
+    )
+    def depth_pipeline(
+        data_uri: str = params.data.raw_dir,
+        synthetic: dict = {},  # noqa: B006 - KFP needs a literal default
+        encoder: str = params.model.encoder,
+        pretrained: bool = params.model.pretrained,
+        img_size: list = list(params.data.img_size),  # noqa: B006,B008
+        batch_size: int = params.data.batch_size,
+        epochs: int = params.training.epochs,
+        encoder_lr: float = params.training.encoder_lr,
+        decoder_lr: float = params.training.decoder_lr,
+        mlflow_uri: str = params.mlflow.tracking_uri,
+        mlflow_experiment: str = params.mlflow.experiment,
+        min_improvement: float = params.promotion.min_improvement,
+        params_overrides: list = [],  # noqa: B006 - KFP needs a literal default
+    ):
+        """``data_uri``: "synthetic", a local directory or an s3:// / gs:// / minio:// URI of a
+        Cityscapes root. ``synthetic``: options of depth_common.synthetic.generate_cityscapes.
+        ``params_overrides``: extra ``section.key=value`` settings, applied last."""
+        cfg = configure(
+            base_params=base_params,
+            keys=PARAM_KEYS,
+            values={
+                "encoder": encoder,
+                "pretrained": pretrained,
+                "img_size": img_size,
+                "batch_size": batch_size,
+                "epochs": epochs,
+                "encoder_lr": encoder_lr,
+                "decoder_lr": decoder_lr,
+                "mlflow_uri": mlflow_uri,
+                "mlflow_experiment": mlflow_experiment,
+                "min_improvement": min_improvement,
+            },
+            overrides=params_overrides,
+        ).set_display_name("configure")
+        resolved, data_params = cfg.outputs["params"], cfg.outputs["data_params"]
+        with dsl.If(data_uri == "synthetic", name="synthetic-data"):
+            raw = synthesize(options=synthetic).set_display_name("synthesize data")
+            train_and_promote(
+                raw=raw.outputs["raw"], params=resolved, data_params=data_params
+            ).set_display_name("train and promote")
+        with dsl.Else(name="imported-data"):
+            imported = dsl.importer(
+                artifact_uri=data_uri, artifact_class=Dataset, reimport=False
+            ).set_display_name("import data")
+            train_and_promote(
+                raw=imported.output, params=resolved, data_params=data_params
+            ).set_display_name("train and promote")
+
+    return depth_pipeline
+
+
+#: The pipeline with the defaults of the committed params.yaml (what compile.py compiles).
+depth_pipeline = make_pipeline(load_params(PARAMS_FILE))

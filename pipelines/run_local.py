@@ -1,0 +1,224 @@
+"""Run the depth pipeline on this machine with ``kfp.local`` (no cluster), then summarise it.
+
+    python -m pipelines.run_local --params params.yaml --set training.epochs=2 [--demo]
+
+The same pipeline function that ``compile.py`` compiles runs through
+``kfp.local.SubprocessRunner(use_venv=False)`` in the current environment: every task is a
+subprocess of this Python, artifacts land under ``runs/<timestamp>/``, MLflow uses
+``sqlite:///mlflow.db`` (made absolute, so every task sees the same store). ``--demo`` applies
+``depth_common.presets.DEMO`` (small encoder, small images, few epochs) before ``--set``.
+At the end it prints each stage's status and time, the test metrics, the promotion decision
+and the champion version; the exit status is 1 when a task failed.
+"""
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from depth_common.config import ConfigError, Params, load_params
+from depth_common.presets import DEMO
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+@dataclass
+class StageEvents:
+    """Per-task start time, end time and status, read from kfp.local's own log records."""
+
+    started: dict[str, float] = field(default_factory=dict)
+    finished: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # A logger-level filter: kfp.local swaps the root logger's handlers, not its filters.
+        text = _ANSI.sub("", record.getMessage())
+        if m := _START.search(text):
+            self.started.setdefault(m.group(1), record.created)
+        elif m := _END.search(text):
+            self.finished[m.group(1)] = (record.created, m.group(2))
+        return True
+
+    def stages(self) -> list[tuple[str, str, float]]:
+        """``[(task, status, seconds)]`` in start order; a task with no end is RUNNING/FAILED."""
+        rows = []
+        for task, t0 in sorted(self.started.items(), key=lambda kv: kv[1]):
+            t1, status = self.finished.get(task, (t0, "FAILURE"))
+            rows.append((task, status, t1 - t0))
+        return rows
+
+
+def _base_name(task: str) -> str:
+    # Tasks of the sub-pipeline called in the Else branch get "-2" suffixes.
+    return re.sub(r"-\d+$", "", task)
+
+
+def read_task_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{task: executor_output.json}`` of every task kfp.local ran under ``run_dir``."""
+    outputs = {}
+    for f in sorted(run_dir.glob("*/executor_output.json")):
+        outputs[_base_name(f.parent.name)] = json.loads(f.read_text())
+    return outputs
+
+
+def artifact_metadata(output: dict[str, Any], name: str) -> dict[str, Any]:
+    """Metadata of output artifact ``name`` in one executor_output.json (empty if absent)."""
+    arts = output.get("artifacts", {}).get(name, {}).get("artifacts", [])
+    return dict(arts[0].get("metadata", {})) if arts else {}
+
+
+def resolve_tracking_uri(uri: str, cwd: Path) -> str:
+    """A relative ``sqlite:///file.db`` becomes absolute (tasks may run elsewhere)."""
+    from depth_common.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is None or db.is_absolute():
+        return uri
+    return f"sqlite:///{(cwd / db).resolve()}"
+
+
+@dataclass
+class LocalRun:
+    """What one local pipeline run produced (for the summary and for tests)."""
+
+    run_dir: Path
+    ok: bool
+    stages: list[tuple[str, str, float]]
+    tasks: dict[str, dict[str, Any]]
+    params: Params
+    wall_s: float
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return artifact_metadata(self.tasks.get("evaluate", {}), "test")
+
+    @property
+    def decision(self) -> tuple[bool, str] | None:
+        values = self.tasks.get("decide", {}).get("parameterValues")
+        return None if not values else (bool(values["promote"]), str(values["reason"]))
+
+    @property
+    def run_id(self) -> str | None:
+        return self.tasks.get("train", {}).get("parameterValues", {}).get("Output")
+
+
+def run_local(
+    params_path: str | Path = "params.yaml",
+    overrides: Sequence[str] = (),
+    *,
+    data_uri: str = "synthetic",
+    synthetic: dict[str, Any] | None = None,
+    root: str | Path = "runs",
+) -> LocalRun:
+    """Run the pipeline built from ``params_path`` with ``overrides`` as ``params_overrides``.
+
+    The params are validated here first, so a bad ``--set`` fails before any task starts.
+    """
+    from kfp import local
+
+    from pipelines.depth_pipeline import make_pipeline
+
+    base = load_params(params_path)
+    overrides = list(overrides)
+    params = base.with_overrides(overrides)
+    uri = resolve_tracking_uri(params.mlflow.tracking_uri, Path.cwd())
+    if uri != params.mlflow.tracking_uri:
+        overrides.append(f"mlflow.tracking_uri={uri}")
+        params = params.with_overrides([f"mlflow.tracking_uri={uri}"])
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    pipeline_root = (Path(root) / stamp).resolve()
+    pipeline_root.mkdir(parents=True, exist_ok=False)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        raise_on_error=False,
+    )
+    events = StageEvents()
+    root_logger = logging.getLogger()
+    root_logger.addFilter(events.filter)
+    t0 = time.monotonic()
+    try:
+        make_pipeline(base)(
+            data_uri=data_uri, synthetic=dict(synthetic or {}), params_overrides=overrides
+        )
+    finally:
+        root_logger.removeFilter(events.filter)
+    wall = time.monotonic() - t0
+    run_dirs = sorted(p for p in pipeline_root.iterdir() if p.is_dir())
+    run_dir = run_dirs[-1] if run_dirs else pipeline_root
+    stages = events.stages()
+    ok = bool(stages) and all(status == "SUCCESS" for _, status, _ in stages)
+    return LocalRun(run_dir, ok, stages, read_task_outputs(run_dir), params, wall)
+
+
+def format_summary(run: LocalRun) -> str:
+    """The text ``make run`` prints at the end."""
+    from depth_common.promotion import champion_version
+
+    lines = [f"pipeline run: {run.run_dir}", "", f"{'stage':<24} {'status':<8} {'time':>8}"]
+    for task, status, seconds in run.stages:
+        lines.append(f"{task:<24} {status:<8} {seconds:>7.1f}s")
+    lines.append(f"{'total':<33} {run.wall_s:>7.1f}s")
+    metrics = run.test_metrics
+    if metrics:
+        lines += ["", "test metrics:"]
+        lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items())]
+    if run.run_id:
+        lines.append(f"MLflow run: {run.run_id} ({run.params.mlflow.tracking_uri})")
+    if run.decision is not None:
+        promote, reason = run.decision
+        lines += ["", f"decision: {'PROMOTE' if promote else 'KEEP CHAMPION'} - {reason}"]
+    try:
+        version = champion_version(run.params)
+    except Exception as exc:  # the summary must not hide the run's own outcome
+        version = f"unknown ({exc})"
+    lines.append(f"champion: {run.params.mlflow.model_name} version {version}")
+    lines.append("status: " + ("SUCCEEDED" if run.ok else "FAILED (see the task logs above)"))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.run_local", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--params", default="params.yaml", help="the params file")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override"
+    )
+    parser.add_argument("--demo", action="store_true", help="apply the DEMO preset first")
+    parser.add_argument(
+        "--data-uri", default="synthetic", help='"synthetic" (default) or a Cityscapes root'
+    )
+    parser.add_argument(
+        "--synthetic",
+        default="{}",
+        help='JSON options of generate_cityscapes, e.g. \'{"cities": 2, "per_split": 8}\'',
+    )
+    parser.add_argument("--root", default="runs", help="parent of the pipeline roots")
+    args = parser.parse_args(argv)
+    overrides = [*(DEMO if args.demo else ()), *args.set]
+    try:
+        synthetic = json.loads(args.synthetic)
+        if not isinstance(synthetic, dict):
+            raise ValueError("expected a JSON object")
+        run = run_local(
+            args.params, overrides, data_uri=args.data_uri, synthetic=synthetic, root=args.root
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n" + "=" * 80 + "\n" + format_summary(run))
+    return 0 if run.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
