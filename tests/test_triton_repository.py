@@ -1,0 +1,206 @@
+"""Triton model repository: layout, config.pbtxt through Triton's protobuf, versions, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from depth_common.config import ExportConfig, params_from_dict
+from depth_common.errors import DataError
+from depth_common.export.onnx import export_model
+from depth_common.export.triton import (
+    build_triton_repository,
+    parse_model_config,
+    read_onnx_io,
+)
+
+
+class _TinyDepthNet(torch.nn.Module):
+    """[B,3,H,W] → [B,1,H,W]: the repository only reads the ONNX interface, not the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+def _export(path: Path, size: tuple[int, int]) -> Path:
+    torch.manual_seed(0)
+    return export_model(_TinyDepthNet(), path, img_size=size).path
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tmp_path_factory.mktemp("onnx") / "model.onnx", (32, 48))
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_layout_and_config(onnx_file: Path, tmp_path: Path) -> None:
+    repo = build_triton_repository(onnx_file, tmp_path / "repo", version=3)
+    assert repo == tmp_path / "repo"
+    assert _files(repo) == ["depth/3/model.onnx", "depth/config.pbtxt"]
+    assert (repo / "depth/3/model.onnx").read_bytes() == onnx_file.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no staging directory left
+
+    cfg = parse_model_config(repo / "depth/config.pbtxt")
+    defaults = ExportConfig()
+    assert cfg.name == "depth" and cfg.platform == "onnxruntime_onnx"
+    assert cfg.max_batch_size == defaults.max_batch_size == 8
+    (inp,) = cfg.input
+    (out,) = cfg.output
+    assert (inp.name, inp.data_type, list(inp.dims)) == ("image", mc.TYPE_FP32, [3, 32, 48])
+    assert (out.name, out.data_type, list(out.dims)) == ("depth", mc.TYPE_FP32, [1, 32, 48])
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+    (group,) = cfg.instance_group
+    assert (group.count, group.kind) == (1, mc.ModelInstanceGroup.KIND_AUTO)
+    (warm,) = cfg.model_warmup
+    assert warm.batch_size == 1
+    assert list(warm.inputs) == ["image"]
+    assert list(warm.inputs["image"].dims) == [3, 32, 48]
+    assert warm.inputs["image"].zero_data and warm.inputs["image"].data_type == mc.TYPE_FP32
+
+
+def test_dims_come_from_the_onnx_and_batching_from_params(tmp_path: Path) -> None:
+    other = _export(tmp_path / "other.onnx", (16, 80))
+    params = params_from_dict(
+        {},
+        [
+            "data.img_size=[224,224]",  # deliberately different: the ONNX decides
+            "export.max_batch_size=4",
+            "export.preferred_batch_sizes=[2,4]",
+            "export.max_queue_delay_us=500",
+            "export.instance_count=2",
+        ],
+    )
+    repo = build_triton_repository(
+        other,
+        tmp_path / "repo",
+        model_name="dpt",
+        export_cfg=params.export,
+        instance_kind="KIND_CPU",
+    )
+    cfg = parse_model_config(repo / "dpt/config.pbtxt")
+    assert cfg.name == "dpt"
+    assert read_onnx_io(other) == (16, 80)
+    assert list(cfg.input[0].dims) == [3, 16, 80] and list(cfg.output[0].dims) == [1, 16, 80]
+    assert cfg.max_batch_size == 4
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert (cfg.instance_group[0].count, cfg.instance_group[0].kind) == (
+        2,
+        mc.ModelInstanceGroup.KIND_CPU,
+    )
+
+
+def test_plan_variant(onnx_file: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"serialized engine bytes")
+    params = params_from_dict({}, ["export.trt_max_batch=4", "export.trt_opt_batch=2"])
+    repo = build_triton_repository(
+        onnx_file, tmp_path / "repo", version=2, plan_path=plan, export_cfg=params.export
+    )
+    assert _files(repo) == [
+        "depth/2/model.onnx",
+        "depth/config.pbtxt",
+        "depth_trt/2/model.plan",
+        "depth_trt/config.pbtxt",
+    ]
+    assert (repo / "depth_trt/2/model.plan").read_bytes() == b"serialized engine bytes"
+    onnx_cfg = parse_model_config(repo / "depth/config.pbtxt")
+    trt_cfg = parse_model_config(repo / "depth_trt/config.pbtxt")
+    assert trt_cfg.name == "depth_trt" and trt_cfg.platform == "tensorrt_plan"
+    assert trt_cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    # capped at the engine profile's max batch; preferred sizes above it dropped
+    assert (onnx_cfg.max_batch_size, trt_cfg.max_batch_size) == (8, 4)
+    assert list(trt_cfg.dynamic_batching.preferred_batch_size) == [4]
+    assert trt_cfg.input == onnx_cfg.input and trt_cfg.output == onnx_cfg.output
+
+
+def test_new_versions_are_added_and_older_kept(onnx_file: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    build_triton_repository(onnx_file, repo, version=1)
+    bigger = _export(tmp_path / "bigger.onnx", (48, 64))
+    build_triton_repository(bigger, repo, version=2)
+    assert _files(repo) == ["depth/1/model.onnx", "depth/2/model.onnx", "depth/config.pbtxt"]
+    assert (repo / "depth/1/model.onnx").read_bytes() == onnx_file.read_bytes()
+    # config.pbtxt follows the newest version
+    assert list(parse_model_config(repo / "depth/config.pbtxt").input[0].dims) == [3, 48, 64]
+    # the same version again replaces that version only
+    build_triton_repository(onnx_file, repo, version=2)
+    assert (repo / "depth/2/model.onnx").read_bytes() == onnx_file.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bigger.onnx", "repo"]
+
+
+def test_written_text_is_what_tritons_protobuf_reads(onnx_file: Path, tmp_path: Path) -> None:
+    repo = build_triton_repository(onnx_file, tmp_path / "repo")
+    text = (repo / "depth/config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in text and "max_batch_size: 8" in text
+    again = text_format.MessageToString(text_format.Parse(text, mc.ModelConfig()))
+    assert again == text
+
+
+def _rename_input(src: Path, dst: Path, new_name: str) -> Path:
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        node.input[:] = [new_name if i == "image" else i for i in node.input]
+    model.graph.input[0].name = new_name
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_wrong_input_name_is_rejected(onnx_file: Path, tmp_path: Path) -> None:
+    bad = _rename_input(onnx_file, tmp_path / "bad.onnx", "pixel_values")
+    with pytest.raises(
+        DataError, match=r"bad\.onnx: expected an input named 'image'.*pixel_values"
+    ):
+        build_triton_repository(bad, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_fixed_batch_and_non_onnx_are_rejected(tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed.onnx"
+    torch.onnx.export(
+        _TinyDepthNet(),
+        (torch.zeros(2, 3, 8, 8),),
+        str(fixed),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["depth"],
+        opset_version=17,
+    )
+    with pytest.raises(DataError, match="fixed batch size 2"):
+        read_onnx_io(fixed)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a protobuf at all\xff" * 10)
+    with pytest.raises(DataError, match="junk.onnx"):
+        read_onnx_io(junk)
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        build_triton_repository(tmp_path / "nope.onnx", tmp_path / "repo")
+
+
+def test_bad_arguments(onnx_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="version: got 0"):
+        build_triton_repository(onnx_file, tmp_path / "r", version=0)
+    with pytest.raises(ValueError, match="instance_kind"):
+        build_triton_repository(onnx_file, tmp_path / "r", instance_kind="KIND_TPU")
+    with pytest.raises(FileNotFoundError, match="missing.plan"):
+        build_triton_repository(onnx_file, tmp_path / "r", plan_path=tmp_path / "missing.plan")
+    assert not (tmp_path / "r").exists()
+
+
+def test_parse_model_config_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "config.pbtxt"
+    bad.write_text('name: "depth"\nmax_batch_sise: 8\n')
+    with pytest.raises(DataError, match=r"config\.pbtxt: not a valid Triton model config"):
+        parse_model_config(bad)
