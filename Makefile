@@ -9,11 +9,12 @@ PARAMS ?= params.yaml
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k metrics"`.
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test serve bench lint format compile check-compiled clean
+.PHONY: help setup run test train-ddp serve bench lint format compile check-compiled clean
 
 help:
 	@echo "make run      set up .venv, then run the pipeline locally on generated data (kfp.local)"
 	@echo "make test     set up .venv, then run the whole test suite"
+	@echo "make train-ddp  train with 2 local processes under torchrun (DDP), NPROC=2"
 	@echo "make serve    serve the last run's Triton repository locally (127.0.0.1:8000/8001)"
 	@echo "make bench    benchmarks: ORT vs Triton HTTP/gRPC, batching, preprocessing"
 	@echo "make lint     ruff check + format check"
@@ -41,6 +42,20 @@ serve: $(STAMP)
 # Benchmarks (not part of `make test`): writes bench/results.json and prints the table.
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# Data-parallel training with 2 local processes (torchrun, gloo on CPU / NCCL on GPUs) on the
+# demo configuration and generated data; the same command runs on a GPU node with NPROC=<GPUs>.
+NPROC ?= 2
+DDP_DIR ?= runs/ddp
+DEMO_SETS = $(shell $(PY) -c "from depth_common.presets import DEMO; print(' '.join('--set ' + o for o in DEMO))")
+train-ddp: $(STAMP)
+	@test -f $(DDP_DIR)/processed/manifest.json || { \
+	  $(PY) -m depth_common synth --out $(DDP_DIR)/raw --cities 2 --per-split 8 && \
+	  $(PY) -m depth_common preprocess --params $(PARAMS) $(DEMO_SETS) \
+	    --raw $(DDP_DIR)/raw --out $(DDP_DIR)/processed; }
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) \
+	  -m depth_common train --params $(PARAMS) $(DEMO_SETS) \
+	  --data $(DDP_DIR)/processed --out $(DDP_DIR)/checkpoints
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -342,8 +342,15 @@ class BatchPlan:
 
     @property
     def loss_scale(self) -> float:
-        """Multiply each micro-batch loss by this before ``backward``."""
+        """Multiply each micro-batch loss by this before ``backward`` (full accumulation groups;
+        see :meth:`micro_scale` for an epoch's shorter tail)."""
         return 1.0 / self.accumulation_steps
+
+    def micro_scale(self, micro_index: int, num_micro: int) -> float:
+        """Loss scale of micro-batch ``micro_index`` of ``num_micro``: ``1 / (micro-batches in
+        its optimiser step)``, so a shorter tail step is a mean over its own samples too."""
+        start = (micro_index // self.accumulation_steps) * self.accumulation_steps
+        return 1.0 / min(self.accumulation_steps, num_micro - start)
 
     def is_step(self, micro_index: int, num_micro: int) -> bool:
         """Whether micro-batch ``micro_index`` (0-based) of ``num_micro`` in this epoch ends an

@@ -98,6 +98,8 @@ def test_plan_batches_is_exact():
     assert p.accumulation_steps == 3
     # steps end every 3rd micro-batch, and the epoch's tail is stepped too
     assert [p.is_step(i, 7) for i in range(7)] == [False, False, True, False, False, True, True]
+    assert [p.micro_scale(i, 7) for i in range(7)] == [1 / 3] * 6 + [1.0]
+    assert [p.micro_scale(i, 5) for i in range(5)] == [1 / 3] * 3 + [1 / 2] * 2
     with pytest.raises(ConfigError, match="data.batch_size: got 6, expected a multiple of"):
         D.plan_batches(6, 4)
     with pytest.raises(ConfigError, match="training.micro_batch_size: got 3"):
