@@ -179,6 +179,7 @@ def build_engine(
     trt = _import_tensorrt()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     img_size = read_onnx_io(onnx_path)  # validates image/depth names and shapes
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
     cache_path = (
         Path(timing_cache_path)
         if timing_cache_path
