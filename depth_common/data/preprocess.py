@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -216,7 +217,10 @@ def preprocess_dataset(
                 results.append(_process(job))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=data_cfg.num_workers) as pool:
+            # fork: workers inherit the imports, and `python -m depth_common` has no
+            # __main__ guard that spawn/forkserver would need.
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=data_cfg.num_workers, mp_context=ctx) as pool:
                 try:
                     chunk = max(1, len(jobs) // (data_cfg.num_workers * 8))
                     for res in pool.map(_process, jobs, chunksize=chunk):
