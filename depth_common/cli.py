@@ -93,6 +93,69 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from depth_common.export.onnx import ParityError, export_onnx, log_onnx_to_mlflow
+
+    params = _params(args)
+    try:
+        result = export_onnx(
+            args.checkpoint,
+            args.out or params.export.onnx_path,
+            opset=params.export.opset,
+            atol=params.export.parity_atol,
+            run_id=args.run_id,
+        )
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    run_id = result.metadata.get("mlflow_run_id")
+    if args.mlflow and run_id:
+        print(f"logged: {log_onnx_to_mlflow(result.path, run_id, params.mlflow.tracking_uri)}")
+    print(json.dumps({"path": str(result.path), "parity_max_abs_diff": result.parity}, indent=2))
+    return 0
+
+
+def cmd_export_tensorrt(args: argparse.Namespace) -> int:
+    from depth_common.export.onnx import ParityError
+    from depth_common.export.tensorrt import TensorRTUnavailable, export_tensorrt
+
+    params = _params(args)
+    try:
+        result = export_tensorrt(
+            args.onnx or params.export.onnx_path,
+            args.out or params.export.trt_path,
+            params.export,
+            timing_cache_path=args.timing_cache,
+        )
+    except (TensorRTUnavailable, ParityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {"path": str(result.plan_path), "fp16": result.fp16, "parity": result.parity}, indent=2
+        )
+    )
+    return 0
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from depth_common.export.triton import build_triton_repository
+
+    params = _params(args)
+    plan = args.plan or (params.export.trt_path if params.export.tensorrt else None)
+    repo = build_triton_repository(
+        args.onnx or params.export.onnx_path,
+        args.out or params.export.repository_dir,
+        model_name=args.model_name or params.export.triton_model_name,
+        version=args.version,
+        plan_path=plan,
+        export_cfg=params.export,
+        instance_kind=args.instance_kind,
+    )
+    print(repo)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from depth_common.serving.server import TritonServerError, serve_forever
 
@@ -187,6 +250,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions")
     p.add_argument("images", nargs="+")
+
+    p = command(
+        "export-onnx", cmd_export_onnx, "checkpoint → model.onnx, parity-checked in ONNX Runtime"
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", help="ONNX path (default: export.onnx_path)")
+    p.add_argument(
+        "--run-id", help="MLflow run recorded in the metadata (default: the checkpoint's)"
+    )
+    p.add_argument("--mlflow", action="store_true", help="log model.onnx to that MLflow run")
+
+    p = command(
+        "export-tensorrt", cmd_export_tensorrt, "model.onnx → TensorRT plan + parity (GPU node)"
+    )
+    p.add_argument("--onnx", help="ONNX path (default: export.onnx_path)")
+    p.add_argument("--out", help="plan path (default: export.trt_path)")
+    p.add_argument("--timing-cache", help="timing cache file (default: <plan>.timing.cache)")
+
+    p = command("triton-repo", cmd_triton_repo, "write/extend a Triton model repository")
+    p.add_argument("--onnx", help="ONNX path (default: export.onnx_path)")
+    p.add_argument("--plan", help="TensorRT plan (default: export.trt_path if export.tensorrt)")
+    p.add_argument("--out", help="repository directory (default: export.repository_dir)")
+    p.add_argument("--version", type=int, default=1, help="model version (the MLflow version)")
+    p.add_argument("--model-name", help="default: export.triton_model_name")
+    p.add_argument(
+        "--instance-kind",
+        choices=("KIND_AUTO", "KIND_CPU", "KIND_GPU"),
+        default="KIND_AUTO",
+        help="instance_group kind of the ONNX model (default KIND_AUTO: GPU if present)",
+    )
 
     p = command(
         "serve",
