@@ -40,18 +40,17 @@ def configure(base_params: str, keys: dict, values: dict, overrides: list) -> Na
             return [like(v, ref[0]) for v in value]
         return value
 
-    items = []
     for name, value in values.items():
         section, _, key = keys[name].partition(".")
-        ref = base.get(section, {}).get(key)
+        sec = base.setdefault(section, {})
         try:
-            items.append(f"{keys[name]}={json.dumps(like(value, ref))}")
+            sec[key] = like(value, sec.get(key))
         except (ValueError, yaml.YAMLError) as exc:
             raise ConfigError(
                 f"pipeline parameter {name!r}: cannot read {value!r} ({exc})"
             ) from None
     try:
-        params = params_from_dict(base, [*items, *overrides])
+        params = params_from_dict(base, overrides)
     except ConfigError as exc:
         by_key = {v: k for k, v in keys.items()}
         key = str(exc).partition(":")[0]
