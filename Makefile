@@ -9,7 +9,7 @@ PARAMS ?= params.yaml
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k metrics"`.
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test train-ddp serve bench lint format compile check-compiled clean
+.PHONY: help setup run test train-ddp serve bench lint format compile check-compiled mlflow-ui clean
 
 help:
 	@echo "make run      set up .venv, then run the pipeline locally on generated data (kfp.local)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench    benchmarks: ORT vs Triton HTTP/gRPC, batching, preprocessing"
 	@echo "make lint     ruff check + format check"
 	@echo "make compile  compile every pipeline to pipelines/<name>.yaml"
+	@echo "make mlflow-ui  the MLflow UI on mlflow.db (runs, registry: ViT+Decoder@champion)"
 
 setup: $(STAMP)
 
@@ -28,8 +29,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The whole pipeline (kfp.local, same function as the compiled YAML) on generated data with the
+# DEMO preset; MLflow in mlflow.db, artifacts under runs/. Twice in a row: challenger vs champion.
+RUN_ARGS ?=
 run: $(STAMP)
-	$(PY) -m depth_common demo-run --params $(PARAMS)
+	$(PY) -m pipelines.run_local --params $(PARAMS) --demo $(RUN_ARGS)
+
+# Compile every pipeline to pipelines/<name>.yaml (committed); check-compiled fails if stale.
+compile: $(STAMP)
+	$(PY) compile.py
+
+check-compiled: $(STAMP)
+	$(PY) compile.py --check
+
+# The MLflow UI on the local store that `make run` writes (http://127.0.0.1:5000).
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -66,4 +82,4 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf runs reports predictions data/synthetic data/processed saved_models mlflow.db mlruns
+	rm -rf runs reports predictions data/synthetic data/processed saved_models mlflow.db mlruns mlartifacts
