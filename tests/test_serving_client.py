@@ -169,6 +169,21 @@ def test_32_concurrent_clients_get_their_own_answers(
         with _client(server, PROTOCOLS[k % 2]) as client:
             return float(np.abs(client.infer_tensor(inputs[k]) - wants[k]).max())
 
+    before = _stats(server)
     with ThreadPoolExecutor(max_workers=32) as pool:
         errors = list(pool.map(work, range(32)))
+    after = _stats(server)
     assert max(errors) < 1e-5, errors
+    # Triton counted every image once, and ran them in at most as many model executions.
+    images = sum(x.shape[0] for x in inputs)
+    assert after["inference_count"] - before["inference_count"] == images
+    assert 1 <= after["execution_count"] - before["execution_count"] <= images
+
+
+def _stats(server: LocalTritonServer) -> dict[str, int]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/depth/stats") as resp:
+        stats = json.load(resp)["model_stats"][0]
+    return {k: int(stats[k]) for k in ("inference_count", "execution_count")}

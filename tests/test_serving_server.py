@@ -270,3 +270,84 @@ def test_clean_shutdown_also_on_an_exception(tiny: Path, tmp_path: Path) -> None
     # SIGTERM was enough: Triton unloaded the model itself (no SIGKILL needed).
     assert "successfully unloaded" in log.read_text()
     srv.stop()  # idempotent
+
+
+class _FakePbUtils:
+    """The slice of ``triton_python_backend_utils`` that model.py uses, for a direct test."""
+
+    class Tensor:
+        def __init__(self, name: str, array: np.ndarray) -> None:
+            self.name, self.array = name, array
+
+        def as_numpy(self) -> np.ndarray:
+            return self.array
+
+    class TritonError:
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+    class InferenceResponse:
+        def __init__(self, output_tensors: list, error: object = None) -> None:
+            self.output_tensors, self.error = output_tensors, error
+
+    @staticmethod
+    def get_input_tensor_by_name(request: dict, name: str) -> _FakePbUtils.Tensor:
+        return _FakePbUtils.Tensor(name, request[name])
+
+
+def _load_model_py(tiny: Path, monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakePbUtils)
+    path = Path(__file__).parents[1] / "depth_common" / "serving" / "python_backend.py"
+    spec = importlib.util.spec_from_file_location("depth_model_py_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    config = parse_model_config(tiny / "depth" / "config.pbtxt")
+    from google.protobuf import json_format
+
+    model.initialize(
+        {
+            "model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+            "model_repository": str(tiny / "depth"),
+            "model_version": "1",
+        }
+    )
+    return model
+
+
+def test_model_py_runs_a_dynamic_batch_as_one_call_and_splits_it(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _load_model_py(tiny, monkeypatch)
+    calls: list[tuple[int, ...]] = []
+    real_run = model.session.run
+
+    def counting_run(names, feeds):
+        calls.append(feeds["image"].shape)
+        return real_run(names, feeds)
+
+    model.session.run = counting_run
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((n, 3, H, W)).astype(np.float32) for n in (1, 3, 2)]
+    responses = model.execute([{"image": b} for b in batches])
+    assert calls == [(6, 3, H, W)]  # three requests, one ONNX Runtime call
+    onnx_path = tiny / "depth" / "1" / "model.onnx"
+    for response, batch in zip(responses, batches, strict=True):
+        assert response.error is None
+        (out,) = response.output_tensors
+        assert out.name == "depth" and out.array.dtype == np.float32
+        np.testing.assert_allclose(out.array, ort_reference(onnx_path, batch), atol=1e-5)
+
+
+def test_model_py_reports_an_ort_failure_to_every_request(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _load_model_py(tiny, monkeypatch)
+    bad = np.zeros((1, 3, H, W + 1), np.float32)  # ORT refuses the width
+    responses = model.execute([{"image": bad}, {"image": bad}])
+    assert len(responses) == 2
+    for r in responses:
+        assert r.output_tensors == [] and "inference failed" in r.error.message

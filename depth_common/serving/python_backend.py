@@ -101,7 +101,7 @@ class TritonPythonModel:
                     self.session.run([o for o, _ in self.outputs], f) for f in feeds_per_request
                 ]
         except Exception as exc:  # the whole batch failed: every request gets the message
-            error = pb_utils.TritonError(f"{self.name}: ONNX Runtime failed: {exc}")
+            error = pb_utils.TritonError(f"{self.name}: inference failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         return [
             pb_utils.InferenceResponse(
