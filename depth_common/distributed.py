@@ -386,7 +386,10 @@ def plan_batches(batch_size: int, world: int, micro_batch_size: int | None = Non
 
 
 def wrap_ddp(
-    model: torch.nn.Module, ctx: DistContext, sync_batchnorm: bool = False
+    model: torch.nn.Module,
+    ctx: DistContext,
+    sync_batchnorm: bool = False,
+    find_unused_parameters: bool = False,
 ) -> torch.nn.Module:
     """Move ``model`` to ``ctx.device`` and wrap it in DDP under a process group.
 
@@ -394,6 +397,9 @@ def wrap_ddp(
     statistics are computed over the whole effective micro-batch (all ranks), which matters
     when a rank's micro-batch is small. DDP broadcasts rank 0's parameters and buffers at
     construction, so every rank starts from the same weights whatever its seed.
+    ``find_unused_parameters``: let DDP skip parameters that get no gradient (costs one graph
+    traversal per step); needed while the model holds such parameters (the timm encoder's
+    final ``norm``, which the DPT taps bypass).
     Without a process group the model is returned unwrapped (on the device).
     """
     model = model.to(ctx.device)
@@ -408,7 +414,9 @@ def wrap_ddp(
             )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

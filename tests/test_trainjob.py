@@ -216,3 +216,165 @@ def test_write_params_file_round_trips(tmp_path):
     path = T.write_params_file(params, tmp_path / "run" / "params.yaml")
     assert load_params(path) == params
     assert [p.name for p in path.parent.iterdir()] == ["params.yaml"]  # no temp file left
+
+
+# -- submit / wait / logs against a recorded Kubernetes API double on 127.0.0.1 ------------------
+
+
+class _KubeDouble:
+    """Just the API calls ClusterJobs makes for a PyTorchJob, answered from a script:
+    each GET of the job returns the next status in ``statuses`` (the last one repeats)."""
+
+    def __init__(
+        self, statuses, log_lines=("epoch 1/2 train_loss 1.0", "epoch 2/2 train_loss 0.5")
+    ):
+        import http.server
+        import json
+        import threading
+        from urllib.parse import parse_qs, urlparse
+
+        self.statuses = list(statuses)
+        self.requests: list[tuple[str, str]] = []
+        self.created: dict | None = None
+        double = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):  # keep pytest output clean
+                pass
+
+            def _send(self, code, body, ctype="application/json"):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                double.requests.append(("POST", self.path))
+                n = int(self.headers["Content-Length"])
+                double.created = json.loads(self.rfile.read(n))
+                self._send(201, double.created)
+
+            def do_DELETE(self):
+                double.requests.append(("DELETE", self.path))
+                self._send(200, {"kind": "Status", "status": "Success"})
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                double.requests.append(("GET", url.path))
+                if url.path.endswith("/log"):
+                    assert parse_qs(url.query)["container"] == ["pytorch"]
+                    self._send(200, ("\n".join(log_lines) + "\n").encode(), "text/plain")
+                elif url.path.endswith("/pods"):
+                    sel = parse_qs(url.query)["labelSelector"][0]
+                    assert "training.kubeflow.org/replica-type=master" in sel
+                    pod = {"metadata": {"name": "depth-train-1-master-0"}}
+                    self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": [pod]})
+                elif "/pytorchjobs/" in url.path:
+                    status = (
+                        double.statuses.pop(0) if len(double.statuses) > 1 else double.statuses[0]
+                    )
+                    self._send(200, {**double.created, "status": status})
+                else:
+                    self._send(404, {"kind": "Status", "code": 404})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.api = client.ApiClient(cfg)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _cond(kind, reason="", message=""):
+    return {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]}
+
+
+def test_cluster_jobs_submit_wait_stream_logs(job):
+    lines: list[str] = []
+    statuses = [{}, _cond("Running"), _cond("Running"), _cond("Succeeded", "PyTorchJobSucceeded")]
+    with _KubeDouble(statuses) as kube:
+        jobs = T.ClusterJobs(job.namespace, api_client=kube.api)
+        state = jobs.run(job, "pytorchjob", log=lines.append, poll_s=0.01)
+    assert state == T.JobState("succeeded", "PyTorchJobSucceeded")
+    assert kube.requests[0] == (
+        "POST",
+        f"/apis/kubeflow.org/v1/namespaces/{job.namespace}/pytorchjobs",
+    )
+    assert kube.created == T.build_pytorchjob(job)
+    assert "epoch 2/2 train_loss 0.5" in lines  # the master's log reached the task log
+    assert lines[0].startswith("submitted pytorchjob")
+
+
+def test_cluster_jobs_fail_with_the_jobs_reason(job):
+    statuses = [_cond("Running"), _cond("Failed", "PyTorchJobFailed", "master-0 exited with 1")]
+    with _KubeDouble(statuses) as kube:
+        jobs = T.ClusterJobs(job.namespace, api_client=kube.api)
+        with pytest.raises(T.JobFailed, match="PyTorchJobFailed: master-0 exited with 1"):
+            jobs.run(job, "pytorchjob", log=lambda _: None, poll_s=0.01)
+    assert not any(m == "DELETE" for m, _ in kube.requests)  # failed jobs stay for post-mortems
+
+
+def test_cluster_jobs_time_out_and_delete_the_job(job):
+    with _KubeDouble([{}]) as kube:  # never starts
+        jobs = T.ClusterJobs(job.namespace, api_client=kube.api)
+        name = jobs.submit(job, "pytorchjob")
+        with pytest.raises(TimeoutError, match="training.job_timeout_s"):
+            jobs.wait(name, "pytorchjob", timeout_s=0.2, poll_s=0.02, log=lambda _: None)
+    assert kube.requests[-1] == (
+        "DELETE",
+        f"/apis/kubeflow.org/v1/namespaces/{job.namespace}/pytorchjobs/{job.name}",
+    )
+
+
+class _FakeJobs:
+    """Stands in for the cluster: 'runs' the job by writing the checkpoint rank 0 would."""
+
+    def __init__(self, shared):
+        self.shared = shared
+        self.ran = []
+
+    def run(self, job, launcher, log):
+        self.ran.append((job, launcher))
+        out = self.shared / job.name / "out"
+        out.mkdir(parents=True)
+        (out / "best.pt").write_bytes(b"checkpoint")
+        return T.JobState("succeeded")
+
+
+def test_run_scaled_training_moves_data_and_checkpoint(tmp_path):
+    processed = tmp_path / "processed"
+    (processed / "train").mkdir(parents=True)
+    (processed / "manifest.json").write_text("{}")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    params = load_params("params.yaml", CLUSTER)
+    fake = _FakeJobs(shared)
+    best = T.run_scaled_training(
+        params, processed, tmp_path / "model", run_name="depth-run-7", shared_root=shared, jobs=fake
+    )
+    assert best.read_bytes() == b"checkpoint"
+    assert (shared / "depth-run-7" / "data" / "manifest.json").is_file()
+    assert load_params(shared / "depth-run-7" / "params.yaml") == params
+    ((job, launcher),) = fake.ran
+    assert launcher == "trainjob"
+    assert "/mnt/shared/depth-run-7/data" in job.command
+    with pytest.raises(ConfigError, match="training.shared_pvc"):
+        T.run_scaled_training(
+            load_params("params.yaml", ["training.num_nodes=2"]),
+            processed,
+            tmp_path / "m2",
+            run_name="x",
+            shared_root=shared,
+            jobs=fake,
+        )
