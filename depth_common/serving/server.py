@@ -200,6 +200,20 @@ def _server_env(install: TritonInstall, ort_threads: int | None) -> dict[str, st
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Covers what ``stop()``/atexit cannot: the Python process killed with SIGKILL (a test
+    timeout, the OOM killer) would otherwise leave tritonserver holding its ports. The signal
+    follows the *thread* that started the server, so start it from a long-lived thread.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -339,6 +353,7 @@ class LocalTritonServer:
                 stderr=subprocess.STDOUT,
                 env=_server_env(install, self.ort_threads),
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def _wait_ready(self) -> None:
