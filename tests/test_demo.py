@@ -239,3 +239,16 @@ def test_page_loads_and_an_example_runs_in_chromium(
     assert screenshot.size[0] >= 800 and screenshot.size[1] >= 600
     # Not a blank page: the screenshot has the inferno panel's colours in it.
     assert len(np.unique(np.asarray(screenshot.convert("RGB")).reshape(-1, 3), axis=0)) > 100
+
+
+def test_endpoint_mode_gives_the_same_picture_as_onnxruntime(model: Path) -> None:
+    from depth_common.serving.demo import EndpointPredictor
+    from depth_common.serving.server import LocalTritonServer
+
+    rgb = np.random.default_rng(3).integers(0, 256, (70, 110, 3), dtype=np.uint8)
+    with LocalTritonServer(model.parent / "repo") as server:
+        predictor = EndpointPredictor(server.grpc_url, protocol="grpc")
+        picture, summary = make_predict_fn(predictor)(Image.fromarray(rgb))
+        predictor.close()
+    np.testing.assert_array_equal(picture, _expected_picture(model, rgb))
+    assert "110x70 px" in summary

@@ -69,13 +69,24 @@ class EndpointPredictor:
     def __init__(self, url: str, protocol: str = "http", model_name: str = "depth") -> None:
         self.url, self.protocol, self.model_name = url, protocol, model_name
         self._local = threading.local()
+        self._clients: list[DepthClient] = []
+        self._lock = threading.Lock()
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         client = getattr(self._local, "client", None)
         if client is None:
             client = DepthClient(self.url, protocol=self.protocol, model_name=self.model_name)
             self._local.client = client
+            with self._lock:
+                self._clients.append(client)
         return client.predict([image])[0]
+
+    def close(self) -> None:
+        """Close every thread's connection (an open one delays the server's shutdown)."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
 
 def render_side_by_side(image: np.ndarray, depth: np.ndarray) -> np.ndarray:
