@@ -149,7 +149,7 @@ def test_local_copy_keeps_the_config_and_leaves_out_gpu_models(tmp_path: Path) -
     assert local.instance_group[0].count == 2
     assert local.instance_group[0].kind == local.instance_group[0].KIND_CPU
     assert local.model_warmup == original.model_warmup
-    assert local.parameters["intra_op_threads"].string_value == "1"
+    assert local.parameters["intra_op_thread_count"].string_value == "1"
     version_dir = tmp_path / "local" / "depth" / "3"
     assert (version_dir / "model.onnx").resolve() == (repo / "depth" / "3" / "model.onnx").resolve()
     assert (version_dir / "model.py").read_text().startswith('"""Triton Python-backend')

@@ -13,7 +13,8 @@ only): the stub imports it from the repository, not from this package.
 Model-config ``parameters`` it reads (all optional, string values):
 
 - ``onnx_file``: file name in the version directory (default ``model.onnx``).
-- ``intra_op_threads``: ONNX Runtime intra-op threads per instance (default 0 = ORT decides);
+- ``intra_op_thread_count``: ONNX Runtime intra-op threads per instance (the name Triton's
+  ONNX Runtime backend uses; default 0 = ORT decides);
   the environment variable ``DEPTH_ORT_THREADS`` overrides it, so a benchmark can pin threads
   without rewriting the repository.
 """
@@ -60,7 +61,7 @@ class TritonPythonModel:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{config['name']}: no ONNX file at {path}")
         threads = int(
-            os.environ.get("DEPTH_ORT_THREADS") or _param(config, "intra_op_threads", "0")
+            os.environ.get("DEPTH_ORT_THREADS") or _param(config, "intra_op_thread_count", "0")
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

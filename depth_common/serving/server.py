@@ -102,7 +102,9 @@ def localize_model_config(
     """The same config, run by the Python backend + ONNX Runtime instead of Triton's ORT.
 
     Everything else (name, inputs, outputs, max_batch_size, dynamic_batching, instance count,
-    warmup) is kept. ``onnx_file`` is recorded as a parameter for ``model.py``.
+    warmup, version policy, parameters) is kept. ``onnx_file`` is recorded as a parameter for
+    ``model.py``. ``intra_op_threads`` > 0 sets ``intra_op_thread_count`` (the parameter name
+    Triton's ONNX Runtime backend reads, so a repository's own setting carries over when 0).
     """
     local = model_config_pb2.ModelConfig()
     local.CopyFrom(config)
@@ -111,9 +113,10 @@ def localize_model_config(
     onnx_file = config.default_model_filename or "model.onnx"
     local.ClearField("default_model_filename")  # the python backend's file is model.py
     local.parameters["onnx_file"].string_value = onnx_file
-    local.parameters["intra_op_threads"].string_value = str(intra_op_threads)
+    if intra_op_threads > 0:
+        local.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
     # ORT's TensorRT/CUDA accelerators do not exist here; the config must not ask for them.
-    local.ClearField("optimization")
+    local.optimization.ClearField("execution_accelerators")
     for group in local.instance_group:
         group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
         group.ClearField("gpus")
@@ -307,7 +310,8 @@ class LocalTritonServer:
                 except TritonServerError as exc:
                     in_use = "already in use" in _tail(self.log_path, 200).lower()
                     self._terminate()
-                    if not in_use or attempt == 2:
+                    # Only ports picked here can be re-picked; a port the caller chose stays taken.
+                    if not in_use or attempt == 2 or all(self._requested):
                         raise exc from None
                     log.warning("local Triton: a port was taken, retrying with new ports")
         except BaseException:
