@@ -19,6 +19,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def progress(line: str) -> None:
+    """Progress lines, flushed: ``make bench`` output is often piped to a file."""
+    print(line, flush=True)
+
+
 def run(
     results: dict[str, Any],
     *,
@@ -26,7 +31,7 @@ def run(
     cities: int = 2,
     per_split: int = 4,
     workers: Sequence[int] = (1, 2),
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = progress,
 ) -> dict[str, Any]:
     """Fill ``results["preprocess"]`` and return ``results``."""
     from depth_common.config import load_params

@@ -28,6 +28,13 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def progress(line: str) -> None:
+    """Progress lines, flushed: ``make bench`` output is often piped to a file."""
+    print(line, flush=True)
+
+
 CONCURRENCY: tuple[int, ...] = (1, 4, 16)
 
 
@@ -190,7 +197,7 @@ def bench_model(
     duration_s: float,
     concurrency: Sequence[int] = CONCURRENCY,
     ort_threads: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = progress,
 ) -> dict[str, Any]:
     """All cells for one model: ORT in-process, then Triton HTTP/gRPC with batching on/off."""
     import onnxruntime as ort
@@ -255,7 +262,7 @@ def run(
     duration_s: float = 5.0,
     models: Sequence[BenchModel] | None = None,
     concurrency: Sequence[int] = CONCURRENCY,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = progress,
 ) -> dict[str, Any]:
     """Fill ``results["serving"]`` (a list, one entry per model) and return ``results``."""
     results["serving"] = [
