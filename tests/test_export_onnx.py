@@ -59,6 +59,11 @@ def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Onnx
     return export_onnx(checkpoint, tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
+@pytest.fixture(scope="module")
+def torch_model(checkpoint: Path) -> torch.nn.Module:
+    return model_from_checkpoint(checkpoint)[0]
+
+
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [
         d.dim_value if d.HasField("dim_value") else d.dim_param
@@ -103,13 +108,14 @@ def test_parity_figures_recorded(exported: OnnxExport) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4])
-def test_dynamic_batch_matches_pytorch(exported: OnnxExport, checkpoint: Path, batch: int) -> None:
-    model, _ = model_from_checkpoint(checkpoint)
+def test_dynamic_batch_matches_pytorch(
+    exported: OnnxExport, torch_model: torch.nn.Module, batch: int
+) -> None:
     x = np.random.default_rng(batch).standard_normal((batch, 3, H, W), dtype=np.float32)
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     (got,) = session.run(["depth"], {"image": x})
     with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
+        ref = torch_model(torch.from_numpy(x)).numpy()
     assert got.shape == (batch, 1, H, W)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3)
     # the images differ, so a batch-size-specific constant would show up as equal rows
