@@ -134,7 +134,10 @@ def build_local_repository(
     repository = Path(repository).resolve()
     out_dir = Path(out_dir)
     if not repository.is_dir():
-        raise TritonServerError(f"{repository}: model repository is not a directory")
+        raise TritonServerError(
+            f"{repository}: model repository is not a directory (build one with "
+            "`python -m depth_common triton-repo`, or run the pipeline: `make run`)"
+        )
     # Imported here: depth_common.export imports torch, which `serve --help` should not wait for.
     from depth_common.export.triton import parse_model_config
 
