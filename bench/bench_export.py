@@ -144,7 +144,8 @@ def run(results: dict, *, runs: int = 5, warmup: int = 1) -> list[dict]:
 
     Entry keys: model, encoder, img_size [H, W] (pixels), batch, torch_ms, onnxruntime_ms
     (median milliseconds per call), ratio (onnxruntime_ms / torch_ms), parity_max_abs_diff
-    (metres), runs (timed calls behind each median, at least 3).
+    (metres), runs (timed calls behind each median: `runs`, or fewer but >= 3 once the
+    per-measurement time budget is spent).
     """
     entries: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
