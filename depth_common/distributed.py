@@ -432,6 +432,23 @@ def no_sync_unless(model: torch.nn.Module, sync: bool) -> contextlib.AbstractCon
     return model.no_sync()
 
 
+def sync_buffers(model: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank, in place.
+
+    DDP broadcasts buffers only at the start of each training forward, so after the last
+    training step of an epoch each rank holds running statistics updated by its own
+    micro-batch. Validation right after would then evaluate a slightly different model on
+    each rank than the one rank 0 checkpoints; syncing first makes them the same.
+    """
+    if not _group_active():
+        return
+    device = _collective_device()
+    for buf in unwrap(model).buffers():
+        work = buf.detach().to(device, copy=True)
+        dist.broadcast(work, src=src)
+        buf.data.copy_(work.to(buf.device))
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any rank (e.g. a non-finite loss somewhere)."""
     return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
