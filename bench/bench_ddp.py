@@ -66,13 +66,19 @@ def _worker(args: argparse.Namespace) -> None:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize()
         D.barrier()
+        # Per-step times: the gradient all-reduce inside backward keeps the ranks in step, and
+        # the median resists the noise of other work on a shared machine.
+        times = []
         t0 = time.perf_counter()
         for _ in range(args.steps):
+            ts = time.perf_counter()
             step()
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - ts)
         D.barrier()
         elapsed = time.perf_counter() - t0
+        median = sorted(times)[len(times) // 2]
         if ctx.is_main:
             Path(args.result).write_text(
                 json.dumps(
@@ -84,7 +90,9 @@ def _worker(args: argparse.Namespace) -> None:
                         "micro_batch_per_rank": plan.micro_batch_size,
                         "steps": args.steps,
                         "seconds": elapsed,
-                        "samples_per_s": plan.batch_size * args.steps / elapsed,
+                        "median_step_s": median,
+                        "samples_per_s": plan.batch_size / median,
+                        "samples_per_s_mean": plan.batch_size * args.steps / elapsed,
                     }
                 )
             )
@@ -99,7 +107,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--set", action="append", default=None, metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_ddp.json"))
-    parser.add_argument("--threads", type=int, default=None, help="OMP threads per process")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP threads per process (default: the cores split evenly between the processes)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,7 +129,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     rows = []
     for n in args.nprocs:
-        # Split the cores between the processes (what torchrun does by default is 1 thread).
+        # Split the cores between the processes (torchrun's own default is 1 thread each).
         threads = args.threads or max(1, cores // n)
         with tempfile.TemporaryDirectory() as tmp:
             result = Path(tmp) / "result.json"
@@ -144,6 +157,7 @@ def main() -> None:
         rows.append(row)
         print(
             f"{n} process(es) on {row['device']}: {row['samples_per_s']:.2f} samples/s "
+            f"(median step {row['median_step_s'] * 1e3:.0f} ms) "
             f"(global batch {row['global_batch']}, {row['micro_batch_per_rank']} per rank, "
             f"{threads} thread(s) each)"
         )

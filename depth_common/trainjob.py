@@ -709,8 +709,12 @@ def run_scaled_training(
     shared_root: str | Path = SHARED_MOUNT,
     jobs: ClusterJobs | None = None,
     log: Callable[[str], None] = print,
-) -> Path:
-    """Train on the cluster and bring the best checkpoint back; returns ``model_dir/best.pt``.
+) -> Any:
+    """Train on the cluster and bring the best checkpoint back into ``model_dir``.
+
+    Returns the same :class:`~depth_common.train.TrainResult` as the single-process
+    ``train()`` (checkpoint ``model_dir/best.pt``; val metrics, MLflow run id and epochs read
+    from the checkpoints rank 0 wrote), so the train step handles both paths alike.
 
     The calling pod (the pipeline's train step) must have ``training.shared_pvc`` mounted at
     ``shared_root``, as the train pods do. Layout on the volume, per run::
@@ -755,4 +759,20 @@ def run_scaled_training(
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     _copy_atomic(best, model_dir / "best.pt")
-    return model_dir / "best.pt"
+    return _result_from_checkpoints(model_dir / "best.pt", out_dir / "last.pt")
+
+
+def _result_from_checkpoints(best: Path, last: Path) -> Any:
+    from depth_common.checkpoint import load_checkpoint
+    from depth_common.train import TrainResult
+
+    ckpt = load_checkpoint(best)
+    history = load_checkpoint(last).get("history", []) if last.is_file() else []
+    epochs = sum(1 for h in history if "train_loss" in h) if history else int(ckpt["epoch"])
+    return TrainResult(
+        checkpoint_path=best,
+        best_val={k: float(v) for k, v in ckpt["metrics"].items()},
+        mlflow_run_id=ckpt.get("mlflow_run_id"),
+        epochs_run=epochs,
+        history=[dict(h) for h in history],
+    )

@@ -345,10 +345,34 @@ class _FakeJobs:
         self.ran = []
 
     def run(self, job, launcher, log):
+        import torch
+
+        from depth_common.checkpoint import save_checkpoint
+
         self.ran.append((job, launcher))
         out = self.shared / job.name / "out"
         out.mkdir(parents=True)
-        (out / "best.pt").write_bytes(b"checkpoint")
+        history = [{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.5}]
+
+        class Tiny(torch.nn.Linear):
+            config = {"encoder": "tiny", "decoder_features": 8, "img_size": [32, 32], "hooks": [0]}
+
+        save_checkpoint(
+            out / "best.pt",
+            Tiny(2, 1),
+            self.params,
+            epoch=2,
+            metrics={"val_rmse": 3.5},
+            mlflow_run_id="run-123",
+        )
+        save_checkpoint(
+            out / "last.pt",
+            Tiny(2, 1),
+            self.params,
+            epoch=2,
+            metrics={"val_rmse": 3.9},
+            extra={"history": history},
+        )
         return T.JobState("succeeded")
 
 
@@ -360,10 +384,14 @@ def test_run_scaled_training_moves_data_and_checkpoint(tmp_path):
     shared.mkdir()
     params = load_params("params.yaml", CLUSTER)
     fake = _FakeJobs(shared)
-    best = T.run_scaled_training(
+    fake.params = params
+    result = T.run_scaled_training(
         params, processed, tmp_path / "model", run_name="depth-run-7", shared_root=shared, jobs=fake
     )
-    assert best.read_bytes() == b"checkpoint"
+    assert result.checkpoint_path == tmp_path / "model" / "best.pt"
+    assert result.checkpoint_path.read_bytes() == (shared / "depth-run-7/out/best.pt").read_bytes()
+    assert result.best_val == {"val_rmse": 3.5} and result.mlflow_run_id == "run-123"
+    assert result.epochs_run == 2
     assert (shared / "depth-run-7" / "data" / "manifest.json").is_file()
     assert load_params(shared / "depth-run-7" / "params.yaml") == params
     ((job, launcher),) = fake.ran
