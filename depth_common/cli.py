@@ -54,17 +54,22 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from depth_common.distributed import TorchrunEnv
     from depth_common.train import train
 
     params = _params(args)
-    result = train(
+    # Under torchrun, `record` hands a failing rank's traceback to torchrun's error summary.
+    result = record(train)(
         params,
         args.data or params.data.processed_dir,
         args.out or params.training.checkpoint_dir,
         resume=args.resume,
     )
-    print(f"best checkpoint: {result.checkpoint_path}")
-    print(json.dumps(result.best_val, indent=2))
+    if TorchrunEnv.from_environ().rank == 0:  # one report per job, not one per rank
+        print(f"best checkpoint: {result.checkpoint_path}")
+        print(json.dumps(result.best_val, indent=2))
     return 0
 
 
