@@ -582,14 +582,20 @@ class ClusterJobs:
 
     def master_pod(self, name: str, launcher: str) -> tuple[str, str] | None:
         """(pod, container) of rank 0, once it exists."""
-        if launcher == "trainjob":
-            selector = f"jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=node,batch.kubernetes.io/job-completion-index=0"
+        if launcher == "trainjob":  # JobSet pod labels (the SDK selects steps the same way)
+            labels = {
+                "jobset.sigs.k8s.io/jobset-name": name,
+                "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                "batch.kubernetes.io/job-completion-index": "0",
+            }
             container = TRAINJOB_CONTAINER
-        else:
-            selector = (
-                f"training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=master"
-            )
+        else:  # Training Operator v1 pod labels
+            labels = {
+                "training.kubeflow.org/job-name": name,
+                "training.kubeflow.org/replica-type": "master",
+            }
             container = PYTORCHJOB_CONTAINER
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
         return (pods[0].metadata.name, container) if pods else None
 

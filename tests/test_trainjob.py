@@ -6,6 +6,7 @@ import copy
 from unittest import mock
 
 import pytest
+import yaml
 
 from depth_common import trainjob as T
 from depth_common.config import ConfigError, load_params
@@ -220,14 +221,15 @@ def test_write_params_file_round_trips(tmp_path):
 
 # -- submit / wait / logs against a recorded Kubernetes API double on 127.0.0.1 ------------------
 
+LOG_LINES = ("epoch 1/2 train_loss 1.0", "epoch 2/2 train_loss 0.5")
+
 
 class _KubeDouble:
-    """Just the API calls ClusterJobs makes for a PyTorchJob, answered from a script:
-    each GET of the job returns the next status in ``statuses`` (the last one repeats)."""
+    """The Kubernetes API calls ClusterJobs (and TrainerClient) make, answered on 127.0.0.1:
+    each GET of the job returns the next status in ``statuses`` (the last one repeats). For
+    TrainJobs it serves the real ``torch-distributed`` ClusterTrainingRuntime (vendored)."""
 
-    def __init__(
-        self, statuses, log_lines=("epoch 1/2 train_loss 1.0", "epoch 2/2 train_loss 0.5")
-    ):
+    def __init__(self, statuses, plural="pytorchjobs", log_lines=LOG_LINES):
         import http.server
         import json
         import threading
@@ -236,6 +238,13 @@ class _KubeDouble:
         self.statuses = list(statuses)
         self.requests: list[tuple[str, str]] = []
         self.created: dict | None = None
+        runtime = yaml.safe_load((T.CRD_DIR / "runtime_torch_distributed.yaml").read_text())
+        container = "node" if plural == "trainjobs" else "pytorch"
+        master = (
+            "batch.kubernetes.io/job-completion-index=0"
+            if plural == "trainjobs"
+            else "training.kubeflow.org/replica-type=master"
+        )
         double = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -264,20 +273,19 @@ class _KubeDouble:
                 url = urlparse(self.path)
                 double.requests.append(("GET", url.path))
                 if url.path.endswith("/log"):
-                    assert parse_qs(url.query)["container"] == ["pytorch"]
+                    assert parse_qs(url.query)["container"] == [container]
                     self._send(200, ("\n".join(log_lines) + "\n").encode(), "text/plain")
                 elif url.path.endswith("/pods"):
-                    sel = parse_qs(url.query)["labelSelector"][0]
-                    assert "training.kubeflow.org/replica-type=master" in sel
+                    assert master in parse_qs(url.query)["labelSelector"][0]
                     pod = {"metadata": {"name": "depth-train-1-master-0"}}
                     self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": [pod]})
-                elif "/pytorchjobs/" in url.path:
-                    status = (
-                        double.statuses.pop(0) if len(double.statuses) > 1 else double.statuses[0]
-                    )
-                    self._send(200, {**double.created, "status": status})
-                else:
-                    self._send(404, {"kind": "Status", "code": 404})
+                elif url.path.endswith("/clustertrainingruntimes/torch-distributed"):
+                    self._send(200, runtime)
+                elif f"/{plural}/" in url.path:
+                    st = double.statuses.pop(0) if len(double.statuses) > 1 else double.statuses[0]
+                    self._send(200, {**double.created, "status": st})
+                else:  # e.g. the Trainer's version ConfigMap, namespaced TrainingRuntimes
+                    self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -314,6 +322,25 @@ def test_cluster_jobs_submit_wait_stream_logs(job):
     assert kube.created == T.build_pytorchjob(job)
     assert "epoch 2/2 train_loss 0.5" in lines  # the master's log reached the task log
     assert lines[0].startswith("submitted pytorchjob")
+
+
+def test_trainjob_through_trainer_client_end_to_end(job):
+    """TrainerClient (Kubernetes backend) resolves the runtime and creates the TrainJob; the
+    wait streams node-0's log and returns on Complete."""
+    lines: list[str] = []
+    statuses = [{}, _cond("Complete", "JobSetCompleted")]
+    with _KubeDouble(statuses, plural="trainjobs") as kube:
+        jobs = T.ClusterJobs(job.namespace, api_client=kube.api)
+        state = jobs.run(job, "trainjob", log=lines.append, poll_s=0.01)
+    assert state.phase == "succeeded"
+    posts = [path for m, path in kube.requests if m == "POST"]
+    assert posts == [f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{job.namespace}/trainjobs"]
+    assert kube.created == T.build_trainjob(job)
+    assert (
+        "GET",
+        "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/torch-distributed",
+    ) in (kube.requests)
+    assert "epoch 2/2 train_loss 0.5" in lines
 
 
 def test_cluster_jobs_fail_with_the_jobs_reason(job):
