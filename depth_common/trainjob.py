@@ -533,6 +533,9 @@ def job_state(obj: Mapping[str, Any]) -> JobState:
     return JobState("pending")
 
 
+_STARTED = ("Running", "Succeeded", "Failed")  # pod phases with a container log
+
+
 class ClusterJobs:
     """Submit a job, wait for it with a timeout while streaming the master's logs, fail with
     the job's reason. ``api_client``: a ``kubernetes.client.ApiClient`` (default: kube-config,
@@ -581,7 +584,7 @@ class ClusterJobs:
         self.custom.delete_namespaced_custom_object(group, version, self.namespace, plural, name)
 
     def master_pod(self, name: str, launcher: str) -> tuple[str, str] | None:
-        """(pod, container) of rank 0, once it exists."""
+        """(pod, container) of rank 0 once its container has started (it has a log)."""
         if launcher == "trainjob":  # JobSet pod labels (the SDK selects steps the same way)
             labels = {
                 "jobset.sigs.k8s.io/jobset-name": name,
@@ -597,7 +600,8 @@ class ClusterJobs:
             container = PYTORCHJOB_CONTAINER
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        return (pods[0].metadata.name, container) if pods else None
+        started = [p for p in pods if p.status and p.status.phase in _STARTED]
+        return (started[0].metadata.name, container) if started else None
 
     def stream_logs(self, pod: str, container: str, sink: Callable[[str], None]) -> None:
         """Follow the pod's log, one line at a time into ``sink``, until the container exits."""
@@ -633,7 +637,8 @@ class ClusterJobs:
         streamer: threading.Thread | None = None
         while True:
             state = job_state(self.get(name, launcher))
-            if streamer is None and state.phase != "pending":
+            # TrainJobs have no Running condition: look for the master pod from the start.
+            if streamer is None:
                 pod = self.master_pod(name, launcher)
                 if pod is not None:
                     streamer = threading.Thread(

@@ -277,7 +277,11 @@ class _KubeDouble:
                     self._send(200, ("\n".join(log_lines) + "\n").encode(), "text/plain")
                 elif url.path.endswith("/pods"):
                     assert master in parse_qs(url.query)["labelSelector"][0]
-                    pod = {"metadata": {"name": "depth-train-1-master-0"}}
+                    phase = "Pending" if len(double.requests) < 6 else "Running"
+                    pod = {
+                        "metadata": {"name": "depth-train-1-master-0"},
+                        "status": {"phase": phase},
+                    }
                     self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": [pod]})
                 elif url.path.endswith("/clustertrainingruntimes/torch-distributed"):
                     self._send(200, runtime)
