@@ -167,6 +167,8 @@ def main() -> None:
     report = {
         "machine": {
             "cpu_count": cores,
+            # other work on the machine skews CPU numbers: keep the load next to them
+            "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
             "cuda_devices": [
                 torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
             ],
