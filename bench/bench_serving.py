@@ -76,7 +76,7 @@ def run_load(
     make_caller: Callable[[], tuple[Callable[[], Any], Callable[[], None]]],
     concurrency: int,
     duration_s: float,
-    warmup: int = 2,
+    warmup: int = 1,
 ) -> dict[str, Any]:
     """``concurrency`` threads, each with its own caller, in a closed loop for ``duration_s``.
 
@@ -259,7 +259,7 @@ def bench_model(
 def run(
     results: dict[str, Any],
     *,
-    duration_s: float = 5.0,
+    duration_s: float = 4.0,
     models: Sequence[BenchModel] | None = None,
     concurrency: Sequence[int] = CONCURRENCY,
     log: Callable[[str], None] = progress,

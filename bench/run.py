@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,12 +201,16 @@ def write_results(results: dict[str, Any], out: Path) -> Path:
     return out
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per serving cell")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per serving cell")
     parser.add_argument("--quick", action="store_true", help="demo model only, 1 s cells")
     parser.add_argument(
         "--skip", action="append", default=[], choices=("serving", "preprocess", "export")
@@ -213,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench import bench_preprocess, bench_serving
+
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so every `with LocalTritonServer`
+    # stops its server and Python-backend stubs instead of leaving them running.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     results: dict[str, Any] = {"machine": machine_info(), "skipped": {}}
     if "serving" not in args.skip:
