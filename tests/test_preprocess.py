@@ -129,6 +129,7 @@ def test_idempotent_skips_and_reruns_on_change(synthetic_raw, tmp_path):
     assert fourth["run"] == {"converted": 24, "skipped": 0}
     assert np.load(out / "train" / s.city / f"{s.frame_id}.npy").max() == pytest.approx(20.0)
     assert json.loads((out / MANIFEST).read_text())["params"]["max_depth"] == 20.0
+    assert fourth["stats"]["train"]["depth_p95"] == 20.0  # clamped depths report max_depth
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -161,13 +161,16 @@ def _process(job: _Job) -> _Result:
     return _Result(False, hist, valid, depth.size)
 
 
-def _percentile(hist: np.ndarray, q: float) -> float | None:
-    """The q-th percentile (0..100) of the histogrammed depths (bin centre, metres)."""
+def _percentile(hist: np.ndarray, q: float, max_depth: float) -> float | None:
+    """The q-th percentile (0..100) of the histogrammed depths (bin centre, metres).
+
+    The last bin holds depths clamped at ``max_depth``; it reports ``max_depth`` itself.
+    """
     total = int(hist.sum())
     if total == 0:
         return None
     k = int(np.searchsorted(np.cumsum(hist), q / 100.0 * total, side="left"))
-    return round((k + 0.5) * HIST_BIN_M, 4)
+    return round(min((k + 0.5) * HIST_BIN_M, max_depth), 4)
 
 
 def preprocess_dataset(
@@ -262,9 +265,9 @@ def preprocess_dataset(
         manifest["counts"][split] = n
         manifest["stats"][split] = {
             "valid_fraction": round(sum(r.valid for r in part) / total, 6),
-            "depth_p5": _percentile(hist, 5),
-            "depth_p50": _percentile(hist, 50),
-            "depth_p95": _percentile(hist, 95),
+            "depth_p5": _percentile(hist, 5, data_cfg.max_depth),
+            "depth_p50": _percentile(hist, 50, data_cfg.max_depth),
+            "depth_p95": _percentile(hist, 95, data_cfg.max_depth),
         }
         manifest["frames"][split] = [f"{s.city}/{s.frame_id}" for s in samples[split]]
     save_json(out / MANIFEST, manifest)
