@@ -9,7 +9,7 @@ PARAMS ?= params.yaml
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k metrics"`.
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test train-ddp serve bench lint format compile check-compiled mlflow-ui clean
+.PHONY: help setup run test train-ddp serve bench lint format compile check-compiled mlflow-ui clean images
 
 help:
 	@echo "make run      set up .venv, then run the pipeline locally on generated data (kfp.local)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench    benchmarks: ORT vs Triton HTTP/gRPC, batching, preprocessing"
 	@echo "make lint     ruff check + format check"
 	@echo "make compile  compile every pipeline to pipelines/<name>.yaml"
+	@echo "make images   build + push the component images (images/images.env) with docker/podman"
 	@echo "make mlflow-ui  the MLflow UI on mlflow.db (runs, registry: ViT+Decoder@champion)"
 
 setup: $(STAMP)
@@ -80,6 +81,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# Component images (CPU + CUDA) named in images/images.env; needs a running docker/podman engine
+# (prints why not, and exits 2, where there is none). PUSH=0 builds without pushing.
+images:
+	bash images/build.sh
 
 clean:
 	rm -rf runs reports predictions data/synthetic data/processed saved_models mlflow.db mlruns mlartifacts
