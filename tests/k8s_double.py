@@ -193,7 +193,8 @@ class KServeApiDouble:
     """TEST DOUBLE of the API server for InferenceServices (see the module docstring).
 
     ``outcomes`` maps a storageUri to ``ready`` / ``never-ready`` / ``load-failed`` (default
-    ``ready``); ``url`` is the ``status.address.url`` a Ready service reports (point it at a
+    ``ready``); ``unavailable_after_patch`` GETs after each PATCH get a 503; ``url`` is the
+    ``status.address.url`` a Ready service reports (point it at a
     real v2 server for the smoke test). After a spec change the old status is served for
     ``stale_polls`` GETs, then the progressing status for ``progress_polls`` GETs, then the
     outcome.
@@ -206,11 +207,15 @@ class KServeApiDouble:
         outcomes: dict[str, str] | None = None,
         stale_polls: int = 1,
         progress_polls: int = 2,
+        unavailable_after_patch: int = 0,
     ) -> None:
         self.url = url
         self.outcomes = dict(outcomes or {})
         self.stale_polls = stale_polls
         self.progress_polls = progress_polls
+        # GETs answered 503 after each PATCH (an API server restarting mid-rollout).
+        self.unavailable_after_patch = unavailable_after_patch
+        self._unavailable = 0
         self.requests: list[Recorded] = []
         self.objects: dict[tuple[str, str], _Live] = {}
         self.validator = isvc_validator()
@@ -345,6 +350,11 @@ class KServeApiDouble:
                                 "NotFound",
                                 f'inferenceservices.serving.kserve.io "{key[1]}" not found',
                             )
+                        if method == "GET" and double._unavailable > 0:
+                            double._unavailable -= 1
+                            return self._status(
+                                503, "ServiceUnavailable", "etcdserver: leader changed"
+                            )
                         if method == "GET":
                             view = double._view(live)
                             live.polls += 1
@@ -396,6 +406,7 @@ class KServeApiDouble:
                     meta["generation"] += 1
                     live.polls = 0
                 live.obj = new
+                double._unavailable = double.unavailable_after_patch
                 return self._send(200, double._view(live))
 
             def do_GET(self) -> None:  # noqa: N802

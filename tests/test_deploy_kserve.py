@@ -77,7 +77,8 @@ def test_never_ready_times_out_and_rolls_back_to_the_previous_uri() -> None:
 
 
 def test_failed_model_load_fails_fast_with_the_reason() -> None:
-    with KServeApiDouble(outcomes={NEW: "load-failed"}) as k8s:
+    # The API server also answers 503 twice after each patch: polling must ride over that.
+    with KServeApiDouble(outcomes={NEW: "load-failed"}, unavailable_after_patch=2) as k8s:
         k8s.seed(build_inferenceservice("cpu", name=NAME, namespace=NS, storage_uri=OLD))
         # No previous_storage_uri passed: the live object's storageUri is the rollback target.
         with pytest.raises(DeployError) as info:
@@ -88,6 +89,7 @@ def test_failed_model_load_fails_fast_with_the_reason() -> None:
         assert "ModelLoadFailed" in msg and "RevisionFailed" in msg
         assert f"rolled back to {OLD}" in msg
         assert k8s.get(NS, NAME)["spec"]["predictor"]["model"]["storageUri"] == OLD
+        assert len(k8s.patches()) == 2  # deploy + rollback, each followed by two 503s
 
 
 def test_first_deploy_that_fails_has_nothing_to_roll_back_to() -> None:

@@ -134,9 +134,21 @@ def wait_ready(
     to load (``transitionStatus`` BlockedByFailedLoad / InvalidSpec) fails at once. Raises
     :class:`DeployTimeout` with the last status after ``timeout_s`` seconds.
     """
+    from kubernetes.client.exceptions import ApiException
+
     deadline = time.monotonic() + timeout_s
     while True:
-        isvc = get_inferenceservice(api, namespace, name)
+        try:
+            isvc = get_inferenceservice(api, namespace, name)
+        except ApiException as exc:
+            # An API server restart or overload (5xx) is not the deploy failing: keep polling
+            # until the deadline. 4xx (forbidden, gone) will not fix itself: raise.
+            if exc.status is None or exc.status < 500 or time.monotonic() >= deadline:
+                raise
+            log.warning("reading InferenceService %s/%s: HTTP %s, retrying", namespace, name,
+                        exc.status)  # fmt: skip
+            time.sleep(poll_s)
+            continue
         if isvc is None:
             raise DeployError(f"InferenceService {namespace}/{name} disappeared while waiting")
         status = isvc.get("status", {}) or {}
