@@ -55,7 +55,7 @@ def write_deploy_report(result: DeployResult) -> str:
         rows.append(("max abs diff vs ONNX Runtime", f"{smoke.max_abs_diff:.3g} m"))
     if result.rolled_back_to:
         rows.append(("rolled back to", f"`{result.rolled_back_to}`"))
-    lines = [f"# Deploy: {status}", "", "| | |", "| --- | --- |"]
+    lines = [f"# Deploy: {status}", "", "| item | value |", "| --- | --- |"]
     lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
     if result.target == "kserve":
         path = f"/v2/models/{result.model_name}/infer"
