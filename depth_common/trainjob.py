@@ -686,6 +686,18 @@ class ClusterJobs:
 # -- the train step's cluster path ---------------------------------------------------------------
 
 
+def job_name_for(seed: str, prefix: str = "depth-train") -> str:
+    """A valid, unique-per-``seed`` job name (DNS-1035, <= 63 characters), e.g. from the
+    train step's pod name (``HOSTNAME``): ``depth-train-<slug>-<8 hex of sha1(seed)>``."""
+    import hashlib
+
+    digest = hashlib.sha1(seed.encode()).hexdigest()[:8]
+    slug = re.sub(r"[^a-z0-9]+", "-", seed.lower()).strip("-")
+    room = 63 - len(prefix) - len(digest) - 2
+    slug = slug[:room].strip("-")
+    return f"{prefix}-{slug}-{digest}" if slug else f"{prefix}-{digest}"
+
+
 def needs_cluster(params: Params) -> bool:
     """Whether the train step submits a job: more than one process in all."""
     return params.training.num_nodes * params.training.procs_per_node > 1

@@ -437,3 +437,13 @@ def test_run_scaled_training_moves_data_and_checkpoint(tmp_path):
             shared_root=shared,
             jobs=fake,
         )
+
+
+@pytest.mark.parametrize(
+    "seed",
+    ["depth-pipeline-x7k2p-system-container-impl-2212498111", "A_B", "", "x" * 200, "--"],
+)
+def test_job_name_for_is_a_valid_unique_name(seed):
+    name = T.job_name_for(seed)
+    assert T._NAME_RE.match(name) and len(name) <= 63
+    assert name != T.job_name_for(seed + "1")
