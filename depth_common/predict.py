@@ -1,0 +1,71 @@
+"""Image files → depth maps: a colourised PNG and a float32 ``.npy`` in metres per image.
+
+Both are at the *original* image size: the model runs at its trained ``img_size`` (through
+:func:`depth_common.data.transforms.prepare_image`, the one preprocessing function) and the
+prediction is resized back bilinearly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from depth_common.errors import DataError
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"image {path}: not a readable image file ({exc})") from exc
+
+
+@torch.no_grad()
+def predict_files(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    device: str | torch.device | None = None,
+) -> list[Path]:
+    """Predict depth for each image → ``out_dir/<stem>_depth.png`` and ``<stem>_depth.npy``.
+
+    Returns the written paths, PNG then ``.npy`` for each image in order. The PNG uses the
+    inferno map from 0 m to the image's 99th-percentile predicted depth. Two inputs with the
+    same file stem are refused (their outputs would overwrite each other).
+    """
+    from depth_common.checkpoint import model_from_checkpoint
+    from depth_common.data.io import save_npy, save_png
+    from depth_common.data.transforms import prepare_image
+    from depth_common.viz import colorize_depth
+
+    paths = [Path(p) for p in images]
+    stems = [p.stem for p in paths]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise ValueError(f"images: several inputs share the file stem(s) {dupes}; rename them")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, _ = model_from_checkpoint(checkpoint, map_location=dev)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for path in paths:
+        img = _open_rgb(path)
+        x = torch.from_numpy(prepare_image(img, model.img_size)).unsqueeze(0).to(dev)
+        pred = model(x).float()
+        w, h = img.size
+        depth = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
+        depth = depth[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
+        vmax = float(np.percentile(depth, 99)) or 1.0
+        rgb = colorize_depth(depth, 0.0, vmax, invalid=np.zeros(depth.shape, bool))
+        written.append(save_png(out_dir / f"{path.stem}_depth.png", rgb))
+        written.append(save_npy(out_dir / f"{path.stem}_depth.npy", depth))
+    return written
