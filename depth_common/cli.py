@@ -60,6 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from depth_common.train import train
 
     params = _params(args)
+    _log_info()  # epoch summaries and the AMP mode go to stderr
     # Under torchrun, `record` hands a failing rank's traceback to torchrun's error summary.
     result = record(train)(
         params,
@@ -73,10 +74,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_info() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # no-op if already set up
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from depth_common.evaluate import evaluate, format_metrics_table
 
     params = _params(args)
+    _log_info()
     result = evaluate(
         args.checkpoint,
         args.data or params.data.processed_dir,
