@@ -124,6 +124,7 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
         _with_secrets(evaluated, settings)
 
         decided = decide(run_id=run_id, params=params).set_display_name("decide")
+        decided.after(evaluated)  # reads the test_rmse that evaluate logs to MLflow
         decided.set_caching_options(False)  # the registry changes between runs
         _with_secrets(decided, settings)
 

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from depth_common.config import ConfigError, Params, load_params
 from depth_common.presets import DEMO
 
@@ -116,11 +118,14 @@ def run_local(
     *,
     data_uri: str = "synthetic",
     synthetic: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
     root: str | Path = "runs",
 ) -> LocalRun:
     """Run the pipeline built from ``params_path`` with ``overrides`` as ``params_overrides``.
 
-    The params are validated here first, so a bad ``--set`` fails before any task starts.
+    ``arguments`` sets other pipeline parameters (e.g. ``{"epochs": 3}``). The params file and
+    overrides are validated here first, so a bad ``--set`` fails before any task starts; a bad
+    pipeline argument fails in the pipeline's ``configure`` task, as it would on a cluster.
     """
     from kfp import local
 
@@ -148,7 +153,10 @@ def run_local(
     t0 = time.monotonic()
     try:
         make_pipeline(base)(
-            data_uri=data_uri, synthetic=dict(synthetic or {}), params_overrides=overrides
+            **dict(arguments or {}),
+            data_uri=data_uri,
+            synthetic=dict(synthetic or {}),
+            params_overrides=overrides,
         )
     finally:
         root_logger.removeFilter(events.filter)
@@ -203,17 +211,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="{}",
         help='JSON options of generate_cityscapes, e.g. \'{"cities": 2, "per_split": 8}\'',
     )
+    parser.add_argument(
+        "--arg", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter"
+    )
     parser.add_argument("--root", default="runs", help="parent of the pipeline roots")
     args = parser.parse_args(argv)
     overrides = [*(DEMO if args.demo else ()), *args.set]
     try:
         synthetic = json.loads(args.synthetic)
         if not isinstance(synthetic, dict):
-            raise ValueError("expected a JSON object")
+            raise ValueError(f"--synthetic {args.synthetic!r}: expected a JSON object")
+        arguments = {}
+        for text in args.arg:
+            name, sep, value = text.partition("=")
+            if not sep:
+                raise ValueError(f"--arg {text!r}: expected NAME=VALUE")
+            arguments[name.strip()] = yaml.safe_load(value) if value.strip() else ""
         run = run_local(
-            args.params, overrides, data_uri=args.data_uri, synthetic=synthetic, root=args.root
+            args.params,
+            overrides,
+            data_uri=args.data_uri,
+            synthetic=synthetic,
+            arguments=arguments,
+            root=args.root,
         )
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n" + "=" * 80 + "\n" + format_summary(run))
