@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from depth_common.config import ConfigError, Params, load_params
+from depth_common.config import ConfigError, Params, load_params, params_from_dict
 from depth_common.presets import DEMO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -123,16 +123,20 @@ def run_local(
 ) -> LocalRun:
     """Run the pipeline built from ``params_path`` with ``overrides`` as ``params_overrides``.
 
-    ``arguments`` sets other pipeline parameters (e.g. ``{"epochs": 3}``). The params file and
+    ``arguments`` sets other pipeline parameters (e.g. ``{"epochs": 3}``); it wins over an
+    override of the same key. The params file and
     overrides are validated here first, so a bad ``--set`` fails before any task starts; a bad
     pipeline argument fails in the pipeline's ``configure`` task, as it would on a cluster.
     """
     from kfp import local
 
-    from pipelines.depth_pipeline import make_pipeline
+    from pipelines.depth_pipeline import PARAM_KEYS, make_pipeline
 
     base = load_params(params_path)
-    overrides = list(overrides)
+    # An explicit pipeline argument wins over an override of the same key (e.g. DEMO's
+    # model.encoder), because overrides are applied after the parameters in `configure`.
+    taken = {PARAM_KEYS[name] for name in (arguments or {}) if name in PARAM_KEYS}
+    overrides = [o for o in overrides if o.partition("=")[0].strip() not in taken]
     params = base.with_overrides(overrides)
     uri = resolve_tracking_uri(params.mlflow.tracking_uri, Path.cwd())
     if uri != params.mlflow.tracking_uri:
@@ -165,7 +169,11 @@ def run_local(
     run_dir = run_dirs[-1] if run_dirs else pipeline_root
     stages = events.stages()
     ok = bool(stages) and all(status == "SUCCESS" for _, status, _ in stages)
-    return LocalRun(run_dir, ok, stages, read_task_outputs(run_dir), params, wall)
+    tasks = read_task_outputs(run_dir)
+    resolved = tasks.get("configure", {}).get("parameterValues", {}).get("params")
+    if resolved:  # what the tasks really used (pipeline arguments included)
+        params = params_from_dict(json.loads(resolved))
+    return LocalRun(run_dir, ok, stages, tasks, params, wall)
 
 
 def format_summary(run: LocalRun) -> str:

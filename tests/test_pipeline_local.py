@@ -122,6 +122,7 @@ def test_bad_parameters_fail_in_the_first_task_that_can_know(tmp_path, capfd):
         root=tmp_path / "runs",
     )
     assert not bad_encoder.ok
+    # The argument wins over the DEMO preset's model.encoder override.
     assert [(t, s) for t, s, _ in bad_encoder.stages] == [("configure", "FAILURE")]
     out = capfd.readouterr().out
     assert "pipeline parameter 'encoder' → model.encoder: 'vit_no_such_model'" in out
