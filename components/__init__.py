@@ -7,10 +7,12 @@ what it made in its output artifacts' metadata.
 
 from components.configure import configure
 from components.decide import decide
+from components.deploy import deploy
 from components.evaluate import evaluate
 from components.export_onnx import export_onnx
 from components.image import COMPONENT_CUDA_IMAGE, COMPONENT_IMAGE
 from components.preprocess import preprocess
+from components.push_hf import push_hf
 from components.record_no_promotion import record_no_promotion
 from components.register import register
 from components.synthesize import synthesize
@@ -22,9 +24,11 @@ __all__ = [
     "COMPONENT_IMAGE",
     "configure",
     "decide",
+    "deploy",
     "evaluate",
     "export_onnx",
     "preprocess",
+    "push_hf",
     "record_no_promotion",
     "register",
     "synthesize",

@@ -10,11 +10,12 @@ from components.image import COMPONENT_IMAGE
 
 @dsl.component(base_image=COMPONENT_IMAGE)
 def configure(base_params: str, keys: dict, values: dict, overrides: list) -> NamedTuple(
-    "Config", [("params", str), ("data_params", str)]
+    "Config", [("params", str), ("data_params", str), ("hf_repo_id", str)]
 ):
     """``keys`` maps pipeline parameter → dotted params key, ``values`` pipeline parameter →
-    value. Outputs the full Params as JSON, and its ``data`` section alone (what preprocess
-    depends on, so preprocessing stays cached when only training settings change)."""
+    value. Outputs the full Params as JSON, its ``data`` section alone (what preprocess
+    depends on, so preprocessing stays cached when only training settings change), and
+    ``export.hf_repo_id`` (the pipeline branches on it: "" skips the Hub push)."""
     import json
     from collections import namedtuple
 
@@ -66,6 +67,8 @@ def configure(base_params: str, keys: dict, values: dict, overrides: list) -> Na
         )
     full = params.to_dict()
     print(json.dumps(full, indent=1))
-    return namedtuple("Config", ["params", "data_params"])(
-        json.dumps(full, sort_keys=True), json.dumps({"data": full["data"]}, sort_keys=True)
+    return namedtuple("Config", ["params", "data_params", "hf_repo_id"])(
+        json.dumps(full, sort_keys=True),
+        json.dumps({"data": full["data"]}, sort_keys=True),
+        params.export.hf_repo_id,
     )

@@ -37,9 +37,11 @@ from components import (
     COMPONENT_CUDA_IMAGE,
     configure,
     decide,
+    deploy,
     evaluate,
     export_onnx,
     preprocess,
+    push_hf,
     record_no_promotion,
     register,
     synthesize,
@@ -63,6 +65,8 @@ PARAM_KEYS: dict[str, str] = {
     "mlflow_uri": "mlflow.tracking_uri",
     "mlflow_experiment": "mlflow.experiment",
     "min_improvement": "promotion.min_improvement",
+    "hf_repo_id": "export.hf_repo_id",
+    "deploy_target": "deploy.target",
 }
 
 #: Requests of the train task on a cluster (CPU cores, memory); GPUs from training.train_gpu.
@@ -75,6 +79,8 @@ MLFLOW_SECRET_KEYS = (
     "MLFLOW_TRACKING_TOKEN",
 )
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
+#: The Secret holding the Hugging Face token (key HF_TOKEN), mounted on push_hf only.
+HF_SECRET = "hf-token"
 
 
 def _with_secrets(task: dsl.PipelineTask, params: Params) -> dsl.PipelineTask:
@@ -101,7 +107,7 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
         name="train-and-promote",
         description="preprocess → train → evaluate → decide → promote or record why not",
     )
-    def train_and_promote(raw: Input[Dataset], params: str, data_params: str):
+    def train_and_promote(raw: Input[Dataset], params: str, data_params: str, hf_repo_id: str):
         prep = preprocess(raw=raw, data_params=data_params).set_display_name("preprocess")
         prep.set_caching_options(True)  # the slow, deterministic step: reuse when inputs match
 
@@ -137,11 +143,31 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
             onnx = export_onnx(
                 model=trained.outputs["model"], params=params, run_id=run_id
             ).set_display_name("export ONNX")
-            triton_repository(
+            repo = triton_repository(
                 onnx_model=onnx.outputs["onnx_model"],
                 params=params,
                 version=registered.output,
             ).set_display_name("Triton repository")
+            with dsl.If(hf_repo_id != "", name="hub-push"):  # "" = skipped (shown as not run)
+                pushed = push_hf(
+                    onnx_model=onnx.outputs["onnx_model"],
+                    repository=repo.outputs["repository"],
+                    test=evaluated.outputs["test"],
+                    params=params,
+                    run_id=run_id,
+                    version=registered.output,
+                ).set_display_name("push to Hugging Face Hub")
+                pushed.set_caching_options(False)
+                kubernetes.use_secret_as_env(
+                    pushed, secret_name=HF_SECRET, secret_key_to_env={"HF_TOKEN": "HF_TOKEN"}
+                )
+            served = deploy(
+                repository=repo.outputs["repository"],
+                onnx_model=onnx.outputs["onnx_model"],
+                params=params,
+                version=registered.output,
+            ).set_display_name("deploy")
+            served.set_caching_options(False)  # the serving side changes outside the pipeline
         with dsl.Else(name="keep-champion"):
             record_no_promotion(run_id=run_id, reason=decided.outputs["reason"]).set_display_name(
                 "record why not"
@@ -165,6 +191,8 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
         mlflow_uri: str = params.mlflow.tracking_uri,
         mlflow_experiment: str = params.mlflow.experiment,
         min_improvement: float = params.promotion.min_improvement,
+        hf_repo_id: str = params.export.hf_repo_id,
+        deploy_target: str = params.deploy.target,
         params_overrides: list = [],  # noqa: B006 - KFP needs a literal default
     ):
         """``data_uri``: "synthetic", a local directory or an s3:// / gs:// / minio:// URI of a
@@ -184,21 +212,24 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
                 "mlflow_uri": mlflow_uri,
                 "mlflow_experiment": mlflow_experiment,
                 "min_improvement": min_improvement,
+                "hf_repo_id": hf_repo_id,
+                "deploy_target": deploy_target,
             },
             overrides=params_overrides,
         ).set_display_name("configure")
         resolved, data_params = cfg.outputs["params"], cfg.outputs["data_params"]
+        hub = cfg.outputs["hf_repo_id"]
         with dsl.If(data_uri == "synthetic", name="synthetic-data"):
             raw = synthesize(options=synthetic).set_display_name("synthesize data")
             train_and_promote(
-                raw=raw.outputs["raw"], params=resolved, data_params=data_params
+                raw=raw.outputs["raw"], params=resolved, data_params=data_params, hf_repo_id=hub
             ).set_display_name("train and promote")
         with dsl.Else(name="imported-data"):
             imported = dsl.importer(
                 artifact_uri=data_uri, artifact_class=Dataset, reimport=False
             ).set_display_name("import data")
             train_and_promote(
-                raw=imported.output, params=resolved, data_params=data_params
+                raw=imported.output, params=resolved, data_params=data_params, hf_repo_id=hub
             ).set_display_name("train and promote")
 
     return depth_pipeline

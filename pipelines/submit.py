@@ -41,6 +41,7 @@ class Submission:
     arguments: dict[str, Any]
     namespace: str | None = None
     token_set: bool = False
+    service_account: str | None = None  # deploy.service_account: may manage InferenceServices
 
     def kfp_cli(self) -> str:
         """The equivalent ``kfp run create`` command line."""
@@ -118,7 +119,8 @@ def prepare(
     arguments = build_arguments(pipeline, args, overrides)
     package = compile_to(pipeline, Path(out_dir) / "depth_pipeline.yaml")
     name = run_name or f"{pipeline.name}-{params.model.encoder}"
-    return Submission(host, experiment, name, package, arguments, namespace, token_set)
+    account = params.deploy.service_account or None
+    return Submission(host, experiment, name, package, arguments, namespace, token_set, account)
 
 
 def submit(sub: Submission, token: str | None) -> str:
@@ -132,6 +134,7 @@ def submit(sub: Submission, token: str | None) -> str:
         run_name=sub.run_name,
         experiment_name=sub.experiment,
         namespace=sub.namespace,
+        service_account=sub.service_account,
     )
     return result.run_id
 
@@ -142,6 +145,7 @@ def describe(sub: Submission) -> Mapping[str, Any]:
         "namespace": sub.namespace,
         "experiment": sub.experiment,
         "run_name": sub.run_name,
+        "service_account": sub.service_account,
         "package": str(sub.package),
         "arguments": sub.arguments,
         "token": "set" if sub.token_set else "not set",

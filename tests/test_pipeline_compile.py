@@ -88,7 +88,13 @@ def test_promotion_condition_and_else_branch(tmp_path):
         for _, t in _all_tasks(spec)
         if "triggerPolicy" in t and "decide-promote" in t["triggerPolicy"]["condition"]
     }
-    assert {"register", "export-onnx", "triton-repository"} <= set(branch[promote])
+    assert {"register", "export-onnx", "triton-repository", "deploy"} <= set(branch[promote])
+    hub = [
+        t["triggerPolicy"]["condition"]
+        for _, t in _all_tasks(spec)
+        if "triggerPolicy" in t and "push-hf" in str(comps[t["componentRef"]["name"]])
+    ]
+    assert "inputs.parameter_values['pipelinechannel--hf_repo_id'] != ''" in hub
     assert set(branch[f"!({promote})"]) == {"record-no-promotion"}
 
 
@@ -142,7 +148,7 @@ def test_caching_and_train_resources(tmp_path):
             task.get("cachingOptions", {}).get("enableCache", False)
         )
     assert caching["preprocess"] == {True}
-    for name in ("decide", "register", "record-no-promotion"):
+    for name in ("decide", "register", "record-no-promotion", "deploy", "push-hf"):
         assert caching[name] == {False}, name
     res = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("4", "16G")
@@ -187,8 +193,43 @@ def test_secrets_enter_as_secret_refs_never_values(tmp_path, monkeypatch):
     assert not {n for n in names if any(w in n for w in ("token", "password", "secret", "key"))}
 
 
-def test_committed_yaml_has_no_secret_refs_when_none_configured():
+def test_committed_yaml_mounts_only_configured_secrets():
     _, platform = _docs(ROOT / "pipelines" / "depth_pipeline.yaml")
     params = load_params(PARAMS_FILE)
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    hub = {n for n, cfg in execs.items() if "push-hf" in n}
+    assert hub and all(
+        [s["secretName"] for s in execs[n]["secretAsEnv"]] == ["hf-token"] for n in hub
+    )
     if not (params.training.mlflow_secret or params.training.storage_secret):
-        assert not list(_walk(platform, "secretAsEnv"))
+        assert not [n for n, cfg in execs.items() if n not in hub and cfg.get("secretAsEnv")]
+
+
+def test_submit_dry_run_checks_arguments_and_never_prints_the_token(capsys, monkeypatch):
+    from pipelines import submit
+
+    monkeypatch.setenv("KFP_TOKEN", "tok-0xFACADE")
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    rc = submit.main(
+        ["--dry-run", "--host", "http://kfp.example:8080", "--run-name", "r1"]
+        + ["--arg", "epochs=3", "--arg", "img_size=[64, 128]", "--set", "training.patience=2"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "tok-0xFACADE" not in out
+    plan = json.loads(out)
+    assert plan["arguments"] == {
+        "epochs": 3,
+        "img_size": [64, 128],
+        "params_overrides": ["training.patience=2"],
+    }
+    assert plan["token"] == "set" and plan["service_account"] == "depth-pipeline"
+    assert plan["kfp_cli"].startswith("kfp --endpoint http://kfp.example:8080 --existing-token")
+    assert "run create --experiment-name depth-estimation --run-name r1" in plan["kfp_cli"]
+    assert "epochs=3" in plan["kfp_cli"] and "'img_size=[64, 128]'" in plan["kfp_cli"]
+
+    assert submit.main(["--dry-run", "--arg", "epoch=3"]) == 2
+    assert "no parameter 'epoch'" in capsys.readouterr().err
+    assert submit.main(["--dry-run", "--set", "training.nope=1"]) == 2
+    assert "training.nope" in capsys.readouterr().err
+    assert submit.main(["--arg", "epochs=3"]) == 2  # no host, not a dry run: nothing sent
+    assert "KFP_HOST" in capsys.readouterr().err

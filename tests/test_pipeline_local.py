@@ -28,6 +28,7 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         "data.batch_size=2",
         "data.num_workers=0",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"export.repository_dir={tmp_path / 'serving'}",
         *extra,
     ]
 
@@ -83,6 +84,10 @@ def test_promote_then_keep_champion(tmp_path):
     assert onnx["img_size"] == [32, 64] and max(onnx["parity_max_abs_diff_m"].values()) < 1e-3
     repo = Path(first.tasks["triton-repository"]["artifacts"]["repository"]["artifacts"][0]["uri"])
     assert (repo / "depth" / "config.pbtxt").is_file() and (repo / "depth" / "1").is_dir()
+    served = meta["deploy"]["report"]
+    assert served["target"] == "local" and served["model_version"] == "1"
+    assert (tmp_path / "serving" / "depth" / "1" / "model.onnx").is_file()  # installed
+    assert "push-hf" not in first.tasks  # export.hf_repo_id "" skips the Hub push
 
     # Second run: same data through the importer branch, no training at all → worse.
     raw = first.tasks["synthesize"]["artifacts"]["raw"]["artifacts"][0]["uri"]
@@ -97,7 +102,7 @@ def test_promote_then_keep_champion(tmp_path):
     promote, reason = second.decision
     assert not promote and "keeping version 1" in reason
     meta2 = _check_typed_outputs(second)
-    assert "register" not in second.tasks and "export-onnx" not in second.tasks
+    assert not {"register", "export-onnx", "deploy"} & set(second.tasks)
     assert meta2["record-no-promotion"]["note"]["reason"] == reason  # the Else branch ran
     assert second.test_metrics["test_rmse"] > first.test_metrics["test_rmse"]
 

@@ -1,0 +1,40 @@
+"""push_hf: model.onnx + the Triton repository + a model card to the Hugging Face Hub
+(only when export.hf_repo_id is set; HF_TOKEN comes from a Kubernetes Secret)."""
+
+from kfp import dsl
+from kfp.dsl import Input, Metrics, Model
+
+from components.image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def push_hf(
+    onnx_model: Input[Model],
+    repository: Input[Model],
+    test: Input[Metrics],
+    params: str,
+    run_id: str,
+    version: int,
+) -> str:
+    """Returns the Hub commit URL."""
+    import json
+    from pathlib import Path
+
+    from depth_common.config import params_from_dict
+    from depth_common.deploy.hf import ModelCardInfo, push_to_hub
+
+    p = params_from_dict(json.loads(params))
+    h, w = p.data.img_size
+    card = ModelCardInfo(
+        title=f"DPT ({p.model.encoder}) monocular metric depth, {h}x{w}",
+        metrics={k: float(v) for k, v in test.metadata.items()},
+        params=p.flat(),
+        data=f"Cityscapes-layout data ({p.data.layout} layout), test split",
+        model_version=str(version),
+        mlflow_run_id=run_id,
+        registered_model=p.mlflow.model_name,
+    )
+    onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
+    result = push_to_hub(onnx_file, p.export.hf_repo_id, card=card, repository_dir=repository.path)
+    print(f"pushed to {result.repo_url}: {result.commit_url}")
+    return result.commit_url
