@@ -16,8 +16,16 @@ How the configuration reaches the components (one source of truth, ``params.yaml
   YAML is regenerated.
 
 Secrets never become parameters: MLflow and object-store credentials enter the tasks that
-need them through ``kfp.kubernetes.use_secret_as_env`` (kfp.local ignores platform configs, so
-the same function runs locally, where no credentials are needed).
+need them through ``kfp.kubernetes.use_secret_as_env``, and ``HF_TOKEN`` (Secret
+``hf-token``) enters the Hub push only. kfp.local ignores platform configs (it warns and goes
+on), so the same function runs locally, where no credentials are needed.
+
+Promotion branch (``dsl.If(decide.promote == True)``): register → export ONNX → Triton
+repository → push to the Hub (nested ``dsl.If(hf_repo_id != "")``: skipped when empty) and
+deploy (``deploy.target``: a smoke-tested local Triton, or a KServe InferenceService with
+rollback). ``dsl.Else`` records why the champion stays. TensorRT (``export.tensorrt``) is not
+wired in yet: its library exists (GPU only) and would go between ONNX export and the
+repository, on a GPU node.
 
 The data source is a ``dsl.If`` / ``dsl.Else`` on ``data_uri``: "synthetic" generates a
 Cityscapes-layout dataset, anything else enters through ``dsl.importer`` (a local path, or an
