@@ -5,9 +5,12 @@ Layout of ``out_dir``: ``best.pt`` (lowest val RMSE so far: what evaluation and 
 and ``last.pt`` (the end of the latest epoch, with optimizer/scheduler/scaler and
 early-stopping state: what ``resume=True`` continues from). Both are written atomically.
 
-Written for one process; the spots a DDP layer needs are marked ``# DDP:``: side effects
-(checkpoints, MLflow, progress bars) happen only where :func:`is_main_process` is true, and
-validation metrics are summed over processes through the accumulator's state vector.
+Runs as one process or data-parallel under ``torchrun`` (``depth_common.distributed``): the
+spots that differ are marked ``# DDP:``. Side effects (checkpoints, MLflow, progress bars) happen
+only on rank 0, validation metrics are summed over ranks through the accumulator's state vector
+(padding-free shards, so they equal the single-process numbers), the early-stopping decision is
+rank 0's, and one optimiser step always sees ``data.batch_size`` samples in total
+(``world_size x micro_batch_size x accumulation_steps``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from depth_common import distributed as dist_
 from depth_common.checkpoint import load_checkpoint, save_checkpoint
 from depth_common.config import ConfigError, Params
 from depth_common.losses import DepthLoss
@@ -50,19 +54,10 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- process helpers
-def is_main_process() -> bool:
-    """True in a single process and on rank 0 of a ``torch.distributed`` job."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+is_main_process = dist_.is_main_process  # True in a single process and on rank 0
 
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    # DDP: sums the accumulator state over ranks; identity in a single process.
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
+# DDP: sums the accumulator state over ranks; identity in a single process.
+_all_reduce_sum = dist_.all_reduce_sum
 
 
 def resolve_device(device: str) -> torch.device:
@@ -164,20 +159,63 @@ def train(
     ``resume=True`` continues from ``out_dir/last.pt`` (same MLflow run, optimizer,
     scheduler, scaler and early-stopping state); with no ``last.pt`` it starts from scratch,
     so a retried job is idempotent. ``tracking=False`` skips MLflow.
+
+    Under ``torchrun`` every rank calls this; it joins (and afterwards leaves) the process
+    group, and ``out_dir`` must be the same shared directory for all ranks.
     """
+    # DDP: join torchrun's process group (a no-op context in a single process).
+    dist = torch.distributed
+    group_existed = dist.is_available() and dist.is_initialized()
+    ctx = dist_.init_distributed(params.training.device, params.training.dist_timeout_s)
+    try:
+        return _train(params, Path(processed_dir), Path(out_dir), ctx, resume, tracking)
+    finally:
+        if ctx.distributed and not group_existed:
+            dist_.cleanup_distributed()
+
+
+def _train(
+    params: Params,
+    processed_dir: Path,
+    out_dir: Path,
+    ctx: dist_.DistContext,
+    resume: bool,
+    tracking: bool,
+) -> TrainResult:
     from depth_common.data import build_dataloader
 
     t_cfg = params.training
-    out_dir = Path(out_dir)
-    main = is_main_process()
-    device = resolve_device(t_cfg.device)
-    seed_all(t_cfg.seed)
+    main = ctx.is_main
+    device = ctx.device
+    seed_all(t_cfg.seed)  # the same initial weights on every rank
 
-    train_loader = build_dataloader(processed_dir, "train", params, train=True)
-    val_loader = build_dataloader(processed_dir, "val", params, train=False)
-    steps_per_epoch = len(train_loader)
+    # DDP: each rank feeds micro-batches of batch_size / (world x accumulation) samples.
+    plan = dist_.plan_batches(params.data.batch_size, ctx.world_size, t_cfg.micro_batch_size)
+    loader_params = params
+    if plan.micro_batch_size != params.data.batch_size:
+        loader_params = params.with_overrides((f"data.batch_size={plan.micro_batch_size}",))
+    train_loader = build_dataloader(processed_dir, "train", loader_params, train=True)
+    val_loader = build_dataloader(processed_dir, "val", loader_params, train=False)
+    if ctx.distributed:
+        # DDP: a disjoint share of the shuffled train split, a padding-free shard of val.
+        train_loader = build_dataloader(
+            processed_dir,
+            "train",
+            loader_params,
+            train=True,
+            sampler=dist_.train_sampler(train_loader.dataset, seed=t_cfg.seed),
+        )
+        val_loader = build_dataloader(
+            processed_dir,
+            "val",
+            loader_params,
+            train=False,
+            sampler=dist_.eval_sampler(val_loader.dataset),
+        )
+    micro_per_epoch = len(train_loader)
     if t_cfg.max_train_batches is not None:
-        steps_per_epoch = min(steps_per_epoch, t_cfg.max_train_batches)
+        micro_per_epoch = min(micro_per_epoch, t_cfg.max_train_batches * plan.accumulation_steps)
+    steps_per_epoch = math.ceil(micro_per_epoch / plan.accumulation_steps)  # optimiser steps
     if steps_per_epoch == 0 and t_cfg.epochs > 0:
         raise ConfigError(f"{processed_dir}: the train split gives no batch")
 
@@ -233,7 +271,17 @@ def train(
             mlt.set_status(run_id, "RUNNING")
         else:
             run_id = mlt.start_training_run(params)
-        mlt.set_tags(run_id, {"amp": amp_desc, "device": str(device)})
+        mlt.set_tags(
+            run_id,
+            {
+                "amp": amp_desc,
+                "device": str(device),
+                "world_size": str(ctx.world_size),
+                "micro_batch_size": str(plan.micro_batch_size),
+                "accumulation_steps": str(plan.accumulation_steps),
+            },
+        )
+    run_id = dist_.broadcast_object(run_id)  # DDP: every rank reports rank 0's run
 
     if main:
         n_params = sum(p.numel() for p in model.parameters())
@@ -247,6 +295,21 @@ def train(
             steps_per_epoch,
             init_depth,
         )
+        if ctx.distributed:
+            log.info(
+                "DDP (%s): %d processes x micro-batch %d x %d accumulation step(s) = batch %d",
+                ctx.backend,
+                ctx.world_size,
+                plan.micro_batch_size,
+                plan.accumulation_steps,
+                plan.batch_size,
+            )
+
+    # DDP: wrap after resuming (DDP broadcasts rank 0's weights); ``model`` stays the plain
+    # module that checkpoints and validation use (validation shards may differ in length, so
+    # it must not run DDP's per-forward collectives). The timm encoder's final norm gets no
+    # gradient (the DPT taps bypass it), hence find_unused_parameters.
+    ddp_model = dist_.wrap_ddp(model, ctx, t_cfg.sync_batchnorm, find_unused_parameters=True)
 
     def save(path: Path, epoch: int, metrics: dict[str, float], full: bool) -> None:
         if not main:  # DDP: rank 0 writes
@@ -297,15 +360,17 @@ def train(
                 break
             # Reseed per epoch so that a resumed run replays the same shuffle and augmentation
             # draws as an uninterrupted one (in-process loading; persistent workers keep theirs).
-            seed_all(t_cfg.seed + epoch)
+            # DDP: per-rank seeds, so ranks draw different augmentations (rank 0: the seed).
+            epoch_seed = dist_.rank_seed(t_cfg.seed + epoch, ctx.rank)
+            seed_all(epoch_seed)
             if isinstance(getattr(train_loader, "generator", None), torch.Generator):
-                train_loader.generator.manual_seed(t_cfg.seed + epoch)
+                train_loader.generator.manual_seed(epoch_seed)
             if train_loader.num_workers == 0 and hasattr(train_loader.dataset, "reseed"):
-                train_loader.dataset.reseed(t_cfg.seed + epoch)
+                train_loader.dataset.reseed(epoch_seed)
             sampler = getattr(train_loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):  # DDP: DistributedSampler reshuffles per epoch
                 sampler.set_epoch(epoch)
-            model.train()
+            ddp_model.train()
             t0 = time.perf_counter()
             loss_sum, n_batches = 0.0, 0
             bar = tqdm(
@@ -315,30 +380,38 @@ def train(
                 disable=not main,
                 file=sys.stderr,
             )
+            optimizer.zero_grad(set_to_none=True)
             for image, depth in train_loader:
-                if n_batches >= steps_per_epoch:
+                if n_batches >= micro_per_epoch:
                     break
                 image = image.to(device, non_blocking=True)
                 depth = depth.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast():
-                    pred = model(image)
-                loss = criterion(pred.float(), depth)
-                scaler.scale(loss).backward()
-                if t_cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                # DDP: gradients are all-reduced only on the micro-batch that ends a step.
+                step_now = plan.is_step(n_batches, micro_per_epoch)
+                with dist_.no_sync_unless(ddp_model, step_now):
+                    with autocast():
+                        pred = ddp_model(image)
+                    loss = criterion(pred.float(), depth)
+                    scale = plan.micro_scale(n_batches, micro_per_epoch)
+                    scaler.scale(loss * scale).backward()
+                if step_now:
+                    if t_cfg.grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    bar.update(1)
                 loss_sum += float(loss.detach())
                 n_batches += 1
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
             bar.close()
             # DDP: average the epoch's loss over ranks for the log.
             sums = _all_reduce_sum(torch.tensor([loss_sum, float(n_batches)], device=device))
             train_loss = float(sums[0] / sums[1].clamp(min=1))
+            # DDP: rank 0's BatchNorm statistics everywhere: the model rank 0 checkpoints.
+            dist_.sync_buffers(model)
             metrics = validate(model, val_loader, device, params, autocast, progress=main)
             val = {f"val_{k}": v for k, v in metrics.items()}
             lr = optimizer.param_groups[-1]["lr"]  # the decoder's (the encoder's scales alike)
@@ -351,7 +424,8 @@ def train(
                 save(best_path, epoch + 1, val, full=False)
             else:
                 bad_epochs += 1
-            stopped = bad_epochs >= t_cfg.patience
+            # DDP: rank 0 decides, so all ranks stop after the same epoch.
+            stopped = dist_.broadcast_object(bad_epochs >= t_cfg.patience)
             save(last_path, epoch + 1, val, full=True)
             if main:
                 log.info(
