@@ -144,7 +144,7 @@ def test_learning_beats_median_baseline(tmp_path) -> None:
         "params.yaml",
         DEMO + ("training.epochs=8", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"),
     )
-    preprocess_dataset(raw, processed, params.data, progress=False)
+    preprocess_dataset(raw, processed, params.data, splits=("train", "val"), progress=False)
     baseline = median_baseline_metrics(processed, params, "val")
     t0 = time.perf_counter()
     result = train(params, processed, tmp_path / "ckpt", tracking=False)
