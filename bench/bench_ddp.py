@@ -38,7 +38,7 @@ def _worker(args: argparse.Namespace) -> None:
     from depth_common.losses import DepthLoss
     from depth_common.model import build_model
 
-    params = load_params(ROOT / "params.yaml", args.set)
+    params = load_params(ROOT / "params.yaml", args.set or ())
     ctx = D.init_distributed(params.training.device)
     try:
         D.seed_everything(D.rank_seed(params.training.seed, ctx.rank))
@@ -105,7 +105,9 @@ def main() -> None:
     parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--set", action="append", default=None, metavar="SECTION.KEY=VALUE")
+    parser.add_argument(
+        "--set", action="append", default=None, metavar="SECTION.KEY=VALUE", help="on top of DEMO"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_ddp.json"))
     parser.add_argument(
         "--threads",
@@ -116,10 +118,11 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.set is None:
+    if not args.worker:
         from depth_common.presets import DEMO
 
-        args.set = list(DEMO)
+        # --set adds to the DEMO preset (random-init weights: nothing is downloaded)
+        args.set = [*DEMO, *(args.set or [])]
     if args.worker:
         _worker(args)
         return
