@@ -32,7 +32,9 @@ def compile_to(func: Callable[..., Any], path: Path) -> Path:
     from kfp import compiler
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".yaml", delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=".tmp-", suffix=".yaml", delete=False
+    ) as tmp:
         tmp_path = Path(tmp.name)
     try:
         compiler.Compiler().compile(pipeline_func=func, package_path=str(tmp_path))
