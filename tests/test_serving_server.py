@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -361,21 +362,26 @@ def test_no_orphan_server_when_the_python_process_is_killed(tiny: Path) -> None:
         "import os, sys\n"
         "from depth_common.serving.server import LocalTritonServer\n"
         "srv = LocalTritonServer(sys.argv[1]).start()\n"
-        "print(srv.pid, flush=True)\n"
+        "print(srv.pid, srv._workdir, flush=True)\n"
         "os.kill(os.getpid(), 9)  # no stop(), no atexit: only PR_SET_PDEATHSIG is left\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(tiny)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
-    pid = int(proc.stdout.split()[0])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not _live_group_members(pid):
-            return  # the server and its stubs are gone
-        time.sleep(0.2)
-    os.killpg(pid, 9)  # do not leave it behind for the other tests
-    pytest.fail(f"tritonserver {pid} outlived its parent: {_live_group_members(pid)}")
+    pid_text, workdir = proc.stdout.split()[:2]
+    pid = int(pid_text)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not _live_group_members(pid):
+                return  # the server and its stubs are gone
+            time.sleep(0.2)
+        os.killpg(pid, 9)  # do not leave it behind for the other tests
+        pytest.fail(f"tritonserver {pid} outlived its parent: {_live_group_members(pid)}")
+    finally:
+        # A SIGKILLed parent cannot delete its local repository copy: the test does.
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _live_group_members(pgid: int) -> list[int]:
