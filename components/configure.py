@@ -3,12 +3,10 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
-
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def configure(base_params: str, keys: dict, values: dict, overrides: list) -> NamedTuple(
     "Config", [("params", str), ("data_params", str), ("hf_repo_id", str)]
 ):

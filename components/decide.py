@@ -2,13 +2,12 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Markdown, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def decide(run_id: str, params: str, decision: Output[Markdown]) -> NamedTuple(
     "Decision", [("promote", bool), ("reason", str)]
 ):

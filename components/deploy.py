@@ -1,13 +1,12 @@
 """deploy: serve the Triton repository (deploy.target: local Triton, or a KServe InferenceService)
 after a smoke test against ONNX Runtime; the Markdown report shows endpoint, version, latency."""
 
-from kfp import dsl
 from kfp.dsl import Input, Markdown, Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def deploy(
     repository: Input[Model],
     onnx_model: Input[Model],

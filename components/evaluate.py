@@ -1,12 +1,11 @@
 """evaluate: checkpoint + processed test split → test metrics (KFP UI and MLflow) + HTML report."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def evaluate(
     model: Input[Model],
     processed: Input[Dataset],

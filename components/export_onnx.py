@@ -1,12 +1,11 @@
 """export_onnx: the promoted checkpoint → ``model.onnx`` (parity-checked against PyTorch)."""
 
-from kfp import dsl
 from kfp.dsl import Input, Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def export_onnx(model: Input[Model], params: str, run_id: str, onnx_model: Output[Model]):
     """``onnx_model`` is a directory holding ``model.onnx`` (the name Triton and the Hub use)."""
     import json

@@ -1,12 +1,11 @@
 """preprocess: raw Cityscapes (or seed layout) → resized RGB PNGs + metric depth .npy."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def preprocess(raw: Input[Dataset], data_params: str, processed: Output[Dataset]):
     import json
     import os

@@ -1,13 +1,12 @@
 """push_hf: model.onnx + the Triton repository + a model card to the Hugging Face Hub
 (only when export.hf_repo_id is set; HF_TOKEN comes from a Kubernetes Secret)."""
 
-from kfp import dsl
 from kfp.dsl import Input, Metrics, Model
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def push_hf(
     onnx_model: Input[Model],
     repository: Input[Model],

@@ -1,12 +1,11 @@
 """record_no_promotion: the Else branch: why the champion stays (a Markdown the UI shows)."""
 
-from kfp import dsl
 from kfp.dsl import Markdown, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def record_no_promotion(run_id: str, reason: str, note: Output[Markdown]):
     with open(note.path, "w") as fh:
         fh.write(f"# Not promoted\n\nRun `{run_id}` was not promoted: {reason}\n")

@@ -1,11 +1,9 @@
 """register: the run's model becomes a registry version with alias ``champion`` (idempotent)."""
 
-from kfp import dsl
-
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def register(run_id: str, params: str, pipeline_run: str) -> int:
     import json
 

@@ -1,12 +1,11 @@
 """synthesize: a generated dataset in the official Cityscapes layout (data_uri == "synthetic")."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def synthesize(options: dict, raw: Output[Dataset]):
     """``options``: keyword arguments of ``depth_common.synthetic.generate_cityscapes``
     (cities, per_split, size [H, W] pixels, seed); empty = its defaults."""

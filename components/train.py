@@ -1,26 +1,31 @@
 """train: processed dataset → best checkpoint (Model) + its val metrics; returns the MLflow run."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def train(
     processed: Input[Dataset], params: str, model: Output[Model], val: Output[Metrics]
 ) -> str:
     import json
+    import os
     import shutil
     from pathlib import Path
 
     from depth_common.config import params_from_dict
     from depth_common.train import train as train_model
+    from depth_common.trainjob import job_name_for, needs_cluster, run_scaled_training
 
     p = params_from_dict(json.loads(params))
     # Scratch next to the artifact (not uploaded); only the best checkpoint becomes the Model.
     work = Path(model.path).parent / "train-work"
-    result = train_model(p, processed.path, work, tracking=True)
+    if needs_cluster(p):  # torchrun DDP in a TrainJob / PyTorchJob; this pod waits for it
+        run_name = job_name_for(os.environ.get("HOSTNAME", "depth-train"))
+        result = run_scaled_training(p, processed.path, work, run_name=run_name)
+    else:
+        result = train_model(p, processed.path, work, tracking=True)
     if not result.mlflow_run_id:
         raise RuntimeError("train: no MLflow run was created; promotion needs one")
     shutil.move(str(result.checkpoint_path), model.path)

@@ -1,12 +1,11 @@
 """triton_repository: ``model.onnx`` → a Triton model repository (version = registry version)."""
 
-from kfp import dsl
 from kfp.dsl import Input, Model, Output
 
-from components.image import COMPONENT_IMAGE
+from components.image import depth_component
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@depth_component
 def triton_repository(
     onnx_model: Input[Model], params: str, version: int, repository: Output[Model]
 ):

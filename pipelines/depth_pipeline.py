@@ -57,6 +57,7 @@ from components import (
     triton_repository,
 )
 from depth_common.config import Params, load_params
+from depth_common.trainjob import MLFLOW_SECRET_KEYS, SHARED_MOUNT, STORAGE_SECRET_KEYS
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 PIPELINE_NAME = "depth-pipeline"
@@ -80,13 +81,6 @@ PARAM_KEYS: dict[str, str] = {
 #: Requests of the train task on a cluster (CPU cores, memory); GPUs from training.train_gpu.
 TRAIN_CPU = "4"
 TRAIN_MEMORY = "16G"
-#: Keys read from the Secrets named by training.mlflow_secret / training.storage_secret.
-MLFLOW_SECRET_KEYS = (
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
-STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
 #: The Secret holding the Hugging Face token (key HF_TOKEN), mounted on push_hf only.
 HF_SECRET = "hf-token"
 
@@ -127,6 +121,10 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
             trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpu)
             trained.set_container_image(COMPONENT_CUDA_IMAGE)
         _with_secrets(trained, settings)
+        if settings.training.shared_pvc:  # scale-out: data and checkpoints move through it
+            kubernetes.mount_pvc(
+                trained, pvc_name=settings.training.shared_pvc, mount_path=SHARED_MOUNT
+            )
         run_id = trained.outputs["Output"]
 
         evaluated = evaluate(

@@ -127,3 +127,34 @@ def test_images_env_is_the_one_place(tmp_path):
         read_images_env(bad)
     with pytest.raises(FileNotFoundError, match="cannot read"):
         read_images_env(Path(tmp_path / "absent.env"))
+
+
+def test_train_submits_a_cluster_job_when_scaled_out(tmp_path, monkeypatch):
+    """num_nodes x procs_per_node > 1: the step runs the job path, same Model artifact."""
+    import depth_common.trainjob as trainjob
+    from depth_common.train import TrainResult
+
+    calls = {}
+
+    def fake_run_scaled_training(params, processed_dir, model_dir, *, run_name):
+        calls.update(processed=processed_dir, run_name=run_name, nodes=params.training.num_nodes)
+        Path(model_dir).mkdir(parents=True)
+        (Path(model_dir) / "best.pt").write_bytes(b"checkpoint")
+        return TrainResult(Path(model_dir) / "best.pt", {"val_rmse": 3.5}, "run-123", 2)
+
+    monkeypatch.setattr(trainjob, "run_scaled_training", fake_run_scaled_training)
+    monkeypatch.setenv("HOSTNAME", "depth-pipeline-abc-train-pod")
+    params = load_params(PARAMS_FILE, ["training.num_nodes=2", "training.procs_per_node=4"])
+    model, val = dsl.Model(uri=str(tmp_path / "model")), dsl.Metrics(uri=str(tmp_path / "val"))
+    model.path, val.path = str(tmp_path / "model"), str(tmp_path / "val")
+    run_id = components.train.python_func(
+        processed=dsl.Dataset(uri=str(tmp_path / "data")),
+        params=json.dumps(params.to_dict()),
+        model=model,
+        val=val,
+    )
+    assert run_id == "run-123"
+    assert calls["nodes"] == 2 and calls["run_name"].startswith("depth-train-")
+    assert Path(model.path).read_bytes() == b"checkpoint"
+    assert model.metadata["mlflow_run_id"] == "run-123"
+    assert model.metadata["best_val_rmse"] == 3.5

@@ -30,7 +30,7 @@ from depth_common.deploy.manifests import build_inferenceservice
 ROOT = Path(__file__).resolve().parents[1]
 M = ROOT / "manifests"
 K8S_VERSION = "1.30"
-KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "rbac", "runtime", "base")
+KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "rbac", "rbac-training", "runtime", "base")
 CSR_CRD = M / "schemas" / "kserve" / "serving.kserve.io_clusterservingruntimes.yaml"
 PARAMS = load_params(ROOT / "params.yaml")
 
@@ -112,7 +112,7 @@ def test_the_crd_validation_is_not_vacuous(rendered) -> None:
 
 
 def test_core_objects_validate_against_kubernetes(rendered) -> None:
-    core = list(rendered["rbac"]) + _secret_templates()
+    core = list(rendered["rbac"]) + list(rendered["rbac-training"]) + _secret_templates()
     assert {d["kind"] for d in core} == {"ServiceAccount", "Role", "RoleBinding", "Secret"}
     for doc in core:
         assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION
@@ -220,3 +220,31 @@ def test_vendored_schemas_keep_licence_and_provenance() -> None:
     assert "aaac4e294dae2c7b1aa1886447793f3aa1c30912" in readme
     for crd in folder.glob("*.yaml"):
         assert crd.name in readme
+
+
+def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) -> None:
+    """The scale-out Role matches the API calls of depth_common.trainjob.ClusterJobs."""
+    docs = rendered["rbac-training"]
+    role = _one(docs, "Role")
+    assert role["metadata"]["namespace"] == PARAMS.deploy.namespace
+    grants = {
+        (group, resource): sorted(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert grants == {
+        ("trainer.kubeflow.org", "trainjobs"): ["create", "delete", "get"],
+        ("kubeflow.org", "pytorchjobs"): ["create", "delete", "get"],
+        ("", "pods"): ["list"],
+        ("", "pods/log"): ["get"],
+    }
+    binding = _one(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": PARAMS.deploy.service_account,
+            "namespace": PARAMS.deploy.namespace,
+        }
+    ]

@@ -163,6 +163,22 @@ def test_train_gpu_requests_an_accelerator_and_the_cuda_image(tmp_path):
     assert train["image"] == COMPONENT_CUDA_IMAGE
 
 
+def test_shared_pvc_is_mounted_on_the_train_task_only(tmp_path):
+    """Scale-out training moves data and checkpoints through training.shared_pvc."""
+    from depth_common.trainjob import SHARED_MOUNT
+
+    _, _, platform = _compile(tmp_path, ["training.shared_pvc=depth-shared"])
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounted = {
+        name: [(m["constant"], m["mountPath"]) for m in cfg.get("pvcMount", [])]
+        for name, cfg in execs.items()
+        if cfg.get("pvcMount")
+    }
+    # exec-train and exec-train-2: the sub-pipeline is compiled once per data-source branch.
+    assert set(mounted) == {"exec-train", "exec-train-2"}
+    assert all(m == [("depth-shared", SHARED_MOUNT)] for m in mounted.values())
+
+
 def test_secrets_enter_as_secret_refs_never_values(tmp_path, monkeypatch):
     values = {
         "MLFLOW_TRACKING_PASSWORD": "pw-0xDEADBEEF",
