@@ -204,6 +204,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--params FILE`` and repeatable ``--set section.key=value`` (every entry point's)."""
+    parser.add_argument(
+        "--params", default="params.yaml", help="the params file (default: params.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one param (repeatable), e.g. training.epochs=2",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m depth_common",
@@ -216,15 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if params:
-            p.add_argument(
-                "--params", default="params.yaml", help="the params file (default: params.yaml)"
-            )
-            p.add_argument(
-                "--set",
-                action="append",
-                metavar="SECTION.KEY=VALUE",
-                help="override one param (repeatable), e.g. training.epochs=2",
-            )
+            add_params_arguments(p)
         p.set_defaults(func=fn)
         return p
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from depth_common.cli import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
 from depth_common.presets import DEMO
 
@@ -206,10 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.run_local", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--params", default="params.yaml", help="the params file")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override"
-    )
+    add_params_arguments(parser)
     parser.add_argument("--demo", action="store_true", help="apply the DEMO preset first")
     parser.add_argument(
         "--data-uri", default="synthetic", help='"synthetic" (default) or a Cityscapes root'

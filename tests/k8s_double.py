@@ -28,12 +28,13 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+from loopback import LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "manifests" / "schemas" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
@@ -189,7 +190,7 @@ class _Live:
     old_status: dict[str, Any] = field(default_factory=dict)
 
 
-class KServeApiDouble:
+class KServeApiDouble(LoopbackServer):
     """TEST DOUBLE of the API server for InferenceServices (see the module docstring).
 
     ``outcomes`` maps a storageUri to ``ready`` / ``never-ready`` / ``load-failed`` (default
@@ -221,23 +222,12 @@ class KServeApiDouble:
         self.validator = isvc_validator()
         self.verbs = allowed_verbs()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+        super().__init__(self._handler())
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> KServeApiDouble:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.base_url
 
     def api(self) -> Any:
         """A real ``kubernetes.client.CustomObjectsApi`` pointed at this double."""

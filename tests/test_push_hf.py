@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from loopback import LoopbackServer
 
 from depth_common.deploy.hf import (
     HF_TOKEN_ENV,
@@ -36,7 +36,7 @@ CARD = ModelCardInfo(
 )
 
 
-class HubDouble:
+class HubDouble(LoopbackServer):
     """TEST DOUBLE of the Hub endpoints ``HfApi.create_repo`` / ``create_commit`` call.
 
     Stores committed files in memory; every upload is answered as a regular (non-LFS) upload,
@@ -102,20 +102,11 @@ class HubDouble:
                                                 "pullRequestUrl": None})  # fmt: skip
                 return self._send(404, {"error": f"the test double does not serve {self.path}"})
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,))
+        super().__init__(Handler)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> HubDouble:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.base_url
 
 
 def _front_matter(card: str) -> dict[str, Any]:
