@@ -154,3 +154,11 @@ def test_missing_or_incomplete_preprocessed_dir(processed_data, tmp_path):
     (root / MANIFEST).write_text("{}")
     with pytest.raises(DataError, match="format"):
         read_manifest(root)
+
+
+def test_dataloader_refuses_data_preprocessed_at_another_size(processed_data, demo_params):
+    other = demo_params.with_overrides(["data.img_size=[32,64]"])
+    with pytest.raises(
+        DataError, match=r"preprocessed at img_size \[64, 128\].*data.img_size is \[32, 64\]"
+    ):
+        build_dataloader(processed_data, "train", other, train=True)

@@ -47,6 +47,18 @@ def read_manifest(processed_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def check_img_size(processed_dir: str | Path, img_size: tuple[int, int]) -> None:
+    """Fail early, naming both sides, when data was preprocessed at another ``data.img_size``
+    (the model is built for ``img_size``; the encoder would otherwise fail mid-forward)."""
+    made = tuple(read_manifest(processed_dir)["params"].get("img_size", ()))
+    if made != tuple(img_size):
+        raise DataError(
+            f"{Path(processed_dir) / MANIFEST}: preprocessed at img_size {list(made)}, but "
+            f"data.img_size is {list(img_size)}: preprocess again with this data.img_size, or "
+            "set data.img_size to match"
+        )
+
+
 def augment_pair(
     rgb: np.ndarray, depth: np.ndarray, cfg: AugmentationConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +202,7 @@ def build_dataloader(
     all derive from ``training.seed``. Workers persist across epochs; memory is pinned when
     batches go to CUDA.
     """
+    check_img_size(processed_dir, params.data.img_size)
     seed = params.training.seed
     dataset = DepthDataset(processed_dir, split, params.augmentation if train else None, seed=seed)
     workers = params.data.num_workers
