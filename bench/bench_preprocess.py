@@ -30,7 +30,7 @@ def run(
     *,
     raw_size: tuple[int, int] = (512, 1024),
     cities: int = 2,
-    per_split: int = 4,
+    per_split: int = 8,  # 48 images: enough that pool start-up does not dominate
     workers: Sequence[int] = (1, 2),
     repeats: int = 3,
     log: Callable[[str], None] = progress,
