@@ -27,7 +27,7 @@ import yaml
 
 from depth_common.cli import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
-from depth_common.presets import DEMO
+from depth_common.presets import DEMO, DEMO_SYNTHETIC
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -208,13 +208,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pipelines.run_local", description=__doc__.splitlines()[0]
     )
     add_params_arguments(parser)
-    parser.add_argument("--demo", action="store_true", help="apply the DEMO preset first")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="apply the DEMO preset first (and its synthetic data size unless --synthetic)",
+    )
     parser.add_argument(
         "--data-uri", default="synthetic", help='"synthetic" (default) or a Cityscapes root'
     )
     parser.add_argument(
         "--synthetic",
-        default="{}",
+        default=None,
         help='JSON options of generate_cityscapes, e.g. \'{"cities": 2, "per_split": 8}\'',
     )
     parser.add_argument(
@@ -224,7 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = [*(DEMO if args.demo else ()), *args.set]
     try:
-        synthetic = json.loads(args.synthetic)
+        if args.synthetic is None:
+            synthetic = dict(DEMO_SYNTHETIC) if args.demo else {}
+        else:
+            synthetic = json.loads(args.synthetic)
         if not isinstance(synthetic, dict):
             raise ValueError(f"--synthetic {args.synthetic!r}: expected a JSON object")
         arguments = {}

@@ -141,3 +141,29 @@ def test_bad_parameters_fail_in_the_first_task_that_can_know(tmp_path, capfd):
     out = capfd.readouterr().out
     assert f"pipeline parameter 'data_uri': '{missing}' is not a readable directory" in out
     assert artifact_metadata({}, "x") == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "synthetic"),
+    [
+        (["--demo"], "DEMO_SYNTHETIC"),
+        (["--demo", "--synthetic", '{"per_split": 2}'], {"per_split": 2}),
+        ([], {}),
+    ],
+)
+def test_demo_flag_brings_its_data_size_unless_given(monkeypatch, argv, synthetic):
+    """`make run` (--demo) generates enough data to show learning; --synthetic still wins."""
+    from depth_common.presets import DEMO_SYNTHETIC
+    from pipelines import run_local as module
+
+    seen = {}
+
+    def fake_run_local(params_path, overrides, **kwargs):
+        seen.update(kwargs, overrides=list(overrides))
+        raise ValueError("stop here")  # main() reports it and returns non-zero
+
+    monkeypatch.setattr(module, "run_local", fake_run_local)
+    assert module.main(argv) != 0
+    expected = dict(DEMO_SYNTHETIC) if synthetic == "DEMO_SYNTHETIC" else synthetic
+    assert seen["synthetic"] == expected
+    assert (seen["overrides"][: len(DEMO)] == list(DEMO)) == ("--demo" in argv)
