@@ -10,6 +10,7 @@ from components.decide import decide
 from components.deploy import deploy
 from components.evaluate import evaluate
 from components.export_onnx import export_onnx
+from components.export_tensorrt import export_tensorrt
 from components.image import COMPONENT_CUDA_IMAGE, COMPONENT_IMAGE
 from components.preprocess import preprocess
 from components.push_hf import push_hf
@@ -27,6 +28,7 @@ __all__ = [
     "deploy",
     "evaluate",
     "export_onnx",
+    "export_tensorrt",
     "preprocess",
     "push_hf",
     "record_no_promotion",

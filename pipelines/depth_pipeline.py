@@ -23,9 +23,11 @@ on), so the same function runs locally, where no credentials are needed.
 Promotion branch (``dsl.If(decide.promote == True)``): register → export ONNX → Triton
 repository → push to the Hub (nested ``dsl.If(hf_repo_id != "")``: skipped when empty) and
 deploy (``deploy.target``: a smoke-tested local Triton, or a KServe InferenceService with
-rollback). ``dsl.Else`` records why the champion stays. TensorRT (``export.tensorrt``) is not
-wired in yet: its library exists (GPU only) and would go between ONNX export and the
-repository, on a GPU node.
+rollback). ``dsl.Else`` records why the champion stays. TensorRT is compile-time, like the
+train GPU request: with ``export.tensorrt`` true the branch gets an ``export_tensorrt`` task
+(ONNX → parity-gated ``model.plan``, CUDA image, one ``nvidia.com/gpu``) whose plan the Triton
+repository task takes as its optional ``plan`` input, adding ``<name>_trt``; with it false
+(the committed params) the compiled pipeline has no TensorRT task.
 
 The data source is a ``dsl.If`` / ``dsl.Else`` on ``data_uri``: "synthetic" generates a
 Cityscapes-layout dataset, anything else enters through ``dsl.importer`` (a local path, or an
@@ -48,6 +50,7 @@ from components import (
     deploy,
     evaluate,
     export_onnx,
+    export_tensorrt,
     preprocess,
     push_hf,
     record_no_promotion,
@@ -103,6 +106,7 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
     """Build the pipeline function with its defaults and compile-time settings from ``params``."""
     base_params = json.dumps(params.to_dict(), sort_keys=True)
     train_gpu = params.training.train_gpu
+    use_trt = params.export.tensorrt
     settings = params  # the inner pipelines' `params` is the resolved JSON string
 
     @dsl.pipeline(
@@ -149,10 +153,17 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
             onnx = export_onnx(
                 model=trained.outputs["model"], params=params, run_id=run_id
             ).set_display_name("export ONNX")
+            trt_inputs = {}
+            if use_trt:  # compile-time: no GPU task at all when export.tensorrt is false
+                trt = export_tensorrt(onnx_model=onnx.outputs["onnx_model"], params=params)
+                trt.set_display_name("export TensorRT")
+                trt.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+                trt_inputs["plan"] = trt.outputs["plan"]
             repo = triton_repository(
                 onnx_model=onnx.outputs["onnx_model"],
                 params=params,
                 version=registered.output,
+                **trt_inputs,
             ).set_display_name("Triton repository")
             with dsl.If(hf_repo_id != "", name="hub-push"):  # "" = skipped (shown as not run)
                 pushed = push_hf(

@@ -109,7 +109,9 @@ def test_record_no_promotion_writes_the_reason(tmp_path):
 
 
 def test_every_component_uses_the_project_image():
-    comps = [getattr(components, n) for n in components.__all__ if not n.isupper()]
+    # export_tensorrt runs on the CUDA image (it builds the engine for the GPU it runs on).
+    names = [n for n in components.__all__ if not n.isupper() and n != "export_tensorrt"]
+    comps = [getattr(components, n) for n in names]
     assert len(comps) >= 10
     for comp in comps:
         assert comp.component_spec.implementation.container.image == COMPONENT_IMAGE, comp.name
@@ -158,3 +160,59 @@ def test_train_submits_a_cluster_job_when_scaled_out(tmp_path, monkeypatch):
     assert Path(model.path).read_bytes() == b"checkpoint"
     assert model.metadata["mlflow_run_id"] == "run-123"
     assert model.metadata["best_val_rmse"] == 3.5
+
+
+def test_export_tensorrt_writes_the_plan_and_its_metadata(tmp_path, monkeypatch):
+    import depth_common.export.tensorrt as trt_mod
+
+    calls = []
+
+    def fake_export(onnx_path, plan_path, export_cfg):
+        calls.append((Path(onnx_path), Path(plan_path), export_cfg.trt_fp16))
+        Path(plan_path).write_bytes(b"engine")
+        parity = {"b1": {"max_abs_m": 0.01}}
+        return trt_mod.TrtExport(plan_path=Path(plan_path), parity=parity, fp16=True)
+
+    monkeypatch.setattr(trt_mod, "export_tensorrt", fake_export)
+    onnx = dsl.Model(name="onnx_model", uri=str(tmp_path / "onnx"), metadata={"file": "m.onnx"})
+    plan = dsl.Model(name="plan", uri=str(tmp_path / "plan"))
+    params = load_params(PARAMS_FILE, ["export.trt_opt_batch=2"])
+    components.export_tensorrt.python_func(
+        onnx_model=onnx, params=json.dumps(params.to_dict()), plan=plan
+    )
+    assert calls == [(tmp_path / "onnx" / "m.onnx", tmp_path / "plan" / "model.plan", True)]
+    assert (tmp_path / "plan" / "model.plan").read_bytes() == b"engine"
+    assert plan.metadata["file"] == "model.plan"
+    assert plan.metadata["fp16"] is True
+    assert plan.metadata["parity"] == {"b1": {"max_abs_m": 0.01}}
+    assert plan.metadata["profile"] == [params.export.trt_min_batch, 2, params.export.trt_max_batch]
+
+
+@pytest.mark.parametrize("with_plan", [False, True])
+def test_triton_repository_passes_the_optional_plan(tmp_path, monkeypatch, with_plan):
+    import depth_common.export.triton as triton_mod
+
+    seen = {}
+
+    def fake_build(onnx_path, out_dir, **kwargs):
+        seen.update(kwargs, onnx=Path(onnx_path), out=Path(out_dir))
+        return Path(out_dir)
+
+    monkeypatch.setattr(triton_mod, "build_triton_repository", fake_build)
+    onnx = dsl.Model(name="onnx_model", uri=str(tmp_path / "onnx"), metadata={"file": "model.onnx"})
+    repo = dsl.Model(name="repository", uri=str(tmp_path / "repo"))
+    extra = {}
+    if with_plan:
+        extra["plan"] = dsl.Model(
+            name="plan", uri=str(tmp_path / "plan"), metadata={"file": "model.plan"}
+        )
+    params = load_params(PARAMS_FILE)
+    components.triton_repository.python_func(
+        onnx_model=onnx, params=json.dumps(params.to_dict()), version=3, repository=repo, **extra
+    )
+    assert seen["onnx"] == tmp_path / "onnx" / "model.onnx"
+    assert seen["out"] == tmp_path / "repo"
+    assert seen["version"] == 3
+    assert seen["plan_path"] == (tmp_path / "plan" / "model.plan" if with_plan else None)
+    assert repo.metadata["tensorrt"] is with_plan
+    assert repo.metadata["version"] == 3

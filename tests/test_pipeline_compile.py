@@ -249,3 +249,23 @@ def test_submit_dry_run_checks_arguments_and_never_prints_the_token(capsys, monk
     assert "training.nope" in capsys.readouterr().err
     assert submit.main(["--arg", "epochs=3"]) == 2  # no host, not a dry run: nothing sent
     assert "KFP_HOST" in capsys.readouterr().err
+
+
+def test_tensorrt_adds_a_gpu_task_feeding_the_triton_repository(tmp_path):
+    _, spec, _ = _compile(tmp_path, ["export.tensorrt=true"])
+    trt = spec["deploymentSpec"]["executors"]["exec-export-tensorrt"]["container"]
+    assert trt["image"] == COMPONENT_CUDA_IMAGE
+    assert trt["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert trt["resources"]["accelerator"]["resourceCount"] == "1"
+    tasks = _tasks(spec)
+    plan_in = tasks["triton-repository"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"]
+    assert plan_in == {"producerTask": "export-tensorrt", "outputArtifactKey": "plan"}
+    onnx_in = tasks["export-tensorrt"]["inputs"]["artifacts"]["onnx_model"]["taskOutputArtifact"]
+    assert onnx_in["producerTask"] == "export-onnx"
+
+
+def test_no_tensorrt_task_when_disabled(tmp_path):
+    _, spec, _ = _compile(tmp_path, ["export.tensorrt=false"])
+    assert "exec-export-tensorrt" not in spec["deploymentSpec"]["executors"]
+    assert "export-tensorrt" not in _tasks(spec)
+    assert "plan" not in _tasks(spec)["triton-repository"]["inputs"].get("artifacts", {})
