@@ -34,7 +34,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from loopback import LoopbackServer
+from loopback import JsonHandler, LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "manifests" / "schemas" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
@@ -278,18 +278,7 @@ class KServeApiDouble(LoopbackServer):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         double = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:  # keep test output clean
-                pass
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _status(self, code: int, reason: str, message: str) -> None:
                 self._send(
                     code,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_serving_server import TinyDepthNet
 
 from depth_common.config import ExportConfig, params_from_dict
 from depth_common.export import tensorrt as trt_export
@@ -37,20 +38,11 @@ requires_gpu = pytest.mark.skipif(
 )
 
 
-class _TinyDepthNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x))
-
-
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    return export_model(_TinyDepthNet(), out, img_size=(16, 32)).path
+    return export_model(TinyDepthNet(), out, img_size=(16, 32)).path
 
 
 # --- CPU: configuration and tolerance arithmetic -------------------------------------------
@@ -327,6 +319,6 @@ def test_engine_parity_gate_fails_on_a_wrong_plan(dpt_onnx: Path, tmp_path: Path
     plan = build_engine(dpt_onnx, tmp_path / "model.plan", cfg)
     # a different model with the same interface: the gate must catch it
     torch.manual_seed(1)
-    other = export_model(_TinyDepthNet(), tmp_path / "other.onnx", img_size=(64, 128)).path
+    other = export_model(TinyDepthNet(), tmp_path / "other.onnx", img_size=(64, 128)).path
     with pytest.raises(ParityError, match="TensorRT differs from ONNX Runtime on batch 1"):
         trt_export.check_trt_parity(plan, other, (1,))

@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from loopback import LoopbackServer
+from loopback import JsonHandler, LoopbackServer
 
 from depth_common.deploy.hf import (
     HF_TOKEN_ENV,
@@ -49,18 +48,7 @@ class HubDouble(LoopbackServer):
         self.requests: list[tuple[str, str, str | None]] = []
         double = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 auth = self.headers.get("Authorization")

@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 from google.protobuf import text_format
+from test_serving_server import TinyDepthNet
 from tritonclient.grpc import model_config_pb2 as mc
 
 from depth_common.config import ExportConfig, params_from_dict
@@ -20,20 +21,9 @@ from depth_common.export.triton import (
 )
 
 
-class _TinyDepthNet(torch.nn.Module):
-    """[B,3,H,W] → [B,1,H,W]: the repository only reads the ONNX interface, not the weights."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x))
-
-
 def _export(path: Path, size: tuple[int, int]) -> Path:
     torch.manual_seed(0)
-    return export_model(_TinyDepthNet(), path, img_size=size).path
+    return export_model(TinyDepthNet(), path, img_size=size).path
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +161,7 @@ def test_wrong_input_name_is_rejected(onnx_file: Path, tmp_path: Path) -> None:
 def test_fixed_batch_and_non_onnx_are_rejected(tmp_path: Path) -> None:
     fixed = tmp_path / "fixed.onnx"
     torch.onnx.export(
-        _TinyDepthNet(),
+        TinyDepthNet(),
         (torch.zeros(2, 3, 8, 8),),
         str(fixed),
         dynamo=False,
