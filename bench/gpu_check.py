@@ -23,7 +23,8 @@ order, each recorded as ``ok``, ``skipped`` (with the reason) or ``failed`` (wit
 
 ``--dry-run`` runs ``inputs`` and ``onnx`` for real, marks the GPU sections skipped and
 rehearses the training step on CPU (2 steps, batch 2) so that its code has run before GPU time
-is spent. The JSON is rewritten atomically after every section (``complete`` is false until
+is spent; ``--device cpu`` runs the full run's code on CPU (CPU figures, no TensorRT: what the
+tests use to exercise it). The JSON is rewritten atomically after every section (``complete`` is false until
 the end), so a run cut short keeps what it measured. Exit status: 0, 1 when a section or a
 correctness target failed, 2 for bad inputs. What each figure means: docs/gpu-check.md.
 """
@@ -34,6 +35,7 @@ import argparse
 import contextlib
 import datetime as dt
 import logging
+import math
 import signal
 import sys
 import tempfile
@@ -184,7 +186,7 @@ def latency_section(
 ) -> dict[str, Any]:
     import torch
 
-    from bench.gpu_check_infer import measure_latency, runtimes
+    from bench.gpu_check_infer import measure_latency, runtimes, strict_fp32
 
     sections = report.data["sections"]
     if args.dry_run:
@@ -193,22 +195,26 @@ def latency_section(
         return missing
     trt = sections["tensorrt"]
     plan = Path(trt["plan"]) if trt.get("plan") else None
+    found: list[Any] = []
     try:
-        found, skipped = runtimes(work / "model.onnx", model, torch.device("cuda"), plan)
+        found, skipped = runtimes(work / "model.onnx", model, torch.device(args.device), plan)
         if plan is None:
             skipped["tensorrt-fp16"] = f"no engine: tensorrt section {trt['status']}{_why(trt)}"
-        result = measure_latency(
-            found,
-            tuple(params.data.img_size),
-            LATENCY_BATCHES,
-            params.export,
-            runs=args.latency_runs,
-            warmup=args.latency_warmup,
-            budget_s=args.cell_budget_s,
-        )
+        for name, reason in skipped.items():
+            log.info("latency: SKIPPED %s: %s", name, reason)
+        with strict_fp32():
+            result = measure_latency(
+                found,
+                tuple(params.data.img_size),
+                LATENCY_BATCHES,
+                params.export,
+                runs=args.latency_runs,
+                warmup=args.latency_warmup,
+                budget_s=args.cell_budget_s,
+            )
+    finally:
         for rt in found:
             rt.close()
-    finally:
         model.cpu()  # free the GPU for the training step
     failed = [name for name, p in result["parity_vs_onnxruntime_cpu"].items() if not p["pass"]]
     status = {"status": "failed", "reason": f"parity outside tolerance: {failed}"} if failed else {}
@@ -234,9 +240,15 @@ def training_section(args: argparse.Namespace, params: Any) -> dict[str, Any]:
                 "finite": rehearsal["loss_trend"]["finite"],
             },
         }
-    torch.cuda.empty_cache()  # what the inference sections cached
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # what the inference sections cached
     return run_training(
-        params, torch.device("cuda"), steps=args.train_steps, batch=args.train_batch, amp=True
+        params,
+        device,
+        steps=args.train_steps,
+        batch=args.train_batch,
+        amp=device.type == "cuda",  # fp16 + GradScaler; on CPU (tests) fp32
     )
 
 
@@ -317,12 +329,12 @@ def run_check(
     args: argparse.Namespace, params: Any, model: Any, checks: list[str], start: float
 ) -> int:
     """All sections in order; the JSON and the log are complete when this returns."""
-    report = Report(args.out, "dry-run" if args.dry_run else "gpu", args.config, start)
+    report = Report(args.out, args.mode, args.config, start)
     report.data["environment"] = environment()
     sections = report.data["sections"]
     gpu = report.data["environment"].get("gpu", {}).get("name", "no GPU")
     log.info("mode %s on %s; results to %s", report.data["mode"], gpu, args.out)
-    run_section(report, "inputs", lambda: {"status": "ok", "checks": checks}, args.deadline_s)
+    run_section(report, "inputs", lambda: {"status": "ok", "checks": checks}, math.inf)
     deadline = args.deadline_s
     with tempfile.TemporaryDirectory(prefix="gpu-check-", dir=args.work_dir) as tmp:
         work = Path(tmp)
@@ -338,7 +350,7 @@ def run_check(
         report,
         "triton_tensorrt_plan",
         lambda: {"status": "skipped", "reason": TRITON_PLAN_REASON},
-        float("inf"),
+        math.inf,
     )
     report.data["targets"] = evaluate_targets(sections)
     report.data["skipped"] = skipped_summary(sections)

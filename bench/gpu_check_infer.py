@@ -10,8 +10,9 @@ module's tolerance (``FP16_ATOL_M + FP16_RTOL * |depth|``), FP32 ones with ``exp
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from depth_common.export.tensorrt import FP16_ATOL_M, FP16_RTOL, compare_outputs
 TENSORRT_WHEELS = (
     "PyPI's tensorrt-cu13-libs 11.4.0.106 is a 15 kB stub that downloads the TensorRT "
     "libraries from NVIDIA's package index at install time, so an offline node cannot install "
-    "it from carried wheels, and those libraries (hundreds of MB) are far over a 64 MiB carry"
+    "it from carried wheels; the libraries are far over a 64 MiB carry (TensorRT's own wheels "
+    "were ~800 MB per Python version)"
 )
 ORT_GPU_WHEEL = (
     "the GPU build is the separate onnxruntime-gpu package, whose 1.31.1 cp312 CUDA 13 wheel is "
@@ -98,38 +100,74 @@ def _torch_runtime(model: torch.nn.Module, device: torch.device, fp16: bool) -> 
     return Runtime(f"torch-{device.type}-{precision}", device.type, precision, call)
 
 
+def _ort_cuda_runtime(onnx_path: Path) -> Runtime | str:
+    """ONNX Runtime's CUDA EP, or why not (a CPU-only build, or a session that fails)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (
+            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: "
+            f"{ort.get_available_providers()}); {ORT_GPU_WHEEL}"
+        )
+    try:
+        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels torch uses
+            ort.preload_dlls()
+        return _ort_runtime(onnx_path, "CUDAExecutionProvider", "onnxruntime-cuda", "cuda")
+    except Exception as exc:  # e.g. a cuDNN the GPU build cannot load: the others still run
+        return f"onnxruntime {ort.__version__} CUDA EP session failed: {exc}"
+
+
+def _tensorrt_runtime(plan_path: Path) -> Runtime | str:
+    from depth_common.export.tensorrt import TrtRunner
+
+    try:
+        runner = TrtRunner(plan_path)
+    except Exception as exc:
+        return f"the engine does not load: {exc}"
+    return Runtime("tensorrt-fp16", "cuda", "fp16", runner.infer, runner.close)
+
+
 def runtimes(
     onnx_path: Path, model: torch.nn.Module, device: torch.device, plan_path: Path | None
 ) -> tuple[list[Runtime], dict[str, str]]:
     """The runtimes available for ``device`` and the reason for each one that is not.
 
-    CPU: ONNX Runtime (the reference) and torch FP32. CUDA adds torch FP32 (TF32 off) and FP16
-    autocast, ONNX Runtime's CUDA execution provider and the TensorRT plan when there is one.
+    CPU: ONNX Runtime (the reference) and torch FP32. CUDA adds torch FP16 autocast, ONNX
+    Runtime's CUDA execution provider and the TensorRT plan when there is one. Run CUDA FP32
+    inside :func:`strict_fp32` (TF32 off) to hold it to the FP32 tolerance.
     """
-    import onnxruntime as ort
-
     found = [_ort_runtime(onnx_path, "CPUExecutionProvider", "onnxruntime-cpu", "cpu")]
     skipped: dict[str, str] = {}
     model = model.eval().to(device)
     found.append(_torch_runtime(model, device, fp16=False))
     if device.type != "cuda":
         return found, skipped
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     found.append(_torch_runtime(model, device, fp16=True))
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        found.append(_ort_runtime(onnx_path, "CUDAExecutionProvider", "onnxruntime-cuda", "cuda"))
-    else:
-        skipped["onnxruntime-cuda"] = (
-            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: "
-            f"{ort.get_available_providers()}); {ORT_GPU_WHEEL}"
-        )
+    optional = [("onnxruntime-cuda", lambda: _ort_cuda_runtime(onnx_path))]
     if plan_path is not None:
-        from depth_common.export.tensorrt import TrtRunner
-
-        runner = TrtRunner(plan_path)
-        found.append(Runtime("tensorrt-fp16", "cuda", "fp16", runner.infer, runner.close))
+        optional.append(("tensorrt-fp16", lambda: _tensorrt_runtime(plan_path)))
+    for name, make in optional:
+        made = make()
+        if isinstance(made, str):
+            skipped[name] = made
+        else:
+            found.append(made)
     return found, skipped
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """TF32 off for torch's CUDA matmuls and convolutions, restored afterwards (training keeps
+    torch's defaults)."""
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = False
+    try:
+        yield
+    finally:
+        for f, value in zip(flags, saved, strict=True):
+            f.allow_tf32 = value
 
 
 def measure_latency(

@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | tuple[str, ...] | None = None) -> argparse.Name
     parser.set_defaults(params=str(ROOT / "params.yaml"))
     parser.add_argument("--dry-run", action="store_true", help="no GPU: inputs + ONNX only")
     parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: the full run's code on CPU (CPU figures, no TensorRT; for tests)",
+    )
+    parser.add_argument(
         "--out", type=Path, help=f"result JSON (default {GPU_OUT}; dry run {DRY_RUN_OUT})"
     )
     parser.add_argument("--log", type=Path, help="log file (default: --out with .log)")
@@ -79,7 +85,10 @@ def parse_args(argv: list[str] | tuple[str, ...] | None = None) -> argparse.Name
         help="sections not started by then are skipped (default 420: 7 minutes)",
     )
     args = parser.parse_args(argv)
+    args.mode = "dry-run" if args.dry_run else {"cuda": "gpu", "cpu": "cpu"}[args.device]
     if args.out is None:
+        if args.mode == "cpu":
+            parser.error("--device cpu: give --out (bench/results_gpu.json is for the GPU run)")
         args.out = DRY_RUN_OUT if args.dry_run else GPU_OUT
     if args.log is None:
         args.log = args.out.with_suffix(".log")
@@ -139,7 +148,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[Params, Any, list[str]]:
     checks += _check_params(params)
     import torch
 
-    if not args.dry_run and not torch.cuda.is_available():
+    if args.mode == "gpu" and not torch.cuda.is_available():
         raise InputError(
             f"no CUDA device visible to torch {torch.__version__} (CUDA build "
             f"{torch.version.cuda}); run with --dry-run on a machine without a GPU"
@@ -182,6 +191,7 @@ def describe_config(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         "fp16_tolerance": {"atol_m": FP16_ATOL_M, "rtol": FP16_RTOL},
         "fp32_atol_m": params.export.parity_atol,
         "deadline_s": args.deadline_s,
+        "device": "cpu" if args.mode != "gpu" else "cuda",
     }
 
 

@@ -112,6 +112,48 @@ def test_dry_run_through_the_wrapper_records_every_gpu_part_as_skipped(tmp_path:
     assert not list(work.iterdir())  # the ONNX scratch directory is gone
 
 
+def test_full_run_on_cpu_measures_latency_and_trains(tmp_path: Path) -> None:
+    """The GPU run's code path end to end, on CPU: the runtimes CPU has, a real training run."""
+    out = tmp_path / "cpu.json"
+    argv = ["--device", "cpu", *SMALL_ARGS, "--out", str(out), "--work-dir", str(tmp_path)]
+    argv += ["--set", "training.decoder_lr=1.0e-3", "--set", "training.encoder_lr=1.0e-3"]
+    argv += ["--train-steps", "6", "--train-batch", "2", "--latency-runs", "2"]
+    argv += ["--latency-warmup", "0"]
+    assert gpu_check.main(argv) == 0
+    result = json.loads(out.read_text())
+    sections = result["sections"]
+    assert result["mode"] == "cpu" and result["complete"]
+    assert sections["tensorrt"]["status"] == "skipped"
+    assert "No module named 'tensorrt'" in sections["tensorrt"]["reason"]
+    latency = sections["latency"]
+    assert latency["status"] == "ok"
+    assert [(r["runtime"], r["batch"], r["runs"]) for r in latency["rows"]] == [
+        (name, b, 2) for b in (1, 8) for name in ("onnxruntime-cpu", "torch-cpu-fp32")
+    ]
+    assert latency["parity_vs_onnxruntime_cpu"]["torch-cpu-fp32"]["pass"]
+    assert set(result["skipped"]) == {"tensorrt", "latency.tensorrt-fp16", "triton_tensorrt_plan"}
+    training = sections["training"]
+    assert training["status"] == "ok" and training["steps"] == 6 and training["batch"] == 2
+    assert training["amp"] == "off (fp32)" and "peak_memory_allocated_mib" not in training
+    status = {t["key"]: t["status"] for t in result["targets"]}
+    assert status["train_loss_finite_decreasing"] == "PASS"
+    assert status["trt_fp16_vs_ort_cuda_b8"] == "not run"
+    log = out.with_suffix(".log").read_text()
+    assert log.count("SKIPPED") == 3
+    assert "SKIPPED tensorrt " in log and "latency: SKIPPED tensorrt-fp16: no engine" in log
+
+
+def test_sections_past_the_deadline_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    argv = ["--dry-run", *SMALL_ARGS, "--out", str(out), "--deadline-s", "0.001"]
+    assert gpu_check.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["complete"] and result["sections"]["inputs"]["status"] == "ok"
+    for name in ("onnx", "tensorrt", "latency", "training"):
+        section = result["sections"][name]
+        assert section["status"] == "skipped" and section["reason"].startswith("time budget")
+
+
 # --- bad inputs: a clear message, exit 2, nothing written --------------------------------
 
 
