@@ -226,6 +226,8 @@ def training_section(args: argparse.Namespace, params: Any) -> dict[str, Any]:
 
     from bench.gpu_check_train import run_training
 
+    if args.dry_run and args.rehearsal_steps == 0:
+        return {"status": "skipped", "reason": "--dry-run: the CUDA training step needs a GPU"}
     if args.dry_run:
         rehearsal = run_training(
             params, torch.device("cpu"), steps=args.rehearsal_steps, batch=2, amp=False

@@ -74,7 +74,12 @@ def parse_args(argv: list[str] | tuple[str, ...] | None = None) -> argparse.Name
     parser.add_argument("--work-dir", type=Path, help="scratch parent (default: system temp)")
     parser.add_argument("--train-steps", type=_count(2), default=50)
     parser.add_argument("--train-batch", type=_count(1), default=8)
-    parser.add_argument("--rehearsal-steps", type=_count(2), default=2, help="dry run, CPU")
+    parser.add_argument(
+        "--rehearsal-steps",
+        type=_count(0),
+        default=2,
+        help="dry run: CPU training steps of the check's model, batch 2 (0: none)",
+    )
     parser.add_argument("--latency-runs", type=_count(1), default=200, help="timed calls/cell")
     parser.add_argument("--latency-warmup", type=_count(0), default=10)
     parser.add_argument("--cell-budget-s", type=_seconds, default=8.0, help="per latency cell")
@@ -85,6 +90,8 @@ def parse_args(argv: list[str] | tuple[str, ...] | None = None) -> argparse.Name
         help="sections not started by then are skipped (default 420: 7 minutes)",
     )
     args = parser.parse_args(argv)
+    if args.rehearsal_steps == 1:
+        parser.error("--rehearsal-steps: got 1, expected 0 (none) or >= 2 (a loss trend)")
     args.mode = "dry-run" if args.dry_run else {"cuda": "gpu", "cpu": "cpu"}[args.device]
     if args.out is None:
         if args.mode == "cpu":
@@ -133,10 +140,10 @@ def _check_params(params: Params) -> list[str]:
             f"export.trt_min_batch/trt_max_batch: got [{lo}, {hi}], expected a profile that "
             f"holds the latency batches {list(LATENCY_BATCHES)}"
         )
+    weights = f"weights {m.pretrained_path}" if m.pretrained_path else "random weights"
     return [
         f"model {m.encoder} at {'x'.join(map(str, params.data.img_size))} pixels, "
-        f"decoder {m.decoder_features}, "
-        f"{'weights ' + str(m.pretrained_path) if m.pretrained else 'random weights'}",
+        f"decoder {m.decoder_features}, {weights}",
         f"engine profile batches min {lo} / opt {e.trt_opt_batch} / max {hi}",
     ]
 
@@ -178,7 +185,7 @@ def describe_config(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         "encoder": m.encoder,
         "img_size": list(params.data.img_size),
         "decoder_features": m.decoder_features,
-        "weights": str(m.pretrained_path) if m.pretrained else "random",
+        "weights": str(m.pretrained_path) if m.pretrained_path else "random",
         "overrides": list(args.set),
         "opset": params.export.opset,
         "latency_batches": list(LATENCY_BATCHES),

@@ -94,7 +94,9 @@ def test_dry_run_through_the_wrapper_records_every_gpu_part_as_skipped(tmp_path:
         "training",
         "triton_tensorrt_plan",
     ]
-    assert sections["inputs"]["status"] == "ok"
+    assert sections["inputs"]["status"] == "ok" and result["config"]["weights"] == "random"
+    model_check = "model vit_tiny_patch16_224 at 32x32 pixels, decoder 16, random weights"
+    assert model_check in sections["inputs"]["checks"]
     onnx = sections["onnx"]
     assert onnx["status"] == "ok" and onnx["size_mb"] > 1  # vit_tiny: ~22 MB of weights
     assert onnx["input"] == ["image", "batch", 3, 32, 32]
