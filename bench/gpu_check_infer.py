@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.bench_export import time_calls
 from bench.bench_serving import load_stats
 from depth_common.config import ExportConfig
 from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, parity_inputs
@@ -48,25 +49,6 @@ class Runtime:
     precision: str
     call: Callable[[np.ndarray], np.ndarray]
     close: Callable[[], None] = lambda: None
-
-
-def time_calls(
-    fn: Callable[[], object], *, runs: int, warmup: int, budget_s: float, min_runs: int = 5
-) -> list[float]:
-    """Seconds per call of ``fn()``: ``warmup`` untimed calls, then up to ``runs`` timed ones,
-    stopping early once ``min_runs`` calls have used up ``budget_s``."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < runs:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-        if len(times) >= min_runs and spent >= budget_s:
-            break
-    return times
 
 
 def ort_session(onnx_path: Path, provider: str) -> Any:
@@ -188,9 +170,8 @@ def measure_latency(
         x = parity_inputs(batch, img_size)
         expected = reference.call(x)
         for rt in found:
-            lat = time_calls(
-                lambda rt=rt, x=x: rt.call(x), runs=runs, warmup=warmup, budget_s=budget_s
-            )
+            # At least 5 calls per cell, so that p99 is not a single call's time.
+            lat = time_calls(lambda rt=rt, x=x: rt.call(x), runs, warmup, budget_s, min_runs=5)
             stats = load_stats(lat, wall_s=sum(lat), concurrency=1)
             rows.append(
                 {

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from bench import gpu_check
-from bench.gpu_check_infer import Runtime, build_tensorrt, measure_latency, runtimes, time_calls
+from bench.bench_export import time_calls
+from bench.gpu_check_infer import Runtime, build_tensorrt, measure_latency, runtimes
 from bench.gpu_check_train import WARMUP_STEPS, loss_trend, run_training, synthetic_batches
 from depth_common.config import load_params
 
