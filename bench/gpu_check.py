@@ -13,20 +13,20 @@ order, each recorded as ``ok``, ``skipped`` (with the reason) or ``failed`` (wit
   before anything is written);
 - ``onnx``: the real exporter (:func:`depth_common.export.onnx.export_model`, parity gate vs
   PyTorch included): export seconds, size, parity;
+- ``training``: 50 AdamW steps of the real model, AMP fp16 + GradScaler, batch 8: samples/s,
+  peak memory, loss finite and decreasing (:mod:`bench.gpu_check_train`);
 - ``tensorrt``: the FP16 engine via :mod:`depth_common.export.tensorrt` from a cold timing cache:
   build seconds, plan size, parity vs ONNX Runtime at the profile's batches (module tolerance);
 - ``latency``: p50/p99 per runtime at batch 1 and 8 (TensorRT FP16, ONNX Runtime CUDA EP,
   torch CUDA FP32 and FP16 autocast, ONNX Runtime CPU), each with its parity vs ONNX Runtime CPU;
-- ``training``: 50 AdamW steps of the real model, AMP fp16 + GradScaler, batch 8: samples/s,
-  peak memory, loss finite and decreasing (:mod:`bench.gpu_check_train`);
 - ``triton_tensorrt_plan``: always skipped (it needs NVIDIA's Triton image).
 
 ``--dry-run`` runs ``inputs`` and ``onnx`` for real, marks the GPU sections skipped and
 rehearses the training step on CPU (2 steps, batch 2) so that its code has run before GPU time
 is spent; ``--device cpu`` runs the full run's code on CPU (CPU figures, no TensorRT: what the
-tests use to exercise it). The JSON is rewritten atomically after every section (``complete`` is false until
-the end), so a run cut short keeps what it measured. Exit status: 0, 1 when a section or a
-correctness target failed, 2 for bad inputs. What each figure means: docs/gpu-check.md.
+tests use to exercise it). The JSON is rewritten atomically after every section (``complete``
+is false until the end), so a run cut short keeps what it measured. Exit status: 0, 1 when a
+section or a correctness target failed, 2 for bad inputs. Figures explained: docs/gpu-check.md.
 """
 
 from __future__ import annotations
@@ -243,15 +243,16 @@ def training_section(args: argparse.Namespace, params: Any) -> dict[str, Any]:
             },
         }
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # what the inference sections cached
-    return run_training(
+    result = run_training(
         params,
         device,
         steps=args.train_steps,
         batch=args.train_batch,
         amp=device.type == "cuda",  # fp16 + GradScaler; on CPU (tests) fp32
     )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # hand the training step's cached blocks to TensorRT's builder
+    return result
 
 
 def _p50(rows: Sequence[dict[str, Any]], runtime: str, batch: int) -> float | None:
@@ -341,13 +342,14 @@ def run_check(
     with tempfile.TemporaryDirectory(prefix="gpu-check-", dir=args.work_dir) as tmp:
         work = Path(tmp)
         run_section(report, "onnx", lambda: onnx_section(model, params, work), deadline)
+        # Training before the engine build: a slow cold build cannot starve it of time.
+        run_section(report, "training", lambda: training_section(args, params), deadline)
         run_section(
             report, "tensorrt", lambda: tensorrt_section(args, params, work, report), deadline
         )
         run_section(
             report, "latency", lambda: latency_section(args, model, params, work, report), deadline
         )
-    run_section(report, "training", lambda: training_section(args, params), deadline)
     run_section(
         report,
         "triton_tensorrt_plan",

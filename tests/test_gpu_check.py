@@ -90,9 +90,9 @@ def test_dry_run_through_the_wrapper_records_every_gpu_part_as_skipped(tmp_path:
     assert list(sections) == [
         "inputs",
         "onnx",
+        "training",
         "tensorrt",
         "latency",
-        "training",
         "triton_tensorrt_plan",
     ]
     assert sections["inputs"]["status"] == "ok" and result["config"]["weights"] == "random"
