@@ -49,18 +49,17 @@ def _models() -> dict[str, tuple[str, ...]]:
     return {**MODELS, "demo": DEMO}
 
 
-def median_ms(
+def time_calls(
     fn: Callable[[], object],
     runs: int,
     warmup: int,
     budget_s: float | None = None,
     min_runs: int = 3,
-) -> tuple[float, int]:
-    """(median wall time of ``fn()`` in milliseconds, number of timed calls).
+) -> list[float]:
+    """Seconds per call of ``fn()``: ``warmup`` untimed calls, then up to ``runs`` timed ones.
 
-    ``warmup`` untimed calls, then up to ``runs`` timed ones; with ``budget_s``, timing stops
-    early once at least ``min_runs`` calls have used up the budget (keeps vit_base at batch 8
-    within the bench's time on a 2-core machine).
+    With ``budget_s``, timing stops early once at least ``min_runs`` calls have used up the
+    budget (keeps vit_base at batch 8 within the bench's time on a 2-core machine).
     """
     for _ in range(warmup):
         fn()
@@ -69,12 +68,24 @@ def median_ms(
     while len(times) < runs:
         start = time.perf_counter()
         fn()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed * 1e3)
-        spent += elapsed
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
         if budget_s is not None and len(times) >= min_runs and spent >= budget_s:
             break
-    return statistics.median(times), len(times)
+    return times
+
+
+def median_ms(
+    fn: Callable[[], object],
+    runs: int,
+    warmup: int,
+    budget_s: float | None = None,
+    min_runs: int = 3,
+) -> tuple[float, int]:
+    """(median wall time of ``fn()`` in milliseconds, number of timed calls): see
+    :func:`time_calls`."""
+    times = time_calls(fn, runs, warmup, budget_s, min_runs)
+    return statistics.median(times) * 1e3, len(times)
 
 
 def bench_model(
