@@ -122,8 +122,8 @@ def _decode_bytes(data: bytes, source: str, max_pixels: int) -> np.ndarray:
             return _pil_to_rgb8(img, source)
     except UnidentifiedImageError:
         raise ImageDecodeError(
-            f"{source}: not an image in a supported format ({formats}); got {len(data)} bytes "
-            f"starting {data[:8]!r}"
+            f"{source}: not a readable image (supported formats: {formats}); got {len(data)} "
+            f"bytes starting {data[:8]!r}"
         ) from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"{source}: refused as a decompression bomb ({exc})") from None
