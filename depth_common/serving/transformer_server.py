@@ -247,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def predictor_address(host: str) -> str:
+    """``host:port`` for gRPC: KServe passes the predictor Service's name alone (port 80)."""
+    bare = host.rsplit("]", 1)[-1]  # an IPv6 literal [::1]:9000 has colons of its own
+    return host if ":" in bare else f"{host}:80"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     # parse_known_args: KServe's controller may append arguments of its own (--grpc_port ...).
     args, unknown = build_parser().parse_known_args(argv)
@@ -260,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     model.load()
     predictor = PredictorConfig(
-        predictor_host=args.predictor_host,
+        predictor_host=predictor_address(args.predictor_host),
         predictor_protocol=args.predictor_protocol,
         predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
     )
