@@ -229,6 +229,11 @@ class LocalTritonServer:
         self._process: SupervisedProcess | None = None
         self._workdir: Path | None = None
 
+    @property
+    def admin_grpc_header(self) -> tuple[str, str]:
+        """The same over gRPC: Triton expects the key prefixed ``triton-grpc-protocol-``."""
+        return f"triton-grpc-protocol-{self.admin_header[0]}", self.admin_header[1]
+
     # -- addresses and state -----------------------------------------------------------------
     @property
     def http_url(self) -> str:
