@@ -35,6 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from depth_common.serving.repository import build_local_repository
 from depth_common.serving.supervisor import SupervisedProcess
@@ -188,7 +189,28 @@ def wait_http_ok(url: str, process: SupervisedProcess, timeout_s: float, what: s
     )
 
 
-class LocalTritonServer:
+class ManagedServer:
+    """``with server:`` starts it and always stops it (subclasses define start/stop)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalTritonServer(ManagedServer):
     """The bundled ``tritonserver`` on 127.0.0.1 serving a Python-backend copy of a repository.
 
     Ports of 0 are replaced by free ones at :meth:`start`; a port given explicitly must be free.
@@ -372,14 +394,3 @@ class LocalTritonServer:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    def __enter__(self) -> LocalTritonServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -15,11 +15,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS
 from depth_common.serving.server import (
     LocalTritonServer,
+    ManagedServer,
     TritonServerError,
     ensure_port_free,
     free_port,
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TRANSFORMER_PORT = 8080  # KServe's transformer container port
 
 
-class LocalTransformer:
+class LocalTransformer(ManagedServer):
     """The KServe transformer on ``127.0.0.1:port`` calling Triton's gRPC at ``predictor_url``.
 
     ``port`` 0 picks a free one; a port given explicitly must be free. ``log_path`` defaults to
@@ -128,17 +128,6 @@ class LocalTransformer:
         if process is not None:
             process.stop()
         atexit.unregister(self.stop)
-
-    def __enter__(self) -> LocalTransformer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _banner(server: LocalTritonServer, transformer: LocalTransformer | None) -> str:
