@@ -77,8 +77,12 @@ def run_load(
     concurrency: int,
     duration_s: float,
     warmup: int = 1,
+    keep_latencies: bool = False,
 ) -> dict[str, Any]:
     """``concurrency`` threads, each with its own caller, in a closed loop for ``duration_s``.
+
+    ``keep_latencies`` adds every request's latency (seconds) as ``latencies_s``, so cells
+    run in several rounds can be merged.
 
     ``make_caller`` runs in the worker thread (a gevent HTTP client must live in its thread)
     and returns ``(call, close)``. Every worker warms up, then all start together; a worker
@@ -131,7 +135,9 @@ def run_load(
     if errors:
         raise RuntimeError(f"load run at concurrency {concurrency} failed: {errors[0]!r}")
     wall = time.perf_counter() - t_start
-    return load_stats([x for per in latencies for x in per], wall, concurrency)
+    flat = [x for per in latencies for x in per]
+    stats = load_stats(flat, wall, concurrency)
+    return {**stats, "latencies_s": flat} if keep_latencies else stats
 
 
 def _export(model_spec: BenchModel, work: Path) -> tuple[Path, tuple[int, int], float]:

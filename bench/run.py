@@ -6,7 +6,9 @@
 
 Parts: (a) serving — in-process ONNX Runtime vs the real local Triton over HTTP and gRPC,
 p50/p99 latency and throughput at concurrency 1/4/16, dynamic batching on and off
-(:mod:`bench.bench_serving`); (b) preprocessing images/s with 1 vs 2 workers
+(:mod:`bench.bench_serving`); (a2) the image endpoint (the transformer) vs the tensor
+endpoint, JPEG in, on the demo model at concurrency 1 and 8 (:mod:`bench.bench_transformer`);
+(b) preprocessing images/s with 1 vs 2 workers
 (:mod:`bench.bench_preprocess`); (c) PyTorch eager vs ONNX Runtime (:mod:`bench.bench_export`,
 when present). The table gives ratios and checks the issue's performance targets.
 """
@@ -42,6 +44,12 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
         "min",
     ),
     ("preprocess_2_vs_1", "preprocessing images/s, 2 workers / 1 worker", 1.7, "min"),
+    (
+        "image_p50_vs_tensor",
+        "image endpoint (transformer) p50 / tensor endpoint p50 (demo model, JPEG in, c=1)",
+        1.25,
+        "max",
+    ),
 )
 PRIMARY_MODEL = "vit_base@224"
 
@@ -70,6 +78,13 @@ def target_values(results: dict[str, Any], model: str = PRIMARY_MODEL) -> dict[s
         on16, off16 = _row(rows, "triton-grpc", "on", 16), _row(rows, "triton-grpc", "off", 16)
         if on16 and off16:
             values["batching_speedup_c16"] = _ratio(on16["throughput_rps"], off16["throughput_rps"])
+    transformer = results.get("transformer")
+    if transformer:
+        from bench.bench_transformer import row
+
+        image1, tensor1 = row(transformer, "image", 1), row(transformer, "tensor", 1)
+        if image1 and tensor1:
+            values["image_p50_vs_tensor"] = _ratio(image1["p50_ms"], tensor1["p50_ms"])
     pre = {r["workers"]: r for r in results.get("preprocess", {}).get("rows", [])}
     if 1 in pre and 2 in pre:
         values["preprocess_2_vs_1"] = _ratio(pre[2]["images_per_s"], pre[1]["images_per_s"])
@@ -163,6 +178,11 @@ def format_table(results: dict[str, Any]) -> str:
         lines += ["", "== (a) serving: in-process ONNX Runtime vs Triton (HTTP, gRPC)"]
         for entry in results["serving"]:
             lines += _serving_table(entry)
+    if results.get("transformer"):
+        from bench.bench_transformer import format_table as transformer_table
+
+        lines += ["", "== (a2) image endpoint (transformer) vs tensor endpoint"]
+        lines += transformer_table(results["transformer"])
     if results.get("preprocess"):
         lines += ["", "== (b) preprocessing", *_preprocess_table(results["preprocess"])]
     if results.get("export"):
@@ -213,7 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per serving cell")
     parser.add_argument("--quick", action="store_true", help="demo model only, 1 s cells")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=("serving", "preprocess", "export")
+        "--skip",
+        action="append",
+        default=[],
+        choices=("serving", "transformer", "preprocess", "export"),
     )
     args = parser.parse_args(argv)
 
@@ -229,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             [m for m in bench_serving.default_models() if m.name == "demo"] if args.quick else None
         )
         bench_serving.run(results, duration_s=1.0 if args.quick else args.duration, models=models)
+    if "transformer" not in args.skip:
+        from bench import bench_transformer
+
+        bench_transformer.run(results, duration_s=1.0 if args.quick else args.duration)
     if "preprocess" not in args.skip:
         kwargs = {"raw_size": (256, 512), "per_split": 2} if args.quick else {}
         bench_preprocess.run(results, **kwargs)

@@ -170,7 +170,8 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from depth_common.serving.server import TritonServerError, serve_forever
+    from depth_common.serving.server import TritonServerError
+    from depth_common.serving.stack import serve_forever
 
     repository = args.repository or _params(args).export.repository_dir
     try:
@@ -180,6 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             log_path=args.log,
+            transformer_port=None if args.no_transformer else args.transformer_port,
         )
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -191,10 +193,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from depth_common.serving.demo import launch_demo
 
     onnx = args.onnx
-    if not args.endpoint and not onnx:
+    if not args.endpoint and not args.transformer and not onnx:
         onnx = _params(args).export.onnx_path
     launch_demo(
         endpoint=args.endpoint,
+        transformer=args.transformer,
         onnx_path=onnx,
         protocol=args.protocol,
         model_name=args.model_name,
@@ -303,18 +306,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "serve",
         cmd_serve,
-        "serve a Triton repository with the real local tritonserver (127.0.0.1) until Ctrl-C",
+        "serve a Triton repository with the real local tritonserver and the image transformer "
+        "in front of it (127.0.0.1) until Ctrl-C",
     )
     p.add_argument("--repository", help="Triton model repository (default: export.repository_dir)")
     p.add_argument("--http-port", type=int, default=8000, help="0 = pick a free port")
     p.add_argument("--grpc-port", type=int, default=8001, help="0 = pick a free port")
     p.add_argument("--metrics-port", type=int, default=8002, help="0 = pick a free port")
-    p.add_argument("--log", default="runs/serve/triton.log", help="server log file")
+    p.add_argument(
+        "--log",
+        default="runs/serve/triton.log",
+        help="Triton's log file (the transformer logs to transformer.log beside it)",
+    )
+    p.add_argument(
+        "--transformer-port",
+        type=int,
+        default=8080,
+        help="the image transformer's HTTP port (KServe v1/v2 image endpoints; default 8080)",
+    )
+    p.add_argument(
+        "--no-transformer", action="store_true", help="serve Triton only (tensor endpoints)"
+    )
 
     p = command("demo", cmd_demo, "Gradio demo: image → depth (a v2 endpoint or ONNX Runtime)")
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--endpoint", help="v2 endpoint host:port (Triton/KServe), e.g. 127.0.0.1:8000"
+    )
+    src.add_argument(
+        "--transformer",
+        help="image transformer host:port (`serve` starts one on 127.0.0.1:8080): the demo "
+        "sends the uploaded file as is",
     )
     src.add_argument("--onnx", help="ONNX file run in-process (default: export.onnx_path)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")

@@ -1,6 +1,8 @@
 """Image files → depth maps: a colourised PNG and a float32 ``.npy`` in metres per image.
 
-Both are at the *original* image size: the model runs at its trained ``img_size`` (through
+Both are at the *original* image size (upright: the EXIF orientation applied): each file is
+decoded with :func:`depth_common.serving.codec.load_rgb` (the loader the serving path uses),
+the model runs at its trained ``img_size`` (through
 :func:`depth_common.data.transforms.prepare_image`, the one preprocessing function) and the
 prediction is resized back bilinearly.
 """
@@ -13,19 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
-from depth_common.errors import DataError
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"image {path}: not a readable image file ({exc})") from exc
+from depth_common.serving.codec import DEFAULT_MAX_PIXELS, load_rgb
 
 
 @torch.no_grad()
@@ -35,12 +26,14 @@ def predict_files(
     out_dir: str | Path,
     *,
     device: str | torch.device | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Path]:
     """Predict depth for each image → ``out_dir/<stem>_depth.png`` and ``<stem>_depth.npy``.
 
     Returns the written paths, PNG then ``.npy`` for each image in order. The PNG uses the
     inferno map from 0 m to the image's 99th-percentile predicted depth. Two inputs with the
-    same file stem are refused (their outputs would overwrite each other).
+    same file stem are refused (their outputs would overwrite each other); an unreadable or
+    oversize image (over ``max_pixels``) raises :class:`~depth_common.errors.DataError`.
     """
     from depth_common.checkpoint import model_from_checkpoint
     from depth_common.data.io import save_npy, save_png
@@ -58,10 +51,10 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in paths:
-        img = _open_rgb(path)
-        x = torch.from_numpy(prepare_image(img, model.img_size)).unsqueeze(0).to(dev)
+        rgb = load_rgb(path, max_pixels=max_pixels)
+        x = torch.from_numpy(prepare_image(rgb, model.img_size)).unsqueeze(0).to(dev)
         pred = model(x).float()
-        w, h = img.size
+        h, w = rgb.shape[:2]
         depth = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
         depth = depth[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
         vmax = float(np.percentile(depth, 99)) or 1.0

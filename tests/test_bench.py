@@ -80,6 +80,7 @@ def test_targets_are_ratios_with_pass_and_missed() -> None:
         "grpc_p50_vs_ort": "PASS",
         "batching_speedup_c16": "PASS",  # the threshold itself passes
         "preprocess_2_vs_1": "MISSED",
+        "image_p50_vs_tensor": "not run",
     }
     assert {t["status"] for t in evaluate_targets({})} == {"not run"}
 
@@ -132,3 +133,26 @@ def test_run_load_reports_a_failing_caller() -> None:
 
     with pytest.raises(RuntimeError, match="server down"):
         run_load(make, concurrency=2, duration_s=0.1)
+
+
+def test_transformer_target_and_table() -> None:
+    def row(path: str, c: int, p50: float, rps: float) -> dict:
+        return {"path": path, "concurrency": c, "requests": 10, "p50_ms": p50,
+                "p99_ms": p50 * 2, "mean_ms": p50, "throughput_rps": rps, "wall_s": 4.0}  # fmt: skip
+
+    res = {
+        "transformer": {
+            "model": "demo", "img_size": [64, 128], "image_size": [256, 512],
+            "image_bytes": 30000, "duration_s": 4.0,
+            "rows": [row("tensor", 1, 8.0, 120.0), row("image", 1, 9.6, 100.0),
+                     row("tensor", 8, 30.0, 250.0), row("image", 8, 40.0, 200.0)],
+        }
+    }  # fmt: skip
+    assert target_values(res)["image_p50_vs_tensor"] == pytest.approx(1.2)
+    status = {t["key"]: t["status"] for t in evaluate_targets(res)}
+    assert status["image_p50_vs_tensor"] == "PASS"
+    res["transformer"]["rows"][1]["p50_ms"] = 10.4  # 1.3x
+    assert {t["key"]: t["status"] for t in evaluate_targets(res)}["image_p50_vs_tensor"] == "MISSED"
+    text = format_table(res)
+    image8 = next(ln for ln in text.splitlines() if ln.split()[:2] == ["8", "image"])
+    assert "1.33x" in image8 and "0.80x" in image8  # p50 and req/s vs the tensor endpoint

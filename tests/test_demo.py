@@ -25,9 +25,12 @@ from test_serving_server import H, W, build_tiny_repository, ort_reference
 
 from depth_common.data.transforms import prepare_image
 from depth_common.serving.client import resize_depth_bilinear
+from depth_common.serving.codec import load_rgb
 from depth_common.serving.demo import (
+    DISPLAY_MAX_SIDE,
     OnnxPredictor,
     build_demo,
+    display_size,
     make_predict_fn,
     render_side_by_side,
     write_examples,
@@ -90,13 +93,61 @@ def _expected_picture(model: Path, rgb: np.ndarray) -> np.ndarray:
 def test_onnx_session_is_lazy_and_output_is_at_the_image_size(model: Path) -> None:
     predictor = OnnxPredictor(model)
     assert not predictor.loaded  # nothing loaded until the first request
-    rgb = np.random.default_rng(0).integers(0, 256, (50, 90, 3), dtype=np.uint8)
+    rgb = np.random.default_rng(0).integers(0, 256, (60, 200, 3), dtype=np.uint8)
     picture, summary = make_predict_fn(predictor)(rgb)
     assert predictor.loaded
-    assert picture.shape[1] == 2 * 90 and picture.shape[0] > 50  # side by side, bar below
-    np.testing.assert_array_equal(picture[:50, :90], rgb)  # left: the input as uploaded
+    assert picture.shape[1] == 2 * 200 and picture.shape[0] > 60  # side by side, bar below
+    np.testing.assert_array_equal(picture[:60, :200], rgb)  # left: the input as uploaded
     np.testing.assert_array_equal(picture, _expected_picture(model, rgb))
-    assert "median" in summary and " m" in summary
+    assert "200x60 px" in summary and "median" in summary and " m" in summary
+
+
+def test_tiny_images_are_enlarged_so_the_colour_bar_stays_readable() -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    depth = np.linspace(1, 30, 240, dtype=np.float32).reshape(12, 20)
+    assert display_size(12, 20) == (12 * 8, 20 * 8)  # a whole factor: square pixels
+    picture = render_side_by_side(rgb, depth)
+    np.testing.assert_array_equal(picture[:96, :160], np.repeat(np.repeat(rgb, 8, 0), 8, 1))
+    bar = picture[100:]
+    assert bar.shape[1] >= 160 + 120  # the bar and its labels fit beside the image panel
+    # the labels are drawn (dark pixels) under the depth panel, not cut off at the edge
+    assert (bar[:, 160:].min(axis=2) < 80).any()
+    assert (bar[:, -1] == 255).all()
+
+
+def test_very_large_results_are_downscaled_for_display() -> None:
+    h, w = 1500, 4000
+    rgb = np.zeros((h, w, 3), np.uint8)
+    depth = np.ones((h, w), np.float32)
+    depth[:, w // 2 :] = 50.0
+    dh, dw = display_size(h, w)
+    assert dw == DISPLAY_MAX_SIDE and dh == round(h * DISPLAY_MAX_SIDE / w)
+    picture = render_side_by_side(rgb, depth)
+    assert picture.shape[1] == 2 * DISPLAY_MAX_SIDE and picture.shape[0] < dh + 60
+    # the colour scale still comes from the full-size depth: 99th percentile = 50 m
+    assert (
+        picture[10, DISPLAY_MAX_SIDE + dw - 10].tolist()
+        != picture[10, DISPLAY_MAX_SIDE + 10].tolist()
+    )
+
+
+def test_a_16_bit_upload_reaches_the_model_as_the_loader_decodes_it(
+    app: tuple[Any, str], model: Path, tmp_path: Path
+) -> None:
+    from gradio_client import Client, handle_file
+
+    gray = np.random.default_rng(4).integers(0, 256, (96, 170), dtype=np.uint8)
+    path = tmp_path / "scan16.png"
+    Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+    _, url = app
+    picture_path, summary = Client(url, verbose=False).predict(
+        handle_file(str(path)), api_name="/predict"
+    )
+    picture = np.asarray(Image.open(picture_path).convert("RGB"))
+    rgb = load_rgb(path)
+    np.testing.assert_array_equal(rgb[..., 0], gray)  # not the white a convert("RGB") gives
+    np.testing.assert_array_equal(picture, _expected_picture(model, rgb))
+    assert "170x96 px" in summary
 
 
 def test_demo_needs_exactly_one_source(model: Path) -> None:
@@ -104,6 +155,8 @@ def test_demo_needs_exactly_one_source(model: Path) -> None:
         build_demo()
     with pytest.raises(ValueError, match="exactly one"):
         build_demo(endpoint="127.0.0.1:8000", onnx_path=model)
+    with pytest.raises(ValueError, match="exactly one"):
+        build_demo(transformer="127.0.0.1:8080", onnx_path=model)
     with pytest.raises(FileNotFoundError, match="no-such.onnx"):
         build_demo(onnx_path="no-such.onnx")
 
@@ -241,14 +294,28 @@ def test_page_loads_and_an_example_runs_in_chromium(
     assert len(np.unique(np.asarray(screenshot.convert("RGB")).reshape(-1, 3), axis=0)) > 100
 
 
-def test_endpoint_mode_gives_the_same_picture_as_onnxruntime(model: Path) -> None:
+def test_endpoint_and_transformer_modes_give_the_same_picture_as_onnxruntime(
+    model: Path, tmp_path: Path
+) -> None:
     from depth_common.serving.demo import EndpointPredictor
     from depth_common.serving.server import LocalTritonServer
+    from depth_common.serving.stack import LocalTransformer
 
-    rgb = np.random.default_rng(3).integers(0, 256, (70, 110, 3), dtype=np.uint8)
-    with LocalTritonServer(model.parent / "repo") as server:
-        predictor = EndpointPredictor(server.grpc_url, protocol="grpc")
-        picture, summary = make_predict_fn(predictor)(Image.fromarray(rgb))
-        predictor.close()
+    rgb = np.random.default_rng(3).integers(0, 256, (70, 170, 3), dtype=np.uint8)
+    upload = tmp_path / "upload.png"
+    Image.fromarray(rgb).save(upload)
+    with (
+        LocalTritonServer(model.parent / "repo") as server,
+        LocalTransformer(server.grpc_url) as transformer,
+    ):
+        tensor = EndpointPredictor(server.grpc_url, protocol="grpc")
+        picture, summary = make_predict_fn(tensor)(Image.fromarray(rgb))
+        tensor.close()
+        # image mode: the uploaded file goes to the transformer as it is
+        demo = build_demo(transformer=transformer.url, examples=[upload])
+        image_picture, image_summary = make_predict_fn(demo.predictor)(str(upload))
+        demo.predictor.close()
     np.testing.assert_array_equal(picture, _expected_picture(model, rgb))
-    assert "110x70 px" in summary
+    assert "170x70 px" in summary
+    np.testing.assert_array_equal(image_picture, picture)
+    assert image_summary == summary

@@ -16,6 +16,8 @@ from components.image import read_images_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile*"))
+# The component images install the whole project; the transformer's (images/transformer) does not.
+COMPONENT_DOCKERFILES = sorted((ROOT / "images" / "component").glob("Dockerfile*"))
 ENV = read_images_env(ROOT / "images" / "images.env")
 SECRETISH = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|CREDENTIAL|AUTH", re.I)
 TOKEN_LITERAL = re.compile(r"hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|ghp_[A-Za-z0-9]{20,}")
@@ -46,7 +48,7 @@ def _args(instrs: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def test_there_is_a_cpu_and_a_cuda_image() -> None:
-    assert [p.name for p in DOCKERFILES] == ["Dockerfile", "Dockerfile.cuda"]
+    assert [p.name for p in COMPONENT_DOCKERFILES] == ["Dockerfile", "Dockerfile.cuda"]
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
@@ -75,7 +77,7 @@ def test_runs_as_a_numeric_non_root_user(path: Path) -> None:
     assert any(f"--uid {uid}" in rest for word, rest in instrs if word == "RUN")
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
 def test_project_installed_from_its_own_files_deps_first(path: Path) -> None:
     instrs = parse(path)
 

@@ -195,15 +195,17 @@ def test_inferenceservice_matches_the_runtime_it_names(rendered) -> None:
     runtime = _one(rendered["runtime"], "ClusterServingRuntime")
     formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     (container,) = runtime["spec"]["containers"]
-    http_port = next(int(a.split("=")[1]) for a in container["args"] if "--http-port=" in a)
+    grpc_port = next(int(a.split("=")[1]) for a in container["args"] if "--grpc-port=" in a)
     for overlay in ("overlays/cpu", "overlays/gpu"):
         model = _one(rendered[overlay], "InferenceService")["spec"]["predictor"]["model"]
         assert model["runtime"] == runtime["metadata"]["name"]
         assert model["modelFormat"]["name"] in formats
         assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
         assert model["protocolVersion"] == "v2"
-        probe = model["readinessProbe"]["httpGet"]
-        assert probe == {"path": "/v2/health/ready", "port": http_port}
+        # The transformer reaches Triton over gRPC: the predictor serves the runtime's gRPC
+        # port (h2c) and is probed there with the standard gRPC health service.
+        assert model["ports"] == [{"name": "h2c", "containerPort": grpc_port, "protocol": "TCP"}]
+        assert model["readinessProbe"]["grpc"] == {"port": grpc_port}
     gpu = _one(rendered["overlays/gpu"], "InferenceService")["spec"]["predictor"]["model"]
     assert gpu["modelFormat"]["name"] == "tensorrt"
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -248,3 +250,82 @@ def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) ->
             "namespace": PARAMS.deploy.namespace,
         }
     ]
+
+
+# -- the transformer -----------------------------------------------------------------------------
+
+
+def _transformer(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = _one(docs, "InferenceService")["spec"]["transformer"]["containers"]
+    return container
+
+
+def _args(container: dict[str, Any]) -> dict[str, str]:
+    args = container["args"]
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+def test_transformer_image_is_the_one_of_images_env(rendered) -> None:
+    env = read_images_env(ROOT / "images" / "images.env")
+    want = f"{env['REGISTRY']}/{env['TRANSFORMER_IMAGE']}:{env['TRANSFORMER_TAG']}"
+    for overlay in ("overlays/cpu", "overlays/gpu"):
+        assert _transformer(rendered[overlay])["image"] == want, overlay
+
+
+def _parse_transformer_args(args: list[str]) -> dict[str, Any]:
+    """The transformer's own parser on ``args`` (as the pod will), in a subprocess: kserve
+    cannot be imported where tritonclient.grpc is (the other tests)."""
+    import json
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from depth_common.serving.transformer_server import build_parser\n"
+        "print(json.dumps(vars(build_parser().parse_args(sys.argv[1:]))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_transformer_calls_the_overlays_model_over_grpc(rendered) -> None:
+    for overlay, model in (("overlays/cpu", "depth"), ("overlays/gpu", "depth_trt")):
+        container = _transformer(rendered[overlay])
+        args = _args(container)
+        parsed = _parse_transformer_args([*container["args"], "--predictor_host", "p.ns"])
+        assert (parsed["model_name"], parsed["predictor_model"]) == (model, model)
+        assert parsed["predictor_protocol"] == "grpc-v2" and parsed["host"] == "0.0.0.0"
+        assert args["--http_port"] == "8080"
+        assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+        probe = container["readinessProbe"]["httpGet"]
+        assert probe == {"path": f"/v2/models/{model}/ready", "port": 8080}
+        _assert_locked_down(container["securityContext"], f"{overlay} transformer")
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert "nvidia.com/gpu" not in str(container["resources"])
+        spec = _one(rendered[overlay], "InferenceService")["spec"]["transformer"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["automountServiceAccountToken"] is False
+
+
+def test_gpu_transformer_differs_from_the_base_only_in_the_model_name(rendered) -> None:
+    cpu, gpu = _transformer(rendered["overlays/cpu"]), _transformer(rendered["overlays/gpu"])
+    as_cpu = yaml.safe_load(yaml.safe_dump(gpu).replace("depth_trt", "depth"))
+    assert as_cpu == cpu
+
+
+def test_transformer_dockerfile_installs_the_extra_and_runs_unprivileged() -> None:
+    import tomllib
+
+    dockerfile = (ROOT / "images" / "transformer" / "Dockerfile").read_text()
+    lines = [ln for ln in dockerfile.splitlines() if ln and not ln.startswith("#")]
+    assert lines[0].startswith("FROM python:3.11") and ":latest" not in lines[0]
+    assert "['optional-dependencies']['transformer']" in dockerfile
+    user = [ln for ln in lines if ln.startswith("USER ")]
+    assert user == ["USER 10001:10001"]
+    assert 'ENTRYPOINT ["python", "-m", "depth_common.serving.transformer_server"]' in lines
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["transformer"]
+    names = {e.split(">")[0].split("=")[0].split("<")[0].strip().lower() for e in extra}
+    assert "kserve" in names and not names & {"torch", "torchvision", "tritonclient", "onnxruntime"}

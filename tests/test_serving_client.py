@@ -12,7 +12,13 @@ from PIL import Image
 from test_serving_server import MAX_BATCH, H, W, build_tiny_repository, ort_reference
 
 from depth_common.data.transforms import prepare_image
-from depth_common.serving.client import DepthClient, DepthServingError, resize_depth_bilinear
+from depth_common.serving.client import (
+    DepthClient,
+    DepthConnectionError,
+    DepthServingError,
+    resize_depth_bilinear,
+)
+from depth_common.serving.codec import ImageDecodeError
 from depth_common.serving.server import LocalTritonServer
 
 pytestmark = pytest.mark.slow
@@ -143,19 +149,61 @@ def test_unknown_model(server: LocalTritonServer, protocol: str) -> None:
 
 def test_bad_images_are_refused_before_sending(server: LocalTritonServer) -> None:
     with _client(server, "http") as client:
-        with pytest.raises(ValueError, match="HxWx3"):
-            client.predict([np.zeros((4, 4), np.uint8)])
-        with pytest.raises(ValueError, match="uint8"):
-            client.predict([np.zeros((4, 4, 3), np.float32)])
+        with pytest.raises(ImageDecodeError, match=r"shape \(4, 4, 2\)"):
+            client.predict([np.zeros((4, 4, 2), np.uint8)])
+        with pytest.raises(ImageDecodeError, match="not a readable image"):
+            client.predict([b"not an image"])
     with pytest.raises(ValueError, match="protocol"):
         DepthClient("127.0.0.1:1", protocol="ftp")
+    with pytest.raises(ValueError, match="mode 'image'"):
+        DepthClient("127.0.0.1:1", protocol="grpc", mode="image")
 
 
-def test_unreachable_server_is_not_ready() -> None:
+def test_grayscale_16_bit_and_encoded_inputs_are_decoded_like_the_server_does(
+    server: LocalTritonServer, onnx_path: Path
+) -> None:
+    import io
+
+    gray = np.random.default_rng(5).integers(0, 256, (40, 72), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(gray.astype(np.uint16) * 257).save(buf, format="PNG")  # 16-bit PNG
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    want = ort_reference(onnx_path, prepare_image(rgb, (H, W))[None])[0, 0]
+    with _client(server, "grpc") as client:
+        (from_png,) = client.predict(buf.getvalue())
+        (from_gray,) = client.predict([gray])
+    np.testing.assert_allclose(from_png, _torch_bilinear(want, (40, 72)), atol=1e-4)
+    np.testing.assert_array_equal(from_png, from_gray)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unreachable_server_is_not_ready_and_calls_raise_the_clients_error(protocol: str) -> None:
     from depth_common.serving.server import free_port
 
-    with DepthClient(f"127.0.0.1:{free_port()}", timeout_s=2) as client:
+    url = f"127.0.0.1:{free_port()}"
+    with DepthClient(url, protocol, timeout_s=2) as client:
         assert not client.ready()
+        with pytest.raises(DepthConnectionError, match=f"{protocol}://{url} unreachable"):
+            client.metadata()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_call_is_bounded_by_the_timeout(protocol: str) -> None:
+    """A server that accepts connections and never answers (the peer test's 30 s hang)."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+        with DepthClient(url, protocol, timeout_s=1.5) as client:
+            start = time.monotonic()
+            assert not client.ready()
+            with pytest.raises(DepthConnectionError, match="no answer within 1.5 s"):
+                client.metadata()
+            elapsed = time.monotonic() - start
+    assert elapsed < 10, elapsed  # two bounded calls (3 x 1.5 s at most), not a hang
 
 
 def test_32_concurrent_clients_get_their_own_answers(
@@ -184,6 +232,10 @@ def _stats(server: LocalTritonServer) -> dict[str, int]:
     import json
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/depth/stats") as resp:
+    key, value = server.admin_header  # statistics are a restricted API
+    request = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/depth/stats", headers={key: value}
+    )
+    with urllib.request.urlopen(request) as resp:
         stats = json.load(resp)["model_stats"][0]
     return {k: int(stats[k]) for k in ("inference_count", "execution_count")}

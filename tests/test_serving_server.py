@@ -10,7 +10,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -23,12 +22,14 @@ import torch
 from depth_common.config import ExportConfig
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import build_triton_repository, parse_model_config
+from depth_common.serving.repository import RepositoryError
 from depth_common.serving.server import (
     LocalTritonServer,
     TritonServerError,
     build_local_repository,
     find_triton,
 )
+from depth_common.serving.supervisor import group_members
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +160,7 @@ def test_local_copy_keeps_the_config_and_leaves_out_gpu_models(tmp_path: Path) -
 def test_repository_without_a_cpu_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "repo" / "m").mkdir(parents=True)
     (tmp_path / "repo" / "m" / "config.pbtxt").write_text('name: "m"\nplatform: "tensorrt_plan"\n')
-    with pytest.raises(TritonServerError, match="no model the local"):
+    with pytest.raises(RepositoryError, match="no model the local"):
         build_local_repository(tmp_path / "repo", tmp_path / "local")
 
 
@@ -353,46 +354,6 @@ def test_model_py_reports_an_ort_failure_to_every_request(
         assert r.output_tensors == [] and "inference failed" in r.error.message
 
 
-def test_no_orphan_server_when_the_python_process_is_killed(tiny: Path) -> None:
-    import subprocess
-    import sys
-    import time
-
-    script = (
-        "import os, sys\n"
-        "from depth_common.serving.server import LocalTritonServer\n"
-        "srv = LocalTritonServer(sys.argv[1]).start()\n"
-        "print(srv.pid, srv._workdir, flush=True)\n"
-        "os.kill(os.getpid(), 9)  # no stop(), no atexit: only PR_SET_PDEATHSIG is left\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(tiny)], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    pid_text, workdir = proc.stdout.split()[:2]
-    pid = int(pid_text)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if not _live_group_members(pid):
-                return  # the server and its stubs are gone
-            time.sleep(0.2)
-        os.killpg(pid, 9)  # do not leave it behind for the other tests
-        pytest.fail(f"tritonserver {pid} outlived its parent: {_live_group_members(pid)}")
-    finally:
-        # A SIGKILLed parent cannot delete its local repository copy: the test does.
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def _live_group_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that are not zombies (a container's init may not reap)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
+    return group_members(pgid)

@@ -1,30 +1,55 @@
 """A v2 (KServe Open Inference / Triton) client for the depth model, over ``tritonclient``.
 
-``DepthClient.predict`` takes images of any size, preprocesses them with
-:func:`depth_common.data.transforms.prepare_image` (the function training uses), sends them in
-batches of at most the model's ``max_batch_size`` as binary tensors (a depth map as JSON floats
-is several MB), and returns each depth map in metres at its input's size.
+Two modes, one ``predict`` (images of any size in, depth in metres at each image's size out):
 
-A client holds one connection; the HTTP flavour (gevent) must be used from the thread that
-created it, so give each thread its own client.
+- ``mode="tensor"`` (Triton directly, HTTP or gRPC): images are decoded with
+  :func:`depth_common.serving.codec.load_rgb`, preprocessed with
+  :func:`depth_common.data.transforms.prepare_image` (the function training uses), sent in
+  batches of at most the model's ``max_batch_size`` as binary tensors, and the depth is
+  resized back here.
+- ``mode="image"`` (the KServe transformer, HTTP): each image goes as it is (a file's bytes,
+  or a lossless PNG of an array) in the v2 ``image_bytes`` input; the transformer decodes,
+  preprocesses and resizes with the same functions and returns the FP32 ``depth`` output.
+
+``timeout_s`` bounds connecting and every call, over HTTP and gRPC; an unreachable server or a
+timeout raises :class:`DepthConnectionError` naming the URL (``ready()`` returns False
+instead). A client holds one connection; the HTTP flavour (gevent) must be used from the
+thread that created it, so give each thread its own client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import os
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
+
+from depth_common.serving.codec import load_rgb, resize_depth_bilinear
 
 try:
     from tritonclient.utils import InferenceServerException
 except ImportError as exc:  # pragma: no cover - a declared dependency
     raise ImportError("depth_common.serving.client needs tritonclient[http,grpc]") from exc
 
-ImageLike = Image.Image | np.ndarray
+__all__ = [
+    "DepthClient",
+    "DepthConnectionError",
+    "DepthServingError",
+    "ModelInfo",
+    "resize_depth_bilinear",
+]
+
+ImageLike = Image.Image | np.ndarray | bytes | str | os.PathLike
+T = TypeVar("T")
+MODES = ("tensor", "image")
+# gRPC statuses (tritonclient's ``status()`` strings) that mean "could not reach it in time".
+_UNREACHABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
 
 class DepthServingError(RuntimeError):
@@ -33,6 +58,10 @@ class DepthServingError(RuntimeError):
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class DepthConnectionError(DepthServingError):
+    """The server could not be reached, or did not answer within the client's timeout."""
 
 
 @dataclass(frozen=True)
@@ -56,31 +85,37 @@ def _strip_scheme(url: str) -> str:
     return url.rstrip("/")
 
 
-def _server_error(exc: InferenceServerException, what: str) -> DepthServingError:
-    status = exc.status()
-    message = exc.message() or str(exc)
-    return DepthServingError(f"{what}: server answered {status or 'an error'}: {message}", status)
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What tritonclient lets through for a refused/reset connection or a timeout."""
+    errors: list[type[BaseException]] = [OSError, socket.timeout, TimeoutError]
+    try:
+        import gevent
+
+        errors.append(gevent.Timeout)
+    except ImportError:  # pragma: no cover - tritonclient[http] depends on gevent
+        pass
+    return tuple(errors)
 
 
-def resize_depth_bilinear(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a float32 HxW depth map (metres) to ``size`` = (H, W) pixels, bilinear.
-
-    Bilinear (PIL, mode ``F``) rather than nearest: the prediction is smooth, and nearest would
-    show the model's pixel grid when a 224 px map is shown at 1024 px.
-    """
-    h, w = size
-    if depth.shape == (h, w):
-        return depth.astype(np.float32, copy=False)
-    img = Image.fromarray(np.ascontiguousarray(depth, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+def encode_for_upload(image: ImageLike) -> bytes:
+    """The bytes image mode sends: a file's or a bytes object's own bytes, else a PNG."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    if isinstance(image, str | os.PathLike):
+        with open(image, "rb") as f:
+            return f.read()
+    buf = io.BytesIO()
+    # compress_level 1: lossless and fast; the upload is read once.
+    Image.fromarray(load_rgb(image)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 class DepthClient:
     """Depth over a v2 endpoint: ``DepthClient("127.0.0.1:8000").predict([img]) -> [HxW m]``.
 
     ``url`` is ``host:port`` (a leading ``http://`` is accepted); ``protocol`` is ``"http"``
-    or ``"grpc"``; ``model_version`` ``""`` means the server's latest. ``timeout_s`` bounds
-    connecting and each request (seconds).
+    or ``"grpc"`` (image mode: ``"http"``); ``model_version`` ``""`` means the server's
+    latest. ``timeout_s`` bounds connecting and every call (seconds).
     """
 
     def __init__(
@@ -90,11 +125,16 @@ class DepthClient:
         model_name: str = "depth",
         model_version: str = "",
         timeout_s: float = 60.0,
+        mode: str = "tensor",
     ) -> None:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol: got {protocol!r}, expected 'http' or 'grpc'")
+        if mode not in MODES:
+            raise ValueError(f"mode: got {mode!r}, expected one of {MODES}")
+        if mode == "image" and protocol != "http":
+            raise ValueError("mode 'image': the transformer speaks HTTP (protocol='http')")
         self.url = _strip_scheme(url)
-        self.protocol = protocol
+        self.protocol, self.mode = protocol, mode
         self.model_name = model_name
         self.model_version = model_version
         self.timeout_s = timeout_s
@@ -109,40 +149,65 @@ class DepthClient:
 
             self._client = tc.InferenceServerClient(self.url)
         self._tc = tc
+        self._transport = _transport_errors()
         self._info: ModelInfo | None = None
+
+    # -- calls -------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One call with the timeout; errors become this client's own, naming the URL."""
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            status = exc.status()
+            message = exc.message() or str(exc)
+            if status in _UNREACHABLE or (status is None and "timed out" in message.lower()):
+                raise DepthConnectionError(
+                    f"{what}: {self.protocol}://{self.url} unreachable or no answer within "
+                    f"{self.timeout_s:g} s ({status or 'error'}: {message})",
+                    status,
+                ) from None
+            raise DepthServingError(
+                f"{what}: server answered {status or 'an error'}: {message}", status
+            ) from None
+        except self._transport as exc:
+            raise DepthConnectionError(
+                f"{what}: {self.protocol}://{self.url} unreachable or no answer within "
+                f"{self.timeout_s:g} s ({type(exc).__name__}: {exc})"
+            ) from None
 
     # -- server state ------------------------------------------------------------------------
     def ready(self) -> bool:
         """True if the server and the model are ready (False, not an error, if unreachable)."""
         try:
             return bool(
-                self._client.is_server_ready()
-                and self._client.is_model_ready(self.model_name, self.model_version)
+                self._call("server ready", self._client.is_server_ready)
+                and self._call(
+                    "model ready", self._client.is_model_ready, self.model_name, self.model_version
+                )
             )
-        except (InferenceServerException, OSError):
+        except DepthServingError:
             return False
 
     def metadata(self) -> dict[str, Any]:
         """The model's v2 metadata (name, versions, platform, inputs, outputs) as a dict."""
-        try:
-            if self.protocol == "grpc":
-                return self._client.get_model_metadata(
-                    self.model_name, self.model_version, as_json=True
-                )
-            return self._client.get_model_metadata(self.model_name, self.model_version)
-        except InferenceServerException as exc:
-            raise _server_error(exc, f"metadata of model {self.model_name!r}") from None
+        extra = {"as_json": True} if self.protocol == "grpc" else {}
+        return self._call(
+            f"metadata of model {self.model_name!r}",
+            self._client.get_model_metadata,
+            self.model_name,
+            self.model_version,
+            **extra,
+        )
 
     def config(self) -> dict[str, Any]:
         """The model's Triton config as a dict (``max_batch_size``, ``dynamic_batching``, ...)."""
-        try:
-            if self.protocol == "grpc":
-                return self._client.get_model_config(
-                    self.model_name, self.model_version, as_json=True
-                )["config"]
-            return self._client.get_model_config(self.model_name, self.model_version)
-        except InferenceServerException as exc:
-            raise _server_error(exc, f"config of model {self.model_name!r}") from None
+        what = f"config of model {self.model_name!r}"
+        if self.protocol == "grpc":
+            fn = self._client.get_model_config
+            return self._call(what, fn, self.model_name, self.model_version, as_json=True)["config"]
+        return self._call(what, self._client.get_model_config, self.model_name, self.model_version)
 
     @property
     def info(self) -> ModelInfo:
@@ -169,6 +234,18 @@ class DepthClient:
         return self._info
 
     # -- inference ---------------------------------------------------------------------------
+    def _infer(self, inputs: list[Any], output_names: Sequence[str]) -> Any:
+        out_kwargs = {"binary_data": True} if self.protocol == "http" else {}
+        outputs = [self._tc.InferRequestedOutput(n, **out_kwargs) for n in output_names]
+        return self._call(
+            f"inference on model {self.model_name!r}",
+            self._client.infer,
+            self.model_name,
+            inputs,
+            model_version=self.model_version,
+            outputs=outputs,
+        )
+
     def infer_tensor(self, batch: np.ndarray) -> np.ndarray:
         """Send one raw tensor as is (no checks, no chunking): ``[N,3,H,W] -> [N,1,H,W]``.
 
@@ -176,48 +253,46 @@ class DepthClient:
         """
         info = self.info
         batch = np.ascontiguousarray(batch)
-        datatype = self._datatype(batch)
-        inp = self._tc.InferInput(info.input_name, list(batch.shape), datatype)
-        out_kwargs: dict[str, Any] = {}
+        inp = self._tc.InferInput(info.input_name, list(batch.shape), self._datatype(batch))
         if self.protocol == "http":
             inp.set_data_from_numpy(batch, binary_data=True)
-            out_kwargs["binary_data"] = True
         else:
             inp.set_data_from_numpy(batch)
-        outputs = [self._tc.InferRequestedOutput(info.output_name, **out_kwargs)]
-        try:
-            if self.protocol == "grpc":
-                result = self._client.infer(
-                    self.model_name,
-                    [inp],
-                    model_version=self.model_version,
-                    outputs=outputs,
-                    client_timeout=self.timeout_s,
-                )
-            else:
-                result = self._client.infer(
-                    self.model_name, [inp], model_version=self.model_version, outputs=outputs
-                )
-        except InferenceServerException as exc:
-            raise _server_error(exc, f"inference on model {self.model_name!r}") from None
-        return result.as_numpy(info.output_name)
+        return self._infer([inp], [info.output_name]).as_numpy(info.output_name)
+
+    def infer_images(self, images: Sequence[bytes], outputs: Sequence[str] = ("depth",)) -> Any:
+        """Image mode: one v2 request with ``images`` (encoded) as the BYTES input
+        ``image_bytes``; returns tritonclient's result (``as_numpy("depth")`` ...)."""
+        data = np.empty(len(images), dtype=object)
+        data[:] = list(images)
+        inp = self._tc.InferInput("image_bytes", [len(images)], "BYTES")
+        inp.set_data_from_numpy(data, binary_data=True)
+        return self._infer([inp], outputs)
 
     def predict(self, images: Sequence[ImageLike] | ImageLike) -> list[np.ndarray]:
-        """Depth in metres (float32 HxW, each at its input's size) for PIL / uint8 HxWx3 images."""
+        """Depth in metres (float32 HxW, each at its input's size) for images of any kind:
+        PIL images, arrays, encoded bytes or file paths (see :func:`load_rgb`)."""
+        if isinstance(images, Image.Image | np.ndarray | bytes | str | os.PathLike):
+            images = [images]
+        if self.mode == "image":
+            # One image per request: each comes back at its own size.
+            return [
+                self.infer_images([encode_for_upload(img)]).as_numpy("depth")[0] for img in images
+            ]
         from depth_common.data.transforms import prepare_image
 
-        if isinstance(images, Image.Image | np.ndarray):
-            images = [images]
         info = self.info
-        sizes = [_image_size(img) for img in images]
-        tensors = [prepare_image(img, (info.height, info.width)) for img in images]
+        rgbs = [load_rgb(img) for img in images]
+        tensors = [prepare_image(rgb, (info.height, info.width)) for rgb in rgbs]
         chunk = max(1, info.max_batch_size)
         depths: list[np.ndarray] = []
         for start in range(0, len(tensors), chunk):
             batch = np.stack(tensors[start : start + chunk]).astype(np.float32, copy=False)
             out = self.infer_tensor(batch)
             depths.extend(out[:, 0] if out.ndim == 4 else out)
-        return [resize_depth_bilinear(d, s) for d, s in zip(depths, sizes, strict=True)]
+        return [
+            resize_depth_bilinear(d, rgb.shape[:2]) for d, rgb in zip(depths, rgbs, strict=True)
+        ]
 
     @staticmethod
     def _datatype(batch: np.ndarray) -> str:
@@ -240,15 +315,3 @@ class DepthClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _image_size(image: ImageLike) -> tuple[int, int]:
-    """(H, W) pixels of a PIL image or an HxWx3 array."""
-    if isinstance(image, Image.Image):
-        return image.height, image.width
-    if not isinstance(image, np.ndarray) or image.ndim != 3:
-        raise ValueError(
-            f"expected a PIL image or a uint8 HxWx3 array, got {type(image).__name__}"
-            + (f" of shape {image.shape}" if isinstance(image, np.ndarray) else "")
-        )
-    return int(image.shape[0]), int(image.shape[1])

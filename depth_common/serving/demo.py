@@ -1,11 +1,14 @@
 """Gradio demo: upload an image → the image and its depth side by side, in metres.
 
-The depth comes from a v2 endpoint (Triton / KServe, through :class:`DepthClient`) or from an
-ONNX file run in-process by ONNX Runtime, whose session is created on the first request (as the
-seed did: the page comes up at once, the model loads when needed). Either way the model input
-is :func:`depth_common.data.transforms.prepare_image` and the depth is resized back to the
+The depth comes from one of three sources: the image transformer (the uploaded file is sent as
+it is, :class:`DepthClient` image mode), a v2 tensor endpoint (Triton, :class:`DepthClient`),
+or an ONNX file run in-process by ONNX Runtime, whose session is created on the first request
+(the page comes up at once, the model loads when needed). The upload is decoded once with
+:func:`depth_common.serving.codec.load_rgb` (EXIF orientation, 16-bit, alpha...); the model
+input is :func:`depth_common.data.transforms.prepare_image` and the depth is resized back to the
 image's own size (bilinear), colourised with inferno (0 m to the 99th percentile) and shown
-with a colour bar in metres.
+with a colour bar in metres. Very large results are downscaled for display (the summary is
+computed at full size); tiny ones are enlarged so the colour bar's labels stay readable.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from depth_common.serving.client import DepthClient, resize_depth_bilinear
+from depth_common.serving.client import DepthClient
+from depth_common.serving.codec import ImageSource, load_rgb, resize_depth_bilinear
 
-#: An image (uint8 HxWx3) → depth (float32 HxW, metres, same size).
-Predictor = Callable[[np.ndarray], np.ndarray]
+#: (the image as given, its decoded uint8 HxWx3) → depth (float32 HxW, metres, same size).
+Predictor = Callable[[ImageSource, np.ndarray], np.ndarray]
+#: Display limits of each panel: the longer side at most, the width at least.
+DISPLAY_MAX_SIDE = 1024
+DISPLAY_MIN_WIDTH = 160
 
 
 class OnnxPredictor:
@@ -52,9 +59,10 @@ class OnnxPredictor:
     def loaded(self) -> bool:
         return self._session is not None
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: ImageSource, rgb: np.ndarray | None = None) -> np.ndarray:
         from depth_common.data.transforms import prepare_image
 
+        image = load_rgb(image) if rgb is None else rgb
         session = self._get_session()
         inp = session.get_inputs()[0]
         h, w = int(inp.shape[-2]), int(inp.shape[-1])
@@ -64,22 +72,30 @@ class OnnxPredictor:
 
 
 class EndpointPredictor:
-    """A v2 endpoint through :class:`DepthClient`, one client per Gradio worker thread."""
+    """A v2 endpoint through :class:`DepthClient`, one client per Gradio worker thread.
 
-    def __init__(self, url: str, protocol: str = "http", model_name: str = "depth") -> None:
-        self.url, self.protocol, self.model_name = url, protocol, model_name
+    ``mode="tensor"``: Triton (the decoded image is preprocessed here); ``mode="image"``: the
+    transformer (the image is sent as it was uploaded, and decoded there).
+    """
+
+    def __init__(
+        self, url: str, protocol: str = "http", model_name: str = "depth", mode: str = "tensor"
+    ) -> None:
+        self.url, self.protocol, self.model_name, self.mode = url, protocol, model_name, mode
         self._local = threading.local()
         self._clients: list[DepthClient] = []
         self._lock = threading.Lock()
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: ImageSource, rgb: np.ndarray | None = None) -> np.ndarray:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = DepthClient(self.url, protocol=self.protocol, model_name=self.model_name)
+            client = DepthClient(self.url, self.protocol, self.model_name, mode=self.mode)
             self._local.client = client
             with self._lock:
                 self._clients.append(client)
-        return client.predict([image])[0]
+        if self.mode == "image":
+            return client.predict([image])[0]
+        return client.predict([load_rgb(image) if rgb is None else rgb])[0]
 
     def close(self) -> None:
         """Close every thread's connection (an open one delays the server's shutdown)."""
@@ -89,21 +105,52 @@ class EndpointPredictor:
             client.close()
 
 
+def display_size(h: int, w: int) -> tuple[int, int]:
+    """(H, W) of each displayed panel: the longer side at most ``DISPLAY_MAX_SIDE``; an image
+    narrower than ``DISPLAY_MIN_WIDTH`` enlarged by a whole factor (pixels stay square)."""
+    if max(h, w) > DISPLAY_MAX_SIDE:
+        scale = DISPLAY_MAX_SIDE / max(h, w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    if w < DISPLAY_MIN_WIDTH:
+        factor = -(-DISPLAY_MIN_WIDTH // w)
+        return h * factor, w * factor
+    return h, w
+
+
 def render_side_by_side(image: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """uint8 HxWx3 image + HxW depth (m) → uint8 [image | inferno depth] over a colour bar."""
+    """uint8 HxWx3 image + HxW depth (m) → uint8 [image | inferno depth] over a colour bar.
+
+    The colour scale comes from the full-size depth; the panels are shown at
+    :func:`display_size`.
+    """
     from depth_common.viz import colorbar, colorize_depth
 
-    h, w = depth.shape
     depth = np.clip(depth, 0.0, None)
     vmax = float(np.percentile(depth, 99)) or 1.0
+    h, w = display_size(*depth.shape)
+    if (h, w) != depth.shape:
+        enlarge = h > depth.shape[0]
+        depth = _resize_for_display(depth, (h, w), enlarge)
+        image = np.asarray(
+            Image.fromarray(image).resize(
+                (w, h), Image.Resampling.NEAREST if enlarge else Image.Resampling.LANCZOS
+            )
+        )
     coloured = colorize_depth(depth, 0.0, vmax, invalid=np.zeros(depth.shape, bool))
     # colorbar() adds a 20 px margin on each side for its labels: the bar spans the depth panel.
-    bar = colorbar(0.0, vmax, width=max(32, w - 40))
-    canvas = Image.new("RGB", (2 * w, h + bar.shape[0] + 4), (255, 255, 255))
+    bar = colorbar(0.0, vmax, width=max(120, w - 40))
+    canvas = Image.new("RGB", (max(2 * w, w + bar.shape[1]), h + bar.shape[0] + 4), "white")
     canvas.paste(Image.fromarray(image), (0, 0))
     canvas.paste(Image.fromarray(coloured), (w, 0))
     canvas.paste(Image.fromarray(bar), (w + max(0, (w - bar.shape[1]) // 2), h + 4))
     return np.asarray(canvas)
+
+
+def _resize_for_display(depth: np.ndarray, size: tuple[int, int], enlarge: bool) -> np.ndarray:
+    if not enlarge:
+        return resize_depth_bilinear(depth, size)
+    fy, fx = size[0] // depth.shape[0], size[1] // depth.shape[1]
+    return np.repeat(np.repeat(depth, fy, axis=0), fx, axis=1)
 
 
 def write_examples(
@@ -122,28 +169,17 @@ def write_examples(
     return paths
 
 
-def _as_rgb_array(image: Any) -> np.ndarray:
-    if image is None:
-        raise ValueError("no image: upload one or pick an example")
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim == 3 and arr.shape[2] == 4:  # RGBA upload: drop alpha
-        arr = arr[..., :3]
-    return np.ascontiguousarray(arr.astype(np.uint8, copy=False))
-
-
 def make_predict_fn(predictor: Predictor) -> Callable[[Any], tuple[np.ndarray, str]]:
     """The Gradio callback: image → (side-by-side picture, a one-line depth summary)."""
 
     def predict(image: Any) -> tuple[np.ndarray, str]:
         import gradio as gr
 
+        if image is None:
+            raise gr.Error("no image: upload one or pick an example")
         try:
-            rgb = _as_rgb_array(image)
-            depth = predictor(rgb)
+            rgb = load_rgb(image)
+            depth = predictor(image, rgb)
         except Exception as exc:  # shown in the page; the server keeps running
             raise gr.Error(f"depth prediction failed: {exc}") from exc
         summary = (
@@ -160,20 +196,27 @@ def build_demo(
     onnx_path: str | Path | None = None,
     examples: Sequence[str | Path] | None = None,
     *,
+    transformer: str | None = None,
     protocol: str = "http",
     model_name: str = "depth",
 ) -> Any:
-    """The Gradio ``Blocks`` app over exactly one of ``endpoint`` (v2) or ``onnx_path`` (ORT).
+    """The Gradio ``Blocks`` app over exactly one of ``endpoint`` (v2 tensors, Triton),
+    ``transformer`` (the image transformer) or ``onnx_path`` (ONNX Runtime in-process).
 
     ``examples`` default to a few synthetic street scenes written to a temporary directory.
     The prediction is also an API: ``gradio_client.Client(url).predict(img, api_name="/predict")``.
     """
     import gradio as gr
 
-    if (endpoint is None) == (onnx_path is None):
-        raise ValueError("build_demo: give exactly one of endpoint= (v2 URL) or onnx_path=")
-    if endpoint is not None:
-        predictor: Predictor = EndpointPredictor(endpoint, protocol, model_name)
+    if sum(x is not None for x in (endpoint, transformer, onnx_path)) != 1:
+        raise ValueError(
+            "build_demo: give exactly one of endpoint= (v2 URL), transformer= or onnx_path="
+        )
+    if transformer is not None:
+        predictor: Predictor = EndpointPredictor(transformer, "http", model_name, mode="image")
+        source = f"the image transformer {transformer}, model {model_name!r}"
+    elif endpoint is not None:
+        predictor = EndpointPredictor(endpoint, protocol, model_name)
         source = f"v2 endpoint {endpoint} ({protocol}), model {model_name!r}"
     else:
         predictor = OnnxPredictor(onnx_path)  # type: ignore[arg-type]
@@ -189,7 +232,9 @@ def build_demo(
             f"DPT on a ViT; depth in metres from {source}. Upload a street image (any size)."
         )
         with gr.Row():
-            image = gr.Image(label="image", type="numpy", image_mode="RGB", elem_id="input-image")
+            # filepath + no image_mode: Gradio hands over the uploaded file untouched (its own
+            # conversion would clip a 16-bit PNG and drop the EXIF orientation).
+            image = gr.Image(label="image", type="filepath", image_mode=None, elem_id="input-image")
             result = gr.Image(
                 label="image | depth (inferno, metres)", elem_id="depth-image", format="png"
             )
@@ -212,12 +257,14 @@ def launch_demo(
     endpoint: str | None = None,
     onnx_path: str | Path | None = None,
     *,
+    transformer: str | None = None,
     protocol: str = "http",
     model_name: str = "depth",
     host: str = "127.0.0.1",
     port: int = 7860,
 ) -> None:
     """``python -m depth_common demo``: serve the app until Ctrl-C."""
-    build_demo(endpoint, onnx_path, protocol=protocol, model_name=model_name).launch(
-        server_name=host, server_port=port, show_error=True
+    demo = build_demo(
+        endpoint, onnx_path, transformer=transformer, protocol=protocol, model_name=model_name
     )
+    demo.launch(server_name=host, server_port=port, show_error=True)

@@ -1,28 +1,31 @@
 """A real local Triton Inference Server: the ``tritonserver`` bundled in ``nvidia-pytriton``.
 
-That build has the Python backend only, so :class:`LocalTritonServer` serves a *local copy* of
-the cluster repository (in a temporary directory it owns): each model's ``config.pbtxt`` keeps
-its name, inputs, outputs, ``max_batch_size``, ``dynamic_batching``, instance count and warmup,
-but says ``backend: "python"`` instead of ``platform: "onnxruntime_onnx"``, and each version
-directory gets a ``model.py`` (:mod:`depth_common.serving.python_backend`) that runs the same
-``model.onnx`` (a symlink, not a copy) with ONNX Runtime. The cluster repository is never
-written to. GPU-only models (``tensorrt_plan``, ``KIND_GPU`` instance groups) are left out of
-the local copy with a logged note.
+:class:`LocalTritonServer` serves a Python-backend copy of a model repository
+(:mod:`depth_common.serving.repository`: built from an allow-list, the repository is only
+read) from a temporary directory ``depth-triton-*``. Hardening, each for a failure seen:
 
-The server binds 127.0.0.1 only, logs to a file and is stopped with SIGTERM (then SIGKILL
-after a grace period); its whole process group (the Python-backend stubs) goes with it.
+- 127.0.0.1 only; a port that is already taken is refused before start (a second server must
+  not report the first one's readiness as its own);
+- a scrubbed environment: the server and its Python stubs see ``PATH``, the library paths,
+  locale, ``HOME``/``TMPDIR`` and thread settings, never a token or a cloud key;
+- the shared-memory, statistics, repository, trace and logging APIs need the
+  :attr:`LocalTritonServer.admin_header` (a random value per server), over HTTP and gRPC, so a
+  web page or another local client cannot register shared memory or load models;
+- the server runs under :mod:`depth_common.serving.supervisor` in a process group of its own:
+  a crashed ``tritonserver`` is restarted with bounded backoff (logged), and when the Python
+  process that started it dies, even by SIGKILL, the supervisor stops the server and its stubs
+  and removes the temporary directory and the server's ``/dev/shm`` regions.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
+import errno
 import logging
 import os
+import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -32,15 +35,32 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
+from depth_common.serving.repository import build_local_repository
+from depth_common.serving.supervisor import SupervisedProcess
 
 log = logging.getLogger(__name__)
 
-# The platforms/backends this launcher can run through the Python backend + ONNX Runtime.
-_ONNX_PLATFORMS = {"onnxruntime_onnx"}
-_ONNX_BACKENDS = {"onnxruntime"}
+__all__ = [
+    "LocalTritonServer",
+    "TritonInstall",
+    "TritonServerError",
+    "build_local_repository",
+    "ensure_port_free",
+    "find_triton",
+    "free_port",
+    "scrubbed_env",
+]
+
+#: APIs reachable only with the admin header; health, metadata, model-config and inference
+#: stay open (clients need them).
+RESTRICTED_APIS = ("shared-memory", "statistics", "model-repository", "trace", "logging")
+ADMIN_HEADER = "depth-admin-key"
+#: Environment variables a local server may see (everything else, tokens and keys included,
+#: is dropped). Thread knobs pass so ORT/OpenMP settings of the caller still apply.
+_ENV_ALLOWED = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+_ENV_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class TritonServerError(RuntimeError):
@@ -86,96 +106,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _runs_on_cpu(config: model_config_pb2.ModelConfig) -> str | None:
-    """``None`` if the python-backend copy can serve ``config``, else why not."""
-    if config.platform not in _ONNX_PLATFORMS and config.backend not in _ONNX_BACKENDS:
-        return f"platform {config.platform or config.backend!r} is not ONNX (GPU-only here)"
-    gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
-    if any(g.kind == gpu for g in config.instance_group):
-        return "its instance_group asks for KIND_GPU"
-    return None
-
-
-def localize_model_config(
-    config: model_config_pb2.ModelConfig, intra_op_threads: int = 0
-) -> model_config_pb2.ModelConfig:
-    """The same config, run by the Python backend + ONNX Runtime instead of Triton's ORT.
-
-    Everything else (name, inputs, outputs, max_batch_size, dynamic_batching, instance count,
-    warmup, version policy, parameters) is kept. ``onnx_file`` is recorded as a parameter for
-    ``model.py``. ``intra_op_threads`` > 0 sets ``intra_op_thread_count`` (the parameter name
-    Triton's ONNX Runtime backend reads, so a repository's own setting carries over when 0).
-    """
-    local = model_config_pb2.ModelConfig()
-    local.CopyFrom(config)
-    local.ClearField("platform")
-    local.backend = "python"
-    onnx_file = config.default_model_filename or "model.onnx"
-    local.ClearField("default_model_filename")  # the python backend's file is model.py
-    local.parameters["onnx_file"].string_value = onnx_file
-    if intra_op_threads > 0:
-        local.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
-    # ORT's TensorRT/CUDA accelerators do not exist here; the config must not ask for them.
-    local.optimization.ClearField("execution_accelerators")
-    for group in local.instance_group:
-        group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
-        group.ClearField("gpus")
-    return local
-
-
-def build_local_repository(
-    repository: str | Path, out_dir: str | Path, intra_op_threads: int = 0
-) -> list[str]:
-    """Write the Python-backend copy of ``repository`` into ``out_dir``; return model names.
-
-    ``repository`` is only read. Each version's ONNX file is symlinked (never copied: a
-    vit_base model is hundreds of MB) and gets ``model.py`` beside it.
-    """
-    repository = Path(repository).resolve()
-    out_dir = Path(out_dir)
-    if not repository.is_dir():
-        raise TritonServerError(
-            f"{repository}: model repository is not a directory (build one with "
-            "`python -m depth_common triton-repo`, or run the pipeline: `make run`)"
-        )
-    # Imported here: depth_common.export imports torch, which `serve --help` should not wait for.
-    from depth_common.export.triton import parse_model_config
-
-    template = Path(__file__).with_name("python_backend.py")
-    served: list[str] = []
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        config_path = model_dir / "config.pbtxt"
-        if not config_path.is_file():
-            log.info("local Triton: skipping %s (no config.pbtxt)", model_dir.name)
-            continue
-        config = parse_model_config(config_path)
-        why_not = _runs_on_cpu(config)
-        if why_not:
-            log.warning("local Triton: leaving out model %r: %s", model_dir.name, why_not)
-            continue
-        onnx_file = config.default_model_filename or "model.onnx"
-        versions = sorted(
-            p
-            for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / onnx_file).is_file()
-        )
-        if not versions:
+def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
+    """Raise :class:`TritonServerError` if something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
             raise TritonServerError(
-                f"{model_dir}: no version directory holds {onnx_file} (expected {model_dir}/1/{onnx_file})"
-            )
-        local_dir = out_dir / model_dir.name
-        for version in versions:
-            (local_dir / version.name).mkdir(parents=True)
-            os.symlink((version / onnx_file).resolve(), local_dir / version.name / onnx_file)
-            shutil.copyfile(template, local_dir / version.name / "model.py")
-        local = localize_model_config(config, intra_op_threads)
-        (local_dir / "config.pbtxt").write_text(text_format.MessageToString(local))
-        served.append(config.name or model_dir.name)
-    if not served:
-        raise TritonServerError(
-            f"{repository}: no model the local (CPU, Python-backend) Triton can serve"
-        )
-    return served
+                f"{what} port {host}:{port} is already in use (another server?); stop it or "
+                "pick another port (0 = a free one)"
+            ) from None
+
+
+def scrubbed_env(extra: dict[str, str] | None = None, *, python_path: bool = False) -> dict:
+    """The allow-listed environment for a local server process (see the module docstring).
+
+    ``PATH`` starts with this interpreter's ``bin`` (the Python stub must find this venv's
+    onnxruntime and numpy); ``python_path`` passes ``PYTHONPATH`` (a worktree checkout must
+    win over the installed package in the transformer). ``extra`` is added last.
+    """
+    env = {k: os.environ[k] for k in (*_ENV_ALLOWED, *_ENV_THREADS) if k in os.environ}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if python_path and os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env.update(extra or {})
+    return env
+
+
+def _triton_env(install: TritonInstall, ort_threads: int | None) -> dict[str, str]:
+    # The stub links libpython3.11; this interpreter's own copy must win over the system one,
+    # else the stub mixes two builds (wrong version, _thread.RLock errors).
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    libs = os.pathsep.join(p for p in (libdir, str(install.libs)) if p)
+    extra = {"LD_LIBRARY_PATH": libs}
+    if ort_threads is not None:
+        extra["DEPTH_ORT_THREADS"] = str(ort_threads)
+    return scrubbed_env(extra)
 
 
 def _backend_directory(install: TritonInstall, out_dir: Path) -> Path:
@@ -191,51 +160,65 @@ def _backend_directory(install: TritonInstall, out_dir: Path) -> Path:
     return out_dir
 
 
-def _server_env(install: TritonInstall, ort_threads: int | None) -> dict[str, str]:
-    env = dict(os.environ)
-    # The stub must find this interpreter's site-packages (onnxruntime, numpy): venv bin first.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # The stub links libpython3.11; this interpreter's own copy must win over the system one,
-    # else the stub mixes two builds (wrong version, _thread.RLock errors).
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (libdir, str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p
-    )
-    if ort_threads is not None:
-        env["DEPTH_ORT_THREADS"] = str(ort_threads)
-    return env
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
-
-    Covers what ``stop()``/atexit cannot: the Python process killed with SIGKILL (a test
-    timeout, the OOM killer) would otherwise leave tritonserver holding its ports. The signal
-    follows the *thread* that started the server, so start it from a long-lived thread.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
+def tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no server log)"
 
 
-class LocalTritonServer:
+def wait_http_ok(url: str, process: SupervisedProcess, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers 200 while ``process`` runs; raise with the log's tail."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.running():
+            raise TritonServerError(
+                f"{what} exited with code {process.exit_code()} before it was ready; "
+                f"last lines of {process.log_path}:\n{tail(process.log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200 and process.running():
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TritonServerError(
+        f"{what} not ready after {timeout_s:.0f} s; "
+        f"last lines of {process.log_path}:\n{tail(process.log_path)}"
+    )
+
+
+class ManagedServer:
+    """``with server:`` starts it and always stops it (subclasses define start/stop)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalTritonServer(ManagedServer):
     """The bundled ``tritonserver`` on 127.0.0.1 serving a Python-backend copy of a repository.
 
-    Ports of 0 are replaced by free ones at :meth:`start`. ``log_path`` defaults to
-    ``triton.log`` in the server's own temporary directory (deleted at :meth:`stop`; pass a
-    path to keep the log). ``ort_threads`` sets ONNX Runtime intra-op threads per model
-    instance (``None``: the repository's parameter, else ORT's default). On :meth:`stop`
-    Triton gets ``exit_timeout_s`` to finish in-flight requests (and waits that long for
-    clients that keep a connection open), then SIGKILL follows after ``stop_timeout_s``.
+    Ports of 0 are replaced by free ones at :meth:`start`; a port given explicitly must be free.
+    ``log_path`` defaults to ``triton.log`` in the server's temporary directory (deleted at
+    :meth:`stop`). ``ort_threads`` sets ONNX Runtime intra-op threads per model instance
+    (``None``: the repository's parameter, else ORT's default). On :meth:`stop` Triton gets
+    ``exit_timeout_s`` for in-flight requests, then SIGKILL follows after ``stop_timeout_s``.
+    ``max_restarts`` bounds restarts after crashes (within a minute).
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`.
     """
@@ -251,6 +234,7 @@ class LocalTritonServer:
         ort_threads: int | None = None,
         exit_timeout_s: int = 5,
         stop_timeout_s: float = 20.0,
+        max_restarts: int = 5,
     ) -> None:
         self.repository = Path(repository)
         self._requested = (http_port, grpc_port, metrics_port)
@@ -260,11 +244,19 @@ class LocalTritonServer:
         self.ort_threads = ort_threads
         self.exit_timeout_s = exit_timeout_s
         self.stop_timeout_s = max(stop_timeout_s, exit_timeout_s + 5.0)
+        self.max_restarts = max_restarts
         self.models: list[str] = []
-        self._proc: subprocess.Popen[bytes] | None = None
+        #: (header, value) that unlocks the restricted APIs (statistics, shared memory, ...).
+        self.admin_header = (ADMIN_HEADER, secrets.token_urlsafe(18))
+        self._process: SupervisedProcess | None = None
         self._workdir: Path | None = None
 
-    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def admin_grpc_header(self) -> tuple[str, str]:
+        """The same over gRPC: Triton expects the key prefixed ``triton-grpc-protocol-``."""
+        return f"triton-grpc-protocol-{self.admin_header[0]}", self.admin_header[1]
+
+    # -- addresses and state -----------------------------------------------------------------
     @property
     def http_url(self) -> str:
         """``127.0.0.1:PORT`` (tritonclient's form, no scheme)."""
@@ -288,32 +280,47 @@ class LocalTritonServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        """The supervisor's pid: the process group of the server and its Python stubs."""
+        return self._process.pid if self._process else None
+
+    @property
+    def triton_pid(self) -> int | None:
+        """The current ``tritonserver`` process (it changes when it is restarted)."""
+        return self._process.child_pid() if self._process else None
+
+    @property
+    def restarts(self) -> int:
+        """How many times the supervisor restarted a crashed ``tritonserver``."""
+        return self._process.restarts() if self._process else 0
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process is not None and self._process.running()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LocalTritonServer:
-        """Prepare the local repository, start the server, wait until it is ready."""
-        if self._proc is not None:
+        """Prepare the local repository, start the supervised server, wait until it is ready."""
+        if self._process is not None:
             raise TritonServerError("server already started")
         install = find_triton()
-        self._workdir = Path(tempfile.mkdtemp(prefix="depth-triton-"))
+        for port, what in zip(self._requested, ("HTTP", "gRPC", "metrics"), strict=True):
+            if port:
+                ensure_port_free(port, f"Triton {what}")
         atexit.register(self.stop)  # no orphan server if the caller forgets stop()
         try:
-            self.models = build_local_repository(self.repository, self._workdir / "repository")
-            backends = _backend_directory(install, self._workdir / "backends")
             # A port picked by free_port() can be taken before tritonserver binds it: retry.
             for attempt in range(3):
-                self._launch(install, backends)
+                self._launch(install)
                 try:
-                    self._wait_ready()
+                    wait_http_ok(
+                        f"http://{self.http_url}/v2/health/ready",
+                        self._process,
+                        self.ready_timeout_s,
+                        "tritonserver",
+                    )
                     break
                 except TritonServerError as exc:
-                    in_use = "already in use" in _tail(self.log_path, 200).lower()
+                    in_use = "already in use" in tail(self.log_path, 200).lower()
                     self._terminate()
-                    # Only ports picked here can be re-picked; a port the caller chose stays taken.
                     if not in_use or attempt == 2 or all(self._requested):
                         raise exc from None
                     log.warning("local Triton: a port was taken, retrying with new ports")
@@ -329,78 +336,56 @@ class LocalTritonServer:
         )
         return self
 
-    def _launch(self, install: TritonInstall, backends: Path) -> None:
-        http, grpc, metrics = self._requested
-        self.http_port = http or free_port()
-        self.grpc_port = grpc or free_port()
-        self.metrics_port = metrics or free_port()
-        cmd = [
+    def _command(self, install: TritonInstall, workdir: Path) -> list[str]:
+        restricted = f"{','.join(RESTRICTED_APIS)}:{self.admin_header[0]}={self.admin_header[1]}"
+        return [
             str(install.binary),
-            f"--model-repository={self._workdir / 'repository'}",
-            f"--backend-directory={backends}",
+            f"--model-repository={workdir / 'repository'}",
+            f"--backend-directory={workdir / 'backends'}",
+            # The Python backend's shared-memory regions carry the workdir's unique name, so
+            # the supervisor can remove exactly this server's regions after a crash.
+            f"--backend-config=python,shm-region-prefix-name={workdir.name}-",
             "--http-address=127.0.0.1",
             f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
             "--metrics-address=127.0.0.1",
             f"--metrics-port={self.metrics_port}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",
             "--strict-readiness=true",
             # Triton waits this long for in-flight requests and idle keep-alive connections.
             f"--exit-timeout-secs={self.exit_timeout_s}",
         ]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as logf:
-            # Own process group: stop() can reach the Python-backend stubs too.
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=_server_env(install, self.ort_threads),
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
 
-    def _wait_ready(self) -> None:
-        url = f"http://{self.http_url}/v2/health/ready"
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            code = self._proc.poll()
-            if code is not None:
-                raise TritonServerError(
-                    f"tritonserver exited with code {code} before it was ready; "
-                    f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        raise TritonServerError(
-            f"tritonserver not ready after {self.ready_timeout_s:.0f} s; "
-            f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+    def _launch(self, install: TritonInstall) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="depth-triton-"))
+        self._workdir = workdir
+        self.models = build_local_repository(self.repository, workdir / "repository")
+        _backend_directory(install, workdir / "backends")
+        http, grpc, metrics = self._requested
+        self.http_port = http or free_port()
+        self.grpc_port = grpc or free_port()
+        self.metrics_port = metrics or free_port()
+        self._process = SupervisedProcess(
+            "tritonserver",
+            self._command(install, workdir),
+            env=_triton_env(install, self.ort_threads),
+            log_path=self.log_path,
+            workdir=workdir,
+            shm_prefix=f"{workdir.name}-",
+            max_restarts=self.max_restarts,
+            stop_timeout_s=self.stop_timeout_s,
         )
+        self._process.start()
 
     def _terminate(self) -> None:
-        """SIGTERM, wait up to ``stop_timeout_s``, then SIGKILL the whole process group."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("tritonserver ignored SIGTERM for %.0f s: killing", self.stop_timeout_s)
-        # Whatever is left in the group (a stuck stub, or the server itself) is killed.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        """Stop the supervisor (server, stubs, workdir, shm regions all go with it)."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop()
 
     def stop(self) -> None:
         """Stop the server (idempotent) and delete the temporary local repository."""
@@ -409,53 +394,3 @@ class LocalTritonServer:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    def __enter__(self) -> LocalTritonServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def serve_forever(
-    repository: str | Path,
-    http_port: int = 8000,
-    grpc_port: int = 8001,
-    metrics_port: int = 8002,
-    log_path: str | Path | None = None,
-) -> None:
-    """Run the server in the foreground until Ctrl-C / SIGTERM (``python -m depth_common serve``)."""
-    stop = False
-
-    def _on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    previous = signal.signal(signal.SIGTERM, _on_signal)
-    server = LocalTritonServer(repository, http_port, grpc_port, metrics_port, log_path=log_path)
-    try:
-        with server:
-            print(
-                f"Triton ready: http://{server.http_url} grpc {server.grpc_url} "
-                f"metrics http://{server.metrics_url}/metrics models {server.models}\n"
-                f"log: {server.log_path}\n"
-                f"try: curl http://{server.http_url}/v2/models/{server.models[0]}\n"
-                "Ctrl-C to stop",
-                flush=True,
-            )
-            while not stop and server.running():
-                time.sleep(0.5)
-            if not server.running() and not stop:
-                raise TritonServerError(
-                    f"tritonserver exited unexpectedly; last lines of {server.log_path}:\n"
-                    + _tail(server.log_path)
-                )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,286 @@
+"""Run :class:`DepthTransformer` with ``kserve.ModelServer``: the local stack and the pod.
+
+``python -m depth_common.serving.transformer_server --predictor_host HOST:GRPC_PORT`` takes
+kserve's own argument names (``--model_name``, ``--predictor_host``, ``--http_port``; KServe's
+controller appends them to a transformer container's arguments) plus ours. Three things of
+``kserve.ModelServer`` are changed, each for a failure seen with kserve 0.21:
+
+- the REST server binds ``--host`` (default 127.0.0.1; kserve always binds 0.0.0.0); the pod
+  passes ``--host 0.0.0.0``;
+- binary v2 requests keep BYTES inputs as raw bytes (kserve's ``InferRequest.from_bytes``
+  re-encodes them as UTF-8 strings, which fails for every PNG or JPEG with a 500), with every
+  length checked (400 naming the input);
+- an ASGI guard in front of the app answers only the endpoints the transformer serves (v1/v2
+  health, metadata, predict/infer, metrics; no repository load/unload, no docs) with 404,
+  refuses bodies over ``--max_request_bytes`` with 413, and turns FastAPI's 422 for a
+  malformed body into a 400.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from depth_common.serving.codec import DEFAULT_MAX_PIXELS
+from depth_common.serving.kserve_import import (
+    DataPlane,
+    InferInput,
+    InferRequest,
+    InvalidInput,
+    PredictorConfig,
+    RequestedOutput,
+    RESTServer,
+    kserve,
+    model_server,
+)
+from depth_common.serving.transformer import DEFAULT_MAX_IMAGES, DepthTransformer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8080  # KServe's container port for a transformer
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def parse_binary_request(body: bytes, json_length: Any, model_name: str) -> InferRequest:
+    """A v2 request in the binary tensor extension, every input's bytes kept as sent."""
+    try:
+        n = int(json_length)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{HEADER_LENGTH}: expected an integer, got {json_length!r}") from None
+    if not 0 < n <= len(body):
+        raise InvalidInput(f"{HEADER_LENGTH} {n} is outside the body's {len(body)} bytes")
+    try:
+        header = json.loads(body[:n])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the first {n} bytes are not the JSON request header ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput('request header: expected {"inputs": [...]}')
+    offset, inputs = n, []
+    for i, spec in enumerate(header["inputs"]):
+        if not isinstance(spec, dict) or not {"name", "shape", "datatype"} <= set(spec):
+            raise InvalidInput(f"inputs[{i}]: expected name, shape and datatype")
+        params = spec.get("parameters") or {}
+        inp = InferInput(spec["name"], spec["shape"], str(spec["datatype"]), parameters=params)
+        if "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+                raise InvalidInput(
+                    f"input {spec['name']!r}: binary_data_size {size!r} runs past the body "
+                    f"({len(body) - offset} bytes left)"
+                )
+            inp._raw_data = body[offset : offset + size]
+            offset += size
+        elif "data" in spec:
+            inp.data = spec["data"]
+        else:
+            raise InvalidInput(f"input {spec['name']!r}: no data and no binary_data_size")
+        inputs.append(inp)
+    if offset != len(body):
+        raise InvalidInput(f"{len(body) - offset} bytes after the last input's binary data")
+    outputs = [
+        RequestedOutput(o["name"], o.get("parameters"))
+        for o in header.get("outputs") or []
+        if isinstance(o, dict) and "name" in o
+    ]
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=inputs,
+        request_id=header.get("id"),
+        parameters=header.get("parameters"),
+        request_outputs=outputs or None,
+    )
+
+
+class BinarySafeDataPlane(DataPlane):
+    """kserve's data plane, with binary v2 requests parsed by :func:`parse_binary_request`."""
+
+    def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> Any:
+        if isinstance(body, bytes | bytearray):
+            length = {k.lower(): v for k, v in headers.items()}.get(HEADER_LENGTH)
+            if length is None:
+                raise InvalidInput(f"binary request without the {HEADER_LENGTH} header")
+            return parse_binary_request(bytes(body), length, model_name)
+        return super().decode_inference_request(body, headers, model_name)
+
+
+def _routes(model: str) -> list[tuple[str, re.Pattern[str]]]:
+    m = re.escape(model)
+    gets = [r"/", r"/metrics", r"/v1/models", rf"/v1/models/{m}", r"/v2", r"/v2/health/live",
+            r"/v2/health/ready", r"/v2/models", rf"/v2/models/{m}", rf"/v2/models/{m}/ready"]  # fmt: skip
+    posts = [rf"/v1/models/{m}:predict", rf"/v2/models/{m}/infer"]
+    return [("GET", re.compile(f"^{p}$")) for p in gets] + [
+        ("POST", re.compile(f"^{p}$")) for p in posts
+    ]
+
+
+class EdgeGuard:
+    """ASGI middleware: an allow-list of (method, path) and a request-body size limit."""
+
+    def __init__(self, app: Any, model_name: str, max_request_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_request_bytes
+        self.routes = _routes(model_name)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        method, path = scope["method"], scope["path"]
+        if not any(m == method and p.match(path) for m, p in self.routes):
+            return await _json(send, 404, f"{method} {path}: not an endpoint of this server")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await _json(send, 413, _too_large(length.decode(errors="replace"), self))
+        received = 0
+
+        async def counted_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge(_too_large(f"more than {received}", self))
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except BodyTooLarge as exc:
+            await _json(send, 413, str(exc))
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(size: str, guard: EdgeGuard) -> str:
+    return f"request body of {size} bytes is over the limit of {guard.max_bytes} bytes"
+
+
+async def _json(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _validation_error(request: Any, exc: Any) -> Any:
+    from fastapi.responses import JSONResponse
+
+    errors = "; ".join(
+        f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+    )
+    return JSONResponse(status_code=400, content={"error": f"malformed request: {errors}"})
+
+
+class _OneLineRefusals(logging.Filter):
+    """kserve logs every 400 with a traceback: one line says it (the client got the message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, InvalidInput):
+            record.msg, record.args, record.exc_info = "refused (400): %s", (exc,), None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_logging(access_log: bool) -> None:
+    """No per-request timing lines, no tracebacks for refused requests."""
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    logging.getLogger("kserve").addFilter(_OneLineRefusals())
+    if not access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+
+
+class TransformerServer(kserve.ModelServer):
+    """``kserve.ModelServer``, REST only, on ``host``, with the changes of the module docstring."""
+
+    def __init__(self, host: str, max_request_bytes: int, model_name: str, **kwargs: Any) -> None:
+        super().__init__(enable_grpc=False, workers=1, **kwargs)
+        self.host = host
+        self.dataplane = BinarySafeDataPlane(model_registry=self.registered_models)
+        app = model_server.app
+        app.add_middleware(EdgeGuard, model_name=model_name, max_request_bytes=max_request_bytes)
+        from fastapi.exceptions import RequestValidationError
+
+        app.add_exception_handler(RequestValidationError, _validation_error)
+
+    def start(self, models: list[Any]) -> None:
+        import asyncio
+
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = RESTServer(
+            "kserve.model_server:app",
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        self._rest_server.config.host = self.host  # kserve hard-codes 0.0.0.0
+        self.servers.append(self._rest_server.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m depth_common.serving.transformer_server",
+        description="KServe transformer: images in, depth out, Triton over v2 gRPC behind it.",
+    )
+    p.add_argument("--model_name", default="depth", help="the name clients call (URL path)")
+    p.add_argument("--predictor_host", required=True, help="Triton's gRPC HOST:PORT")
+    p.add_argument("--predictor_model", default="depth", help="the Triton model to call")
+    p.add_argument("--predictor_protocol", "--protocol", default="grpc-v2", choices=["grpc-v2"])
+    p.add_argument("--predictor_request_timeout_seconds", type=int, default=60)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
+    p.add_argument("--http_port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--max_images", type=int, default=DEFAULT_MAX_IMAGES)
+    p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--access_log", action="store_true", help="log one line per request")
+    return p
+
+
+def predictor_address(host: str) -> str:
+    """``host:port`` for gRPC: KServe passes the predictor Service's name alone (port 80)."""
+    bare = host.rsplit("]", 1)[-1]  # an IPv6 literal [::1]:9000 has colons of its own
+    return host if ":" in bare else f"{host}:80"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    # parse_known_args: KServe's controller may append arguments of its own (--grpc_port ...).
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        log.info("ignoring arguments %s", unknown)
+    model = DepthTransformer(
+        args.model_name,
+        args.predictor_model,
+        max_pixels=args.max_pixels,
+        max_images=args.max_images,
+    )
+    model.load()
+    predictor = PredictorConfig(
+        predictor_host=predictor_address(args.predictor_host),
+        predictor_protocol=args.predictor_protocol,
+        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+    )
+    server = TransformerServer(
+        args.host,
+        args.max_request_bytes,
+        args.model_name,
+        http_port=args.http_port,
+        predictor_config=predictor,
+        enable_latency_logging=False,
+    )
+    quiet_logging(args.access_log)  # after ModelServer() configured kserve's loggers
+    server.start([model])
+
+
+if __name__ == "__main__":
+    main()
