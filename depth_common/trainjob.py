@@ -19,10 +19,7 @@ from params or logs.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from depth_common.atomic import copy_atomic, write_text
 from depth_common.config import ConfigError, Params
 
 SHARED_MOUNT = "/mnt/shared"
@@ -241,18 +239,8 @@ def job_from_params(
 
 
 def write_params_file(params: Params, path: str | Path) -> Path:
-    """Write ``params`` as YAML for the train pods (atomic: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(params.to_dict(), f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``params`` as YAML for the train pods (atomically)."""
+    return write_text(path, yaml.safe_dump(params.to_dict(), sort_keys=False))
 
 
 # -- pieces shared by both objects ----------------------------------------------------------------
@@ -703,25 +691,6 @@ def needs_cluster(params: Params) -> bool:
     return params.training.num_nodes * params.training.procs_per_node > 1
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a file or a tree to ``dst`` via a temporary sibling, then rename."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    try:
-        if src.is_dir():
-            shutil.copytree(src, tmp)
-        else:
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def run_scaled_training(
     params: Params,
     processed_dir: str | Path,
@@ -764,7 +733,7 @@ def run_scaled_training(
     data_dir, out_dir = run_dir / "data", run_dir / "out"
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "manifest.json").is_file():
-        _copy_atomic(Path(processed_dir), data_dir)
+        copy_atomic(Path(processed_dir), data_dir)
     write_params_file(params, run_dir / "params.yaml")
     job = job_from_params(
         params,
@@ -781,7 +750,7 @@ def run_scaled_training(
         raise JobFailed(f"{t.launcher} {job.namespace}/{run_name} succeeded but wrote no {best}")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    _copy_atomic(best, model_dir / "best.pt")
+    copy_atomic(best, model_dir / "best.pt")
     return _result_from_checkpoints(model_dir / "best.pt", out_dir / "last.pt")
 
 
