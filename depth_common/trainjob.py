@@ -32,6 +32,7 @@ import yaml
 
 from depth_common.atomic import copy_atomic, write_text
 from depth_common.config import ConfigError, Params
+from depth_common.images import component_image
 
 SHARED_MOUNT = "/mnt/shared"
 """Where ``training.shared_pvc`` is mounted in the train pods (data, params, checkpoints)."""
@@ -92,35 +93,6 @@ class ScaleOutJob:
 
 
 # -- from params ---------------------------------------------------------------------------------
-
-
-def read_images_env(path: str | Path | None = None) -> dict[str, str]:
-    """``images/images.env`` (KEY=VALUE lines) → dict; the one place image names live."""
-    path = Path(path) if path else Path(__file__).resolve().parents[1] / "images" / "images.env"
-    values: dict[str, str] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the image list ({exc.strerror})") from exc
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, eq, value = line.partition("=")
-        if not eq:
-            raise ConfigError(f"{path}:{n}: got {line!r}, expected KEY=VALUE")
-        values[key.strip()] = value.strip()
-    return values
-
-
-def component_image(gpu: bool, images_env: str | Path | None = None) -> str:
-    """The project's component image (the CUDA tag when the pods get GPUs)."""
-    env = read_images_env(images_env)
-    try:
-        tag = env["COMPONENT_CUDA_TAG"] if gpu else env["COMPONENT_TAG"]
-        return f"{env['REGISTRY']}/{env['COMPONENT_IMAGE']}:{tag}"
-    except KeyError as exc:
-        raise ConfigError(f"images.env: missing {exc.args[0]}") from None
 
 
 def parse_toleration(text: str, key: str = "training.tolerations") -> dict[str, str]:
@@ -219,7 +191,7 @@ def job_from_params(
     return ScaleOutJob(
         name=name,
         namespace=namespace or params.deploy.namespace,
-        image=image or component_image(gpu=t.train_gpu > 0),
+        image=image or component_image(cuda=t.train_gpu > 0),
         command=torchrun_command(
             t.num_nodes, t.procs_per_node, params_path, data_dir, out_dir, overrides
         ),

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from k8s_double import crd_schema, isvc_validator
 
-from components.image import read_images_env
 from depth_common.config import load_params
 from depth_common.deploy.manifests import build_inferenceservice
+from depth_common.images import read_images_env
 
 ROOT = Path(__file__).resolve().parents[1]
 M = ROOT / "manifests"
