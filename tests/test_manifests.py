@@ -223,7 +223,7 @@ def test_vendored_schemas_keep_licence_and_provenance() -> None:
 
 
 def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) -> None:
-    """The scale-out Role matches the API calls of depth_common.trainjob.ClusterJobs."""
+    """The scale-out Role matches the API calls of depth_common.scaleout.cluster."""
     docs = rendered["rbac-training"]
     role = _one(docs, "Role")
     assert role["metadata"]["namespace"] == PARAMS.deploy.namespace
@@ -235,6 +235,7 @@ def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) ->
     }
     assert grants == {
         ("trainer.kubeflow.org", "trainjobs"): ["create", "delete", "get"],
+        ("trainer.kubeflow.org", "trainingruntimes"): ["get"],
         ("kubeflow.org", "pytorchjobs"): ["create", "delete", "get"],
         ("", "pods"): ["list"],
         ("", "pods/log"): ["get"],
