@@ -1,5 +1,6 @@
 """Fixtures shared by several test files (test files import from here, never from each other).
 
+- a tiny depth network and the Triton repository built from it (serving, deploy, export tests);
 - the scale-out job description every cluster-path test starts from.
 """
 
@@ -8,10 +9,49 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from depth_common.config import load_params
+import numpy as np
+import torch
+
+from depth_common.config import ExportConfig, load_params
+from depth_common.export.onnx import export_model
+from depth_common.export.triton import build_triton_repository
 from depth_common.scaleout.job import ScaleOutJob, job_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# -- a tiny depth model served by Triton ------------------------------------------------------
+
+H, W = 32, 64
+MAX_BATCH = 8
+
+
+class TinyDepthNet(torch.nn.Module):
+    """[B,3,H,W] → [B,1,H,W] positive 'metres': enough to tell batch items and pixels apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.softplus(self.conv2(torch.relu(self.conv1(x)))) * 10.0
+
+
+def build_tiny_repository(root: Path, export_cfg: ExportConfig | None = None) -> Path:
+    """``root/model.onnx`` (tiny net, parity-checked) + ``root/repo`` (Triton layout)."""
+    torch.manual_seed(0)
+    onnx_path = export_model(TinyDepthNet(), root / "model.onnx", img_size=(H, W)).path
+    cfg = export_cfg or ExportConfig(max_batch_size=MAX_BATCH, preferred_batch_sizes=(4, 8))
+    return build_triton_repository(onnx_path, root / "repo", export_cfg=cfg)
+
+
+def ort_reference(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's output for ``batch`` on the CPU: the reference served outputs must match."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(["depth"], {"image": batch})[0]
+
 
 # -- the scale-out train job ---------------------------------------------------------------------
 

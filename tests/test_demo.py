@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import H, W, build_tiny_repository, ort_reference
 from PIL import Image
-from test_serving_server import H, W, build_tiny_repository, ort_reference
 
 from depth_common.data.transforms import prepare_image
 from depth_common.serving.client import resize_depth_bilinear
