@@ -50,23 +50,14 @@ class _ClusterThatTrains:
         out = self.shared / job.name / "out"
         out.mkdir(parents=True)
         history = [{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.5}]
-        if self.write_best:
-            save_checkpoint(
-                out / "best.pt",
-                _Tiny(2, 1),
-                self.params,
-                epoch=2,
-                metrics={"val_rmse": 3.5},
-                mlflow_run_id="run-123",
-            )
-        save_checkpoint(
-            out / "last.pt",
-            _Tiny(2, 1),
-            self.params,
-            epoch=2,
-            metrics={"val_rmse": 3.9},
-            extra={"history": history},
-        )
+        written = {
+            "best.pt": {"metrics": {"val_rmse": 3.5}, "mlflow_run_id": "run-123"},
+            "last.pt": {"metrics": {"val_rmse": 3.9}, "extra": {"history": history}},
+        }
+        if not self.write_best:
+            del written["best.pt"]
+        for filename, kw in written.items():
+            save_checkpoint(out / filename, _Tiny(2, 1), self.params, epoch=2, **kw)
         return job.name
 
     def wait(self, name: str, timeout_s: float, poll_s: float) -> JobState:

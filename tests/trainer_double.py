@@ -210,22 +210,15 @@ def _pod(name: str, labels: dict[str, str], container: str, phase: str) -> dict[
     }
 
 
-def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
 class _Handler(JsonHandler):
     """The double's HTTP side; ``double`` is set on a subclass per server."""
 
     double: TrainingApiDouble
+
+    def _fail(self, code: int, reason: str, message: str) -> None:
+        """A Kubernetes ``Status`` error body, as the API server sends it."""
+        status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code}
+        self._send(code, {**status, "reason": reason, "message": message, "metadata": {}})
 
     def _text(self, code: int, text: str) -> None:
         data = text.encode()
@@ -244,14 +237,14 @@ class _Handler(JsonHandler):
             self.double.requests.append(Recorded(method, url.path, query))
             m = _PATH.match(url.path)
             if m is None:
-                return self._send(404, _status(404, "NotFound", f"no route {url.path}"))
+                return self._fail(404, "NotFound", f"no route {url.path}")
             resource = m["resource"] + (f"/{m['sub']}" if m["sub"] else "")
             verb = {"POST": "create", "DELETE": "delete"}.get(method)
             verb = verb or ("get" if m["name"] else "list")
             group = m["group"] or ""
             if not self._allowed(group, resource, verb, m["ns"], m["name"]):
                 message = f'{resource} is forbidden: cannot "{verb}" (RBAC)'
-                return self._send(403, _status(403, "Forbidden", message))
+                return self._fail(403, "Forbidden", message)
             return self._route(method, m, query, body)
 
     def _allowed(self, group: str, resource: str, verb: str, ns: str | None, name: str | None):
@@ -270,7 +263,7 @@ class _Handler(JsonHandler):
         if resource == "clustertrainingruntimes":
             if name == self.double.runtime["metadata"]["name"]:
                 return self._send(200, self.double.runtime)
-            return self._send(404, _status(404, "NotFound", f'"{name}" not found'))
+            return self._fail(404, "NotFound", f'"{name}" not found')
         if resource == "pods":
             return self._pods(ns, name, m["sub"], query)
         plurals = {v[2]: k for k, v in JOB_KINDS.items()}
@@ -278,7 +271,7 @@ class _Handler(JsonHandler):
             return self._create(plurals[resource], ns, body)
         job = self.double.jobs.get((resource, name))
         if resource not in plurals or job is None:
-            return self._send(404, _status(404, "NotFound", f'{resource} "{name}" not found'))
+            return self._fail(404, "NotFound", f'{resource} "{name}" not found')
         if method == "DELETE":
             del self.double.jobs[(resource, name)]
             return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
@@ -294,10 +287,10 @@ class _Handler(JsonHandler):
         )
         if errors:
             where = "; ".join(f"{e.json_path[2:]}: {e.message}" for e in errors)
-            return self._send(422, _status(422, "Invalid", f"{kind} is invalid: {where}"))
+            return self._fail(422, "Invalid", f"{kind} is invalid: {where}")
         name = obj["metadata"]["name"]
         if (plural, name) in self.double.jobs:
-            return self._send(409, _status(409, "AlreadyExists", f'"{name}" already exists'))
+            return self._fail(409, "AlreadyExists", f'"{name}" already exists')
         self.double.created.append(copy.deepcopy(obj))
         obj = copy.deepcopy(obj)
         obj.pop("status", None)  # a subresource: ignored on create
@@ -316,21 +309,17 @@ class _Handler(JsonHandler):
             return self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": items})
         pod = next((p for p in pods if p["metadata"]["name"] == name), None)
         if pod is None or sub != "log":
-            return self._send(404, _status(404, "NotFound", f'pods "{name}" not found'))
+            return self._fail(404, "NotFound", f'pods "{name}" not found')
         container = query.get("container", [""])[0]
         if container != pod["spec"]["containers"][0]["name"]:
             message = f"container {container} is not valid for pod {name}"
-            return self._send(400, _status(400, "BadRequest", message))
+            return self._fail(400, "BadRequest", message)
         if pod["status"]["phase"] == "Pending":
             message = f'container "{container}" in pod "{name}" is waiting to start'
-            return self._send(400, _status(400, "BadRequest", message))
+            return self._fail(400, "BadRequest", message)
         return self._text(200, "".join(f"{line}\n" for line in self.double.log_lines))
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._handle("GET")
+    def _dispatch(self) -> None:
+        self._handle(self.command)  # the request's method
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle("POST")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle("DELETE")
+    do_GET = do_POST = do_DELETE = _dispatch  # noqa: N815
