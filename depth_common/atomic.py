@@ -93,6 +93,8 @@ def atomic_path(path: str | Path, *, extension: str = "") -> Iterator[Path]:
 
     On a normal exit it is renamed onto ``path`` (replacing a file or a whole tree); on an
     exception it is removed and ``path`` is left as it was. The parent directory is created.
+    A file is replaced in one rename; an existing tree takes two (old aside, new in), so for
+    that instant ``path`` is absent, never half-written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
