@@ -51,6 +51,12 @@ mlflow-ui: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# System packages the tests use that pip cannot install (Debian's chromium for the demo's
+# browser test): apt-get as root, else it names what to install and the tests that need it skip.
+.PHONY: test-deps
+test-deps:
+	bash tests/system-deps.sh
+
 # Serve the last local run's Triton repository (export.repository_dir) with the real local
 # tritonserver on 127.0.0.1:8000 (HTTP) / 8001 (gRPC) until Ctrl-C.
 serve: $(STAMP)

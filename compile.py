@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from depth_common.atomic import atomic_path
+
 ROOT = Path(__file__).resolve().parent
 PIPELINES_DIR = ROOT / "pipelines"
 
@@ -31,16 +33,9 @@ def compile_to(func: Callable[..., Any], path: Path) -> Path:
     """Compile ``func`` to ``path`` atomically (temp file in the same directory, then rename)."""
     from kfp import compiler
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=".tmp-", suffix=".yaml", delete=False
-    ) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        compiler.Compiler().compile(pipeline_func=func, package_path=str(tmp_path))
-        tmp_path.replace(path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    # kfp picks the output format from the suffix: the temporary keeps the target's.
+    with atomic_path(path, extension=path.suffix) as tmp:
+        compiler.Compiler().compile(pipeline_func=func, package_path=str(tmp))
     return path
 
 

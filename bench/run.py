@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from depth_common.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results.json"
 
@@ -213,12 +215,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], out: Path) -> Path:
-    """Atomic write: a temporary sibling, then ``os.replace``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
-    return out
+    """Atomic write (:mod:`depth_common.atomic`): the old file or the whole new one."""
+    return write_text(out, json.dumps(results, indent=2) + "\n")
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -1,4 +1,4 @@
-"""The component image, read from ``images/images.env`` (the one place for image names/tags).
+"""The component image, from ``images/images.env`` (read by :mod:`depth_common.images`).
 
 Read at import (compile) time, so the compiled YAML names the image that ``images/`` builds;
 changing a tag there makes ``python compile.py --check`` report the YAML as stale.
@@ -7,41 +7,11 @@ changing a tag there makes ``python compile.py --check`` report the YAML as stal
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kfp import dsl
 
-IMAGES_ENV = Path(__file__).resolve().parents[1] / "images" / "images.env"
-
-
-def read_images_env(path: Path = IMAGES_ENV) -> dict[str, str]:
-    """``KEY=VALUE`` lines of ``path`` (comments and blank lines skipped)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read the image names ({exc.strerror})") from None
-    env: dict[str, str] = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{path}:{n}: expected KEY=VALUE, got {line!r}")
-        env[key.strip()] = value.strip()
-    return env
-
-
-def component_image(cuda: bool = False, path: Path = IMAGES_ENV) -> str:
-    """``REGISTRY/COMPONENT_IMAGE:TAG`` (``COMPONENT_CUDA_TAG`` when ``cuda``)."""
-    env = read_images_env(path)
-    tag_key = "COMPONENT_CUDA_TAG" if cuda else "COMPONENT_TAG"
-    missing = [k for k in ("REGISTRY", "COMPONENT_IMAGE", tag_key) if not env.get(k)]
-    if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)}")
-    return f"{env['REGISTRY']}/{env['COMPONENT_IMAGE']}:{env[tag_key]}"
-
+from depth_common.images import component_image
 
 COMPONENT_IMAGE = component_image()
 COMPONENT_CUDA_IMAGE = component_image(cuda=True)

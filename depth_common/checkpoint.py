@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from depth_common.atomic import atomic_write
 from depth_common.config import Params
-from depth_common.data.io import atomic_write
 from depth_common.errors import DataError
 
 FORMAT = "depth_common.checkpoint/v1"

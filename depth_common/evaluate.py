@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depth_common.atomic import atomic_write
 from depth_common.config import Params
-from depth_common.data.io import atomic_write
 from depth_common.errors import DataError
 from depth_common.metrics import METRIC_KEYS, DepthMetricsAccumulator
 

@@ -60,7 +60,7 @@ from components import (
     triton_repository,
 )
 from depth_common.config import Params, load_params
-from depth_common.trainjob import MLFLOW_SECRET_KEYS, SHARED_MOUNT, STORAGE_SECRET_KEYS
+from depth_common.scaleout.job import MLFLOW_SECRET_KEYS, SHARED_MOUNT, STORAGE_SECRET_KEYS
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 PIPELINE_NAME = "depth-pipeline"

@@ -9,6 +9,7 @@ import pytest
 
 from bench.bench_serving import load_stats, run_load
 from bench.run import evaluate_targets, format_table, target_values, write_results
+from depth_common import atomic
 
 
 def _rows(ort_p50: float, grpc_p50: float, on16: float, off16: float) -> list[dict]:
@@ -101,7 +102,7 @@ def test_table_shows_ratios_side_by_side(tmp_path) -> None:
     assert "MISSED" not in text and text.count("PASS") == 3
     assert "(part export not run: --skip)" in text
     out = write_results(res, tmp_path / "results.json")
-    assert out.read_text().startswith("{") and not (tmp_path / "results.json.tmp").exists()
+    assert out.read_text().startswith("{") and atomic.leftovers(tmp_path) == []
 
 
 def test_load_stats_percentiles() -> None:

@@ -9,8 +9,9 @@ import pytest
 from kfp import dsl
 
 import components
-from components.image import COMPONENT_IMAGE, component_image, read_images_env
+from components.image import COMPONENT_IMAGE
 from depth_common.config import ConfigError, load_params
+from depth_common.images import component_image, read_images_env
 from pipelines.depth_pipeline import PARAM_KEYS, PARAMS_FILE
 
 BASE = json.dumps(load_params(PARAMS_FILE).to_dict())

@@ -1,7 +1,7 @@
 """The Gradio demo: its API, and the page driven in headless Chromium (DevTools protocol).
 
-Chromium is Debian's ``chromium`` package; the set-up installs it with apt-get when running as
-root, and the browser test is skipped with the reason when it cannot.
+Chromium is Debian's ``chromium`` package, installed before the tests by ``make test-deps``
+(``tests/system-deps.sh``); without it the browser test is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -20,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import H, W, build_tiny_repository, ort_reference
 from PIL import Image
-from test_serving_server import H, W, build_tiny_repository, ort_reference
 
 from depth_common.data.transforms import prepare_image
 from depth_common.serving.client import resize_depth_bilinear
@@ -41,25 +40,11 @@ pytestmark = pytest.mark.slow
 
 
 def _chromium() -> str:
-    """Path of Debian's chromium, installing it if possible; otherwise skip with the reason."""
+    """Path of Debian's chromium (installed by ``make test-deps``); otherwise skip, saying so."""
     found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and cannot be installed (not root, or no apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-
-    def install() -> subprocess.CompletedProcess[str]:
-        cmd = ["apt-get", "install", "-y", "chromium"]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-
-    proc = install()
-    if proc.returncode != 0:  # stale or missing package lists: refresh once
-        subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=300)
-        proc = install()
-    if proc.returncode != 0:
-        pytest.skip(f"apt-get install chromium failed: {proc.stderr.strip()[-300:]}")
-    return shutil.which("chromium") or pytest.skip("chromium installed but not on PATH")
+    if not found:
+        pytest.skip("chromium is not installed: run `make test-deps` as root (Debian's chromium)")
+    return found
 
 
 @pytest.fixture(scope="module")

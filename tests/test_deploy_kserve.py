@@ -126,7 +126,7 @@ def test_describe_status_names_what_is_not_ready() -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     """(server, onnx file it serves, a different onnx file) for the smoke tests."""
-    from test_serving_server import TinyDepthNet, build_tiny_repository
+    from helpers import TinyDepthNet, build_tiny_repository
 
     from depth_common.serving.server import LocalTritonServer
 

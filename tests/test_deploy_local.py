@@ -34,7 +34,7 @@ def _nothing_listens(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_serving_server import build_tiny_repository
+    from helpers import build_tiny_repository
 
     return build_tiny_repository(tmp_path_factory.mktemp("local_tiny"))
 
@@ -73,7 +73,7 @@ def test_failing_local_smoke_test_leaves_the_served_repository_alone(
     tiny: Path, tmp_path: Path
 ) -> None:
     torch.manual_seed(7)
-    from test_serving_server import TinyDepthNet
+    from helpers import TinyDepthNet
 
     other = export_model(TinyDepthNet(), tmp_path / "other.onnx", img_size=(32, 64)).path
     serve_dir = tmp_path / "serve"

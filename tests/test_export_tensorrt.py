@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_serving_server import TinyDepthNet
+from helpers import TinyDepthNet
 
 from depth_common.config import ExportConfig, params_from_dict
 from depth_common.export import tensorrt as trt_export

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from components.image import read_images_env
+from depth_common.images import read_images_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile*"))

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from k8s_double import crd_schema, isvc_validator
 
-from components.image import read_images_env
 from depth_common.config import load_params
 from depth_common.deploy.manifests import build_inferenceservice
+from depth_common.images import read_images_env
 
 ROOT = Path(__file__).resolve().parents[1]
 M = ROOT / "manifests"
@@ -225,7 +225,7 @@ def test_vendored_schemas_keep_licence_and_provenance() -> None:
 
 
 def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) -> None:
-    """The scale-out Role matches the API calls of depth_common.trainjob.ClusterJobs."""
+    """The scale-out Role matches the API calls of depth_common.scaleout.cluster."""
     docs = rendered["rbac-training"]
     role = _one(docs, "Role")
     assert role["metadata"]["namespace"] == PARAMS.deploy.namespace
@@ -237,6 +237,7 @@ def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) ->
     }
     assert grants == {
         ("trainer.kubeflow.org", "trainjobs"): ["create", "delete", "get"],
+        ("trainer.kubeflow.org", "trainingruntimes"): ["get"],
         ("kubeflow.org", "pytorchjobs"): ["create", "delete", "get"],
         ("", "pods"): ["list"],
         ("", "pods/log"): ["get"],

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import MAX_BATCH, H, W, build_tiny_repository, ort_reference
 from PIL import Image
-from test_serving_server import MAX_BATCH, H, W, build_tiny_repository, ort_reference
 
 from depth_common.data.transforms import prepare_image
 from depth_common.serving.client import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import MAX_BATCH, H, TinyDepthNet, W, build_tiny_repository, ort_reference
 
 from depth_common.config import ExportConfig
 from depth_common.export.onnx import export_model
@@ -32,36 +32,6 @@ from depth_common.serving.server import (
 from depth_common.serving.supervisor import group_members
 
 pytestmark = pytest.mark.slow
-
-H, W = 32, 64
-MAX_BATCH = 8
-
-
-class TinyDepthNet(torch.nn.Module):
-    """[B,3,H,W] → [B,1,H,W] positive 'metres': enough to tell batch items and pixels apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.softplus(self.conv2(torch.relu(self.conv1(x)))) * 10.0
-
-
-def build_tiny_repository(root: Path, export_cfg: ExportConfig | None = None) -> Path:
-    """``root/model.onnx`` (tiny net, parity-checked) + ``root/repo`` (Triton layout)."""
-    torch.manual_seed(0)
-    onnx_path = export_model(TinyDepthNet(), root / "model.onnx", img_size=(H, W)).path
-    cfg = export_cfg or ExportConfig(max_batch_size=MAX_BATCH, preferred_batch_sizes=(4, 8))
-    return build_triton_repository(onnx_path, root / "repo", export_cfg=cfg)
-
-
-def ort_reference(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return session.run(["depth"], {"image": batch})[0]
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

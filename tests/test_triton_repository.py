@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 from google.protobuf import text_format
-from test_serving_server import TinyDepthNet
+from helpers import TinyDepthNet
 from tritonclient.grpc import model_config_pb2 as mc
 
 from depth_common.config import ExportConfig, params_from_dict

@@ -1,4 +1,4 @@
-"""Atomic file writes: each goes to ``<name>.<pid>.tmp`` beside the target, then ``os.replace``.
+"""Atomic image, array and JSON writes (through :mod:`depth_common.atomic`).
 
 A reader therefore sees either the old file or the complete new one, never half of it, and an
 interrupted write leaves no file under the final name.
@@ -7,32 +7,13 @@ interrupted write leaves no file under the final name.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-
-def tmp_path(path: Path) -> Path:
-    """The temporary sibling used while ``path`` is being written."""
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there if something failed
-    return path
+from depth_common.atomic import atomic_write, write_bytes
 
 
 def save_png(path: str | Path, image: Image.Image | np.ndarray, **save_kwargs: Any) -> Path:
@@ -48,5 +29,4 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
 
 def save_json(path: str | Path, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON."""
-    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
-    return atomic_write(path, lambda fh: fh.write(data))
+    return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

@@ -9,10 +9,9 @@ compared to ONNX Runtime's in-process output for the same ``model.onnx``.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
+from depth_common.atomic import copy_atomic, remove_leftovers
 from depth_common.deploy.report import DeployError, DeployResult
 from depth_common.deploy.smoke import smoke_test_v2
 from depth_common.errors import DataError
@@ -40,19 +39,8 @@ def install_repository(source: Path, dest: Path) -> Path:
     if source == dest:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new.", dir=dest.parent))
-    old = dest.parent / f".{dest.name}.old"
-    try:
-        tree = staging / "tree"
-        shutil.copytree(source, tree)
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            dest.rename(old)
-        tree.rename(dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return dest
+    remove_leftovers(dest.parent, recursive=False)  # of installs killed half-way
+    return copy_atomic(source, dest)
 
 
 def deploy_local(

@@ -7,14 +7,13 @@ fixed to the training size, so H and W are baked in and recorded in the metadata
 
 The file is written to a temporary name in the output directory, checked (``onnx.checker``),
 compared with PyTorch in ONNX Runtime on batch 1 and batch 4, and only then moved onto
-``out_path`` with ``os.replace``: a failed export never leaves a ``model.onnx`` behind.
+``out_path`` (:func:`depth_common.atomic.atomic_path`): a failed export never leaves a ``model.onnx`` behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from depth_common.atomic import atomic_path
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -187,11 +188,6 @@ def _declare_shape(value_info: Any, dims: tuple[int | str, ...]) -> None:
             shape.dim.add().dim_value = d
 
 
-def _tmp_sibling(path: Path) -> Path:
-    """A temporary name in the same directory, so ``os.replace`` onto ``path`` is atomic."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def export_model(
     model: torch.nn.Module,
     out_path: str | Path,
@@ -212,8 +208,6 @@ def export_model(
 
     out_path = Path(out_path)
     img_size = (int(img_size[0]), int(img_size[1]))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(out_path)
     model = model.eval().float().cpu()
     dummy = torch.from_numpy(parity_inputs(_TRACE_BATCH, img_size, seed))
     with torch.no_grad():
@@ -225,7 +219,7 @@ def export_model(
             f"model output for a {list(dummy.shape)} input is {got}, expected {list(expected)} "
             "([batch, 1, H, W] depth in metres)"
         )
-    try:
+    with atomic_path(out_path) as tmp:
         # timm's shape asserts trace to constants (TracerWarning); H, W are fixed by design and
         # the parity gate below on two batch sizes is the real check, so they are only noise.
         with torch.no_grad(), warnings.catch_warnings():
@@ -255,9 +249,6 @@ def export_model(
         onnx.save(proto, str(tmp))
         del proto
         parity = check_onnx_parity(model, tmp, img_size, atol=atol, seed=seed, label=out_path)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return OnnxExport(
         path=out_path,
         parity=parity,

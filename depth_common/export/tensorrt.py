@@ -16,8 +16,6 @@ which is the replacement NVIDIA documents, and the strongly typed network is bui
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from depth_common.atomic import atomic_path, scratch_dir, write_bytes
 from depth_common.config import ExportConfig
 from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, ParityError, parity_inputs
 
@@ -124,17 +123,6 @@ def parity_batches(export_cfg: ExportConfig) -> tuple[int, ...]:
     )
 
 
-def _atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _fp16_onnx_for_strong_typing(onnx_path: Path, out_path: Path) -> Path:
     """TensorRT >= 11: FP32 ONNX → mixed-precision FP16 ONNX (FP32 I/O) with ModelOpt AutoCast."""
     try:
@@ -198,7 +186,7 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
 
-    with tempfile.TemporaryDirectory(prefix="trt-build-", dir=plan_path.parent) as scratch:
+    with scratch_dir(plan_path) as scratch:
         source = onnx_path
         if export_cfg.trt_fp16:
             if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT <= 10: weak typing
@@ -226,8 +214,8 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log)")
-    _atomic_write_bytes(plan_path, memoryview(serialized))
-    _atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()))
+    write_bytes(plan_path, memoryview(serialized))
+    write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()))
     return plan_path
 
 
@@ -414,14 +402,10 @@ def export_tensorrt(
     fp16 = export_cfg.trt_fp16
     cache = timing_cache_path or plan_path.with_name(plan_path.name + ".timing.cache")
     # Built under a temporary name and moved onto plan_path only after the parity gate.
-    tmp = plan_path.with_name(f".{plan_path.name}.{os.getpid()}.tmp")
     atol, rtol = (FP16_ATOL_M, FP16_RTOL) if fp16 else (export_cfg.parity_atol, 0.0)
-    try:
+    with atomic_path(plan_path) as tmp:
         build_engine(onnx_path, tmp, export_cfg, timing_cache_path=cache)
         parity = check_trt_parity(
             tmp, onnx_path, parity_batches(export_cfg), atol=atol, rtol=rtol, label=plan_path
         )
-        os.replace(tmp, plan_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return TrtExport(plan_path=plan_path, parity=parity, fp16=fp16)

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from depth_common.atomic import atomic_path, remove_leftovers, scratch_dir
 from depth_common.config import ExportConfig
 from depth_common.errors import DataError
 from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME
@@ -204,14 +204,10 @@ def write_model_config(cfg: Any, path: str | Path) -> Path:
     from google.protobuf import text_format
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text_format.MessageToString(cfg))
         if parse_model_config(tmp) != cfg:
             raise DataError(f"{path}: config.pbtxt does not parse back to the config written")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -276,27 +272,21 @@ def build_triton_repository(
         )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir.parent, recursive=False)  # of exports killed half-way
     if not out_dir.exists():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with atomic_path(out_dir) as tmp:
             for name, cfg, src, filename in models:
                 _stage_model(tmp / name, cfg, version, src, filename)
-            tmp.rename(out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out_dir
 
     if not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory (expected a Triton repository)")
     # Staged next to the repository (same filesystem, so moves are renames) rather than inside
     # it, where Triton would take the staging directory for a model.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging.", dir=out_dir.parent))
-    try:
+    with scratch_dir(out_dir) as staging:
         # Stage everything first: a failed copy leaves the served repository untouched.
         for name, cfg, src, filename in models:
             _stage_model(staging / name, cfg, version, src, filename)
         for name, _, _, _ in models:
             _install_model(staging / name, out_dir / name, version, staging / f"{name}.replaced")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir

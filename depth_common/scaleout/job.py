@@ -1,0 +1,168 @@
+"""The one description of a scale-out train job, from params, whichever operator runs it.
+
+:class:`ScaleOutJob` carries image, command, topology, GPUs, node placement, secrets, storage
+and deadline; :mod:`depth_common.scaleout.objects` derives the TrainJob and the PyTorchJob
+from it, so both get the same settings. Paths are as the train pods see them: the shared volume
+(``training.shared_pvc``) is mounted at :data:`SHARED_MOUNT` in every train pod.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from depth_common.config import ConfigError, Params
+from depth_common.images import component_image
+
+SHARED_MOUNT = "/mnt/shared"
+"""Where ``training.shared_pvc`` is mounted in the train pods (data, params, checkpoints)."""
+
+# Secret keys mapped 1:1 onto the env vars MLflow and boto3 read. ``optional`` so a Secret that
+# carries only some of them (e.g. a token but no username) still starts the pod.
+MLFLOW_SECRET_KEYS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
+
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class ScaleOutJob:
+    """Everything a train job needs, independent of which operator runs it."""
+
+    name: str
+    namespace: str
+    image: str
+    command: tuple[str, ...]
+    num_nodes: int
+    procs_per_node: int
+    gpus_per_node: int = 0
+    runtime: str = "torch-distributed"
+    env: tuple[tuple[str, str], ...] = ()
+    secret_env: tuple[tuple[str, str, str], ...] = ()  # (env var, Secret name, key)
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Mapping[str, str], ...] = ()
+    shared_pvc: str = ""
+    service_account: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: int = 86400
+
+
+def parse_toleration(text: str, key: str = "training.tolerations") -> dict[str, str]:
+    """kubectl taint syntax → a Kubernetes toleration.
+
+    ``"key=value:Effect"`` → ``Equal``; ``"key:Effect"`` or ``"key"`` → ``Exists`` (any value;
+    no effect = every effect).
+    """
+    spec, colon, effect = text.partition(":")
+    if colon and effect not in _EFFECTS:
+        raise ConfigError(f"{key}: got {text!r}, expected effect one of {', '.join(_EFFECTS)}")
+    name, eq, value = spec.partition("=")
+    if not name or (eq and not value):
+        raise ConfigError(
+            f"{key}: got {text!r}, expected 'key=value:Effect', 'key:Effect' or 'key'"
+        )
+    tol = {"key": name, "operator": "Equal" if eq else "Exists"}
+    if eq:
+        tol["value"] = value
+    if effect:
+        tol["effect"] = effect
+    return tol
+
+
+def torchrun_command(
+    num_nodes: int,
+    procs_per_node: int,
+    params_path: str,
+    data_dir: str,
+    out_dir: str,
+    overrides: Iterable[str] = (),
+) -> tuple[str, ...]:
+    """The train pods' command. Node rank and master address come from the ``PET_*`` env vars
+    both operators set (torchrun reads them); the sizes are explicit so the job runs the
+    params' topology whatever the runtime's defaults."""
+    cmd = [
+        "torchrun",
+        f"--nnodes={num_nodes}",
+        f"--nproc-per-node={procs_per_node}",
+        "-m",
+        "depth_common",
+        "train",
+        "--params",
+        params_path,
+        "--data",
+        data_dir,
+        "--out",
+        out_dir,
+    ]
+    for o in overrides:
+        cmd += ["--set", o]
+    return tuple(cmd)
+
+
+def job_from_params(
+    params: Params,
+    *,
+    name: str,
+    params_path: str,
+    data_dir: str,
+    out_dir: str,
+    namespace: str | None = None,
+    image: str | None = None,
+    overrides: Sequence[str] = (),
+) -> ScaleOutJob:
+    """The job description from params: topology and GPUs (``training.num_nodes``,
+    ``procs_per_node``, ``train_gpu``), placement (``node_selector``, ``tolerations``), storage
+    (``shared_pvc``), secrets (``mlflow_secret``, ``storage_secret``), namespace and service
+    account (``deploy``). Paths are as the pods see them (under :data:`SHARED_MOUNT`)."""
+    t = params.training
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            f"job name: got {name!r}, expected a DNS-1035 label (lowercase letters, digits, '-', "
+            "at most 63 characters, starting with a letter)"
+        )
+    if t.train_gpu and t.procs_per_node > t.train_gpu:
+        raise ConfigError(
+            f"training.procs_per_node: got {t.procs_per_node}, expected at most training.train_gpu "
+            f"= {t.train_gpu} (one process per GPU)"
+        )
+    selector = []
+    for i, item in enumerate(t.node_selector):
+        k, _, v = item.partition("=")
+        selector.append((k, v))
+        if not k:
+            raise ConfigError(f"training.node_selector[{i}]: got {item!r}, expected 'key=value'")
+    tolerations = tuple(
+        parse_toleration(s, f"training.tolerations[{i}]") for i, s in enumerate(t.tolerations)
+    )
+    secret_env = [(k, t.mlflow_secret, k) for k in MLFLOW_SECRET_KEYS if t.mlflow_secret]
+    secret_env += [(k, t.storage_secret, k) for k in STORAGE_SECRET_KEYS if t.storage_secret]
+    env = [("PYTHONUNBUFFERED", "1")]
+    if not t.train_gpu:
+        # CPU pods: one intra-op thread pool per process, not one per core per process.
+        env.append(("OMP_NUM_THREADS", "1"))
+    return ScaleOutJob(
+        name=name,
+        namespace=namespace or params.deploy.namespace,
+        image=image or component_image(cuda=t.train_gpu > 0),
+        command=torchrun_command(
+            t.num_nodes, t.procs_per_node, params_path, data_dir, out_dir, overrides
+        ),
+        num_nodes=t.num_nodes,
+        procs_per_node=t.procs_per_node,
+        gpus_per_node=t.train_gpu,
+        runtime=t.runtime,
+        env=tuple(env),
+        secret_env=tuple(secret_env),
+        node_selector=tuple(selector),
+        tolerations=tolerations,
+        shared_pvc=t.shared_pvc,
+        service_account=params.deploy.service_account,
+        labels={"app.kubernetes.io/part-of": "depth-mlops", "depth-mlops/step": "train"},
+        timeout_s=t.job_timeout_s,
+    )

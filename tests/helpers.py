@@ -1,0 +1,82 @@
+"""Fixtures shared by several test files (test files import from here, never from each other).
+
+- a tiny depth network and the Triton repository built from it (serving, deploy, export tests);
+- the scale-out job description every cluster-path test starts from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depth_common.config import ExportConfig, load_params
+from depth_common.export.onnx import export_model
+from depth_common.export.triton import build_triton_repository
+from depth_common.scaleout.job import ScaleOutJob, job_from_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- a tiny depth model served by Triton ------------------------------------------------------
+
+H, W = 32, 64
+MAX_BATCH = 8
+
+
+class TinyDepthNet(torch.nn.Module):
+    """[B,3,H,W] → [B,1,H,W] positive 'metres': enough to tell batch items and pixels apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.softplus(self.conv2(torch.relu(self.conv1(x)))) * 10.0
+
+
+def build_tiny_repository(root: Path, export_cfg: ExportConfig | None = None) -> Path:
+    """``root/model.onnx`` (tiny net, parity-checked) + ``root/repo`` (Triton layout)."""
+    torch.manual_seed(0)
+    onnx_path = export_model(TinyDepthNet(), root / "model.onnx", img_size=(H, W)).path
+    cfg = export_cfg or ExportConfig(max_batch_size=MAX_BATCH, preferred_batch_sizes=(4, 8))
+    return build_triton_repository(onnx_path, root / "repo", export_cfg=cfg)
+
+
+def ort_reference(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's output for ``batch`` on the CPU: the reference served outputs must match."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(["depth"], {"image": batch})[0]
+
+
+# -- the scale-out train job ---------------------------------------------------------------------
+
+CLUSTER = (
+    "training.num_nodes=2",
+    "training.procs_per_node=4",
+    "training.train_gpu=4",
+    'training.node_selector=["nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3"]',
+    'training.tolerations=["nvidia.com/gpu:NoSchedule", "dedicated=ml:NoExecute"]',
+    "training.shared_pvc=depth-shared",
+    "training.mlflow_secret=mlflow-credentials",
+    "training.storage_secret=s3-credentials",
+    "training.job_timeout_s=7200",
+)
+"""Overrides for 2 GPU nodes x 4 processes with placement, secrets, storage and a deadline."""
+
+
+def scaleout_job(overrides: Sequence[str] = CLUSTER, **kw: str) -> ScaleOutJob:
+    """``job_from_params`` on params.yaml + ``overrides``, paths under /mnt/shared/run1."""
+    params = load_params(ROOT / "params.yaml", overrides)
+    return job_from_params(
+        params,
+        name=kw.pop("name", "depth-train-1"),
+        params_path="/mnt/shared/run1/params.yaml",
+        data_dir="/mnt/shared/run1/data",
+        out_dir="/mnt/shared/run1/out",
+        **kw,
+    )
