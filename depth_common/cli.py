@@ -50,6 +50,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         args.raw or params.data.raw_dir, args.out or params.data.processed_dir, params.data
     )
     print(json.dumps(manifest["counts"], indent=2))
+    for line in manifest["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -15,10 +16,27 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+_TMP_NAME = re.compile(r"\.(\d+)\.tmp$")
+
 
 def tmp_path(path: Path) -> Path:
     """The temporary sibling used while ``path`` is being written."""
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def remove_tmp_files(root: str | Path) -> list[Path]:
+    """Delete every ``<name>.<pid>.tmp`` under ``root``: what a killed writer leaves behind.
+
+    Call it only while no other writer can be working in ``root`` (preprocessing holds a lock
+    on its output directory for that). Returns the removed paths.
+    """
+    root = Path(root)
+    removed = []
+    for path in sorted(root.rglob("*.tmp")) if root.is_dir() else []:
+        if _TMP_NAME.search(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
