@@ -96,6 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_id=args.run_id,
     )
     print(format_metrics_table(result.metrics))
+    print(f"protocol: {result.protocol}")
     print(f"report: {result.report_path}")
     return 0
 
