@@ -1,5 +1,7 @@
 """configure: the run's Params = params.yaml (baked in at compile time) ← pipeline parameters
-← free-form ``section.key=value`` overrides; validated once, before any work starts."""
+← free-form ``section.key=value`` overrides; validated once, before any work starts (the
+encoder against the known ViT names and data.img_size against its patch size, without
+importing timm or torch)."""
 
 from typing import NamedTuple
 
@@ -56,13 +58,6 @@ def configure(base_params: str, keys: dict, values: dict, overrides: list) -> Na
         where = f"pipeline parameter {by_key[key]!r} → " if key in by_key else ""
         raise ConfigError(f"{where}{exc}") from None
 
-    import timm  # the first place that can tell an unknown encoder, before any data work
-
-    if not timm.is_model(params.model.encoder):
-        raise ConfigError(
-            f"pipeline parameter 'encoder' → model.encoder: {params.model.encoder!r} is not a "
-            "timm model (e.g. vit_tiny_patch16_224, vit_base_patch16_224)"
-        )
     full = params.to_dict()
     print(json.dumps(full, indent=1))
     return namedtuple("Config", ["params", "data_params", "hf_repo_id"])(

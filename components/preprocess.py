@@ -1,4 +1,5 @@
-"""preprocess: raw Cityscapes (or seed layout) → resized RGB PNGs + metric depth .npy."""
+"""preprocess: raw Cityscapes (or the depth_X/depth_y layout) → hood-cropped, resized RGB PNGs
++ metric depth .npy, and the full-resolution ground truth of the evaluation splits."""
 
 from kfp.dsl import Dataset, Input, Output
 
@@ -10,15 +11,19 @@ def preprocess(raw: Input[Dataset], data_params: str, processed: Output[Dataset]
     import json
     import os
 
-    from depth_common.config import params_from_dict
-    from depth_common.data.preprocess import preprocess_dataset
+    from depth_common.config import data_config_from_dict
+    from depth_common.data.preprocess import counts_line, preprocess_dataset
 
     if not os.path.isdir(raw.path):  # an importer cannot check; this is the first task that can
         raise FileNotFoundError(
             f"pipeline parameter 'data_uri': {raw.uri!r} is not a readable directory "
             "(expected a Cityscapes root with leftImg8bit/ and disparity/, or 'synthetic')"
         )
-    params = params_from_dict(json.loads(data_params))
-    manifest = preprocess_dataset(raw.path, processed.path, params.data)
+    data = data_config_from_dict(json.loads(data_params))
+    manifest = preprocess_dataset(raw.path, processed.path, data)
+    print(f"preprocess: {counts_line(manifest)}")
+    for line in manifest["warnings"]:
+        print(f"warning: {line}")
     processed.metadata["counts"] = manifest["counts"]
-    processed.metadata["img_size"] = list(params.data.img_size)
+    processed.metadata["img_size"] = list(data.img_size)
+    processed.metadata["crop_bottom"] = manifest["params"]["crop_bottom"]

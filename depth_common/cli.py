@@ -50,6 +50,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         args.raw or params.data.raw_dir, args.out or params.data.processed_dir, params.data
     )
     print(json.dumps(manifest["counts"], indent=2))
+    for line in manifest["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -94,6 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_id=args.run_id,
     )
     print(format_metrics_table(result.metrics))
+    print(f"protocol: {result.protocol}")
     print(f"report: {result.report_path}")
     return 0
 

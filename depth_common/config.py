@@ -8,8 +8,10 @@ Every stage reads its configuration through :func:`load_params`. Overrides use t
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +33,39 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
         _fail(key, value, expected)
 
 
+#: Layout names of ``data.layout`` (besides ``auto``); ``depth_xy`` is ``depth_X/`` + ``depth_y/``.
+DATA_LAYOUTS = ("cityscapes", "depth_xy")
+#: Former layout names still accepted (with a deprecation warning) → their current name.
+DEPRECATED_LAYOUTS = {"seed": "depth_xy"}
+MAX_NUM_WORKERS = 64
+
+
+def canonical_layout(layout: str, key: str = "data.layout") -> str:
+    """``layout`` under its current name; a former name is accepted with a ``FutureWarning``."""
+    if layout in DEPRECATED_LAYOUTS:
+        new = DEPRECATED_LAYOUTS[layout]
+        warnings.warn(
+            f"{key}: {layout!r} is deprecated, use {new!r} (the same depth_X/ + depth_y/ folders)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return new
+    return layout
+
+
+def _safe_split_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     raw_dir: str = "data/raw"
     processed_dir: str = "data/processed"
     layout: str = "auto"
+    splits: tuple[str, ...] = ("train", "val", "test")
+    train_splits: tuple[str, ...] = ("train",)
+    camera: str = "require"
+    crop_bottom: float | None = None
     img_size: tuple[int, int] = (224, 224)
     batch_size: int = 8
     num_workers: int = 2
@@ -45,32 +75,100 @@ class DataConfig:
     baseline: float = 0.209313
     focal_length: float = 2262.52
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", canonical_layout(self.layout))
+
+    def crop_bottom_for(self, layout: str) -> float:
+        """The bottom fraction cut off for ``layout``: ``crop_bottom``, or when it is null 0.25
+        for Cityscapes (the ego car's hood, as the community protocol crops it) and 0 otherwise."""
+        if self.crop_bottom is not None:
+            return self.crop_bottom
+        return 0.25 if layout == "cityscapes" else 0.0
+
     def _validate(self, p: str) -> None:
         _check(
-            self.layout in ("auto", "cityscapes", "seed"),
+            self.layout in ("auto", *DATA_LAYOUTS),
             f"{p}.layout",
             self.layout,
-            "one of auto, cityscapes, seed",
+            "one of auto, " + ", ".join(DATA_LAYOUTS),
+        )
+        _check(
+            len(self.splits) >= 1
+            and all(_safe_split_name(s) for s in self.splits)
+            and len(set(self.splits)) == len(self.splits),
+            f"{p}.splits",
+            list(self.splits),
+            "distinct split folder names, e.g. [train, val, test] (train_extra allowed)",
+        )
+        _check(
+            len(self.train_splits) >= 1
+            and set(self.train_splits) <= set(self.splits)
+            and not set(self.train_splits) & {"val", "test"},
+            f"{p}.train_splits",
+            list(self.train_splits),
+            f"splits of {p}.splits {list(self.splits)} to train on, never val or test "
+            "(e.g. [train] or [train, train_extra])",
+        )
+        _check(
+            self.camera in ("require", "default"),
+            f"{p}.camera",
+            self.camera,
+            "require (a missing or unreadable camera JSON is an error) or default "
+            "(fall back to data.baseline / data.focal_length)",
+        )
+        _check(
+            self.crop_bottom is None or 0.0 <= self.crop_bottom < 1.0,
+            f"{p}.crop_bottom",
+            self.crop_bottom,
+            "null (0.25 for the Cityscapes layout, 0 otherwise) or a fraction in [0, 1)",
         )
         _check(all(s > 0 for s in self.img_size), f"{p}.img_size", self.img_size, "positive sizes")
         _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, "an integer >= 0")
+        _check(
+            0 <= self.num_workers <= MAX_NUM_WORKERS,
+            f"{p}.num_workers",
+            self.num_workers,
+            f"an integer in [0, {MAX_NUM_WORKERS}]",
+        )
         _check(
             self.num_cities is None or self.num_cities >= 1,
             f"{p}.num_cities",
             self.num_cities,
             "null or an integer >= 1",
         )
-        _check(self.min_depth > 0, f"{p}.min_depth", self.min_depth, "a number > 0 (metres)")
         _check(
-            self.max_depth > self.min_depth,
+            math.isfinite(self.min_depth) and self.min_depth > 0,
+            f"{p}.min_depth",
+            self.min_depth,
+            "a finite number > 0 (metres)",
+        )
+        _check(
+            math.isfinite(self.max_depth) and self.max_depth > self.min_depth,
             f"{p}.max_depth",
             self.max_depth,
-            f"a number > data.min_depth ({self.min_depth})",
+            f"a finite number > data.min_depth ({self.min_depth}) (metres)",
         )
         _check(self.baseline > 0, f"{p}.baseline", self.baseline, "a number > 0 (metres)")
         _check(
             self.focal_length > 0, f"{p}.focal_length", self.focal_length, "a number > 0 (pixels)"
+        )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How ``evaluate`` scores a split (the report states the resulting protocol in one line)."""
+
+    resolution: str = "full"
+    centre_crop: bool = False
+    median_scaling: bool = True
+
+    def _validate(self, p: str) -> None:
+        _check(
+            self.resolution in ("full", "model"),
+            f"{p}.resolution",
+            self.resolution,
+            "full (prediction upsampled to the full-resolution ground truth) or model "
+            "(ground truth at data.img_size)",
         )
 
 
@@ -331,10 +429,21 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    def _validate(self, p: str) -> None:
+        # Across sections: the encoder family and img_size vs its patch size, from a name list
+        # (no timm import), so a bad value fails before any data work.
+        from depth_common.encoders import EncoderError, check_encoder
+
+        try:
+            check_encoder(self.model.encoder, self.data.img_size)
+        except EncoderError as exc:
+            raise ConfigError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples): YAML/JSON/MLflow/checkpoint friendly."""
@@ -459,13 +568,29 @@ def params_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> P
     return _build(Params, merged, "")
 
 
+def data_config_from_dict(raw: Mapping[str, Any]) -> DataConfig:
+    """``{"data": {...}}`` (configure's ``data_params``) → a validated ``DataConfig`` alone.
+
+    Preprocessing depends on the data section only; validating it without the rest keeps a
+    model setting (another encoder's patch size) from failing a step that does not use it.
+    """
+    if not isinstance(raw, Mapping) or set(raw) - {"data"}:
+        _fail("data_params", raw, "a mapping with the one key 'data'")
+    return _build(DataConfig, raw.get("data") or {}, "data")
+
+
 def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
     """Read ``path`` (YAML), apply ``section.key=value`` overrides, validate, freeze."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the params file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "expected a YAML params file saved as UTF-8"
+        ) from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

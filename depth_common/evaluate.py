@@ -1,19 +1,20 @@
 """Evaluate a checkpoint on a split: ``metrics.json``, an HTML report, and MLflow test metrics.
 
-Metrics follow :mod:`depth_common.metrics` (per image, then averaged; ``data.min_depth`` /
-``data.max_depth`` cap), keys prefixed with the split (``test_abs_rel``, ..., ``test_delta_3``
-for the default split). The report embeds its images as base64 PNGs, so it is one file that
-an MLflow artifact view or a KFP HTML visualisation can show as is.
+How the split is scored is :mod:`depth_common.eval_protocol` (``params.evaluation``): by
+default at the full resolution of the ground truth, with metric figures (``test_abs_rel``,
+..., ``test_delta_3``) and per-image median-scaled ones (``test_median_scaled_abs_rel``, ...)
+side by side. The report states the protocol in one line and embeds its images as base64
+PNGs, so it is one file that an MLflow artifact view or a KFP HTML visualisation shows as is.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,19 +22,15 @@ import torch
 from depth_common.atomic import atomic_write
 from depth_common.config import Params
 from depth_common.errors import DataError
-from depth_common.metrics import METRIC_KEYS, DepthMetricsAccumulator
+from depth_common.eval_protocol import Scorer, describe
+from depth_common.eval_report import format_metrics_table, report_html
+from depth_common.metrics import DepthMetricsAccumulator
 
 log = logging.getLogger(__name__)
 
-_DESCRIPTIONS = {
-    "abs_rel": ("mean |pred − gt| / gt", "lower is better"),
-    "sq_rel": ("mean (pred − gt)² / gt  [m]", "lower is better"),
-    "rmse": ("sqrt mean (pred − gt)²  [m]", "lower is better"),
-    "rmse_log": ("sqrt mean (log pred − log gt)²", "lower is better"),
-    "delta_1": ("fraction max(pred/gt, gt/pred) < 1.25", "higher is better"),
-    "delta_2": ("… < 1.25²", "higher is better"),
-    "delta_3": ("… < 1.25³", "higher is better"),
-}
+__all__ = ["EvalResult", "evaluate", "format_metrics_table", "median_baseline_metrics"]
+
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image (3,h,w), gt (h,w), pred (h,w)
 
 
 @dataclass(frozen=True)
@@ -41,26 +38,7 @@ class EvalResult:
     metrics: dict[str, float]  # split-prefixed, e.g. test_rmse (metres)
     metrics_path: Path
     report_path: Path
-
-
-def _base_key(key: str) -> str:
-    for k in METRIC_KEYS:
-        if key == k or key.endswith("_" + k):
-            return k
-    return key
-
-
-def format_metrics_table(metrics: dict[str, float]) -> str:
-    """A plain-text table of metrics (prefixed or not), one per line, with what each means."""
-    width = max((len(k) for k in metrics), default=6)
-    lines = [f"{'metric':<{width}}  {'value':>10}  meaning"]
-    for key, value in metrics.items():
-        desc, better = _DESCRIPTIONS.get(_base_key(key), ("", ""))
-        shown = "nan" if not math.isfinite(value) else f"{value:.4f}"
-        lines.append(
-            f"{key:<{width}}  {shown:>10}  {desc} ({better})" if desc else f"{key}  {shown}"
-        )
-    return "\n".join(lines)
+    protocol: str = ""
 
 
 def _check_size(model_size: tuple[int, int], batch: torch.Tensor, processed_dir: Path) -> None:
@@ -71,72 +49,54 @@ def _check_size(model_size: tuple[int, int], batch: torch.Tensor, processed_dir:
         )
 
 
+def _full_gt_paths(processed_dir: Path, split: str, dataset: Any) -> list[Path]:
+    """The full-resolution ground truth of every item of ``dataset``, checked to exist."""
+    from depth_common.data import read_manifest
+    from depth_common.data.convert import gt_path
+
+    kept = read_manifest(processed_dir).get("full_resolution_gt", {}).get("splits", [])
+    paths = [gt_path(png) for png, _ in dataset.items]
+    if split not in kept or not all(p.is_file() for p in paths):
+        raise DataError(
+            f"{processed_dir}: no full-resolution ground truth for split '{split}' (kept for: "
+            f"{', '.join(kept) or 'none'}); preprocess it as an evaluation split (not in "
+            "data.train_splits), or set evaluation.resolution: model"
+        )
+    return paths
+
+
 @torch.no_grad()
-def _predict_split(model, loader, device, params, num_samples, processed_dir):
-    acc = DepthMetricsAccumulator(params.data.min_depth, params.data.max_depth)
-    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+def _score_split(model, loader, device, scorer: Scorer, gts: list[Path] | None, num_samples):
+    """Predict every batch; score at model resolution, or against ``gts`` (full resolution)."""
+    from depth_common.data.convert import load_depth_png
+
+    samples: list[Sample] = []
+    seen = 0
     for image, depth in loader:
-        _check_size(model.img_size, image, processed_dir)
+        _check_size(model.img_size, image, Path(loader.dataset.root))
         pred = model(image.to(device)).float().cpu()
-        acc.update(pred, depth)
+        if gts is None:
+            scorer.update(pred, depth)
+        else:
+            scorer.update_full(pred, [load_depth_png(p) for p in gts[seen : seen + len(image)]])
+        seen += len(image)
         for i in range(min(len(image), num_samples - len(samples))):
             samples.append((image[i].numpy(), depth[i, 0].numpy(), pred[i, 0].numpy()))
-    return acc, samples
+    return samples
 
 
-def _report_html(
-    metrics: dict[str, float],
-    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    title: str,
-    info: dict[str, str],
-    max_depth: float,
-) -> str:
-    from depth_common.data.transforms import denormalize_image
-    from depth_common.viz import colorbar, colorize_depth, png_data_uri
+def _log_to_mlflow(params: Params, run_id: str, checkpoint, metrics, files, split) -> None:
+    from depth_common import tracking
 
-    # One scale for every map in the report: 0 m to the 99th percentile of the shown ground
-    # truth, so colours compare across images and between ground truth and prediction.
-    valid = [g[(g > 0) & np.isfinite(g)] for _, g, _ in samples]
-    flat = np.concatenate(valid) if valid else np.zeros(0)
-    vmax = float(np.percentile(flat, 99)) if flat.size else max_depth
-    vmin = 0.0
-    rows = []
-    for image, gt, pred in samples:
-        cells = [
-            png_data_uri(denormalize_image(image)),
-            png_data_uri(colorize_depth(gt, vmin, vmax)),
-            png_data_uri(colorize_depth(pred, vmin, vmax, invalid=np.zeros(pred.shape, bool))),
-        ]
-        rows.append("<tr>" + "".join(f'<td><img src="{c}"></td>' for c in cells) + "</tr>")
-    table = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td>"
-        f"<td>{html.escape(' — '.join(_DESCRIPTIONS.get(_base_key(k), ('', ''))))}</td></tr>"
-        for k, v in metrics.items()
-    )
-    meta = "".join(
-        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in info.items()
-    )
-    bar = png_data_uri(colorbar(vmin, vmax))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }}
-td, th {{ padding: 4px 10px; border: 1px solid #ccc; text-align: left; }}
-.grid td {{ border: none; padding: 2px; }}
-.grid img {{ image-rendering: pixelated; width: 320px; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<ul>{meta}</ul>
-<h2>Metrics</h2>
-<table><tr><th>metric</th><th>value</th><th>meaning</th></tr>{table}</table>
-<h2>Samples</h2>
-<p>Depth colour scale (metres, inferno: dark = near, bright = far; grey = no ground truth):</p>
-<img src="{bar}" alt="colour bar {vmin:.1f} to {vmax:.1f} m">
-<table class="grid"><tr><th>input</th><th>ground truth</th><th>prediction</th></tr>
-{"".join(rows)}</table>
-</body></html>
-"""
+    tracking.configure(params.mlflow)
+    if not tracking.run_exists(run_id):
+        raise DataError(
+            f"{checkpoint}: MLflow run {run_id!r} not found at "
+            f"{params.mlflow.tracking_uri} (pass run_id=... or the right mlflow.tracking_uri)"
+        )
+    tracking.log_test_metrics(run_id, metrics)
+    for path in files:
+        tracking.log_artifact(run_id, path, f"evaluation/{split}")
 
 
 def evaluate(
@@ -149,27 +109,35 @@ def evaluate(
     run_id: str | None = None,
     num_samples: int = 4,
 ) -> EvalResult:
-    """Evaluate ``checkpoint_path`` on ``split`` of ``processed_dir``.
+    """Evaluate ``checkpoint_path`` on ``split`` of ``processed_dir`` under ``params.evaluation``.
 
-    Writes ``out_dir/metrics.json`` (``{split}_abs_rel`` ... ``{split}_delta_3``) and
-    ``out_dir/report.html`` (metrics table + ``num_samples`` input | ground truth |
-    prediction rows on one colour scale). Logs the metrics and both files to the MLflow run
-    ``run_id`` or, if None, the run recorded in the checkpoint (none: no logging).
+    Writes ``out_dir/metrics.json`` (``{split}_abs_rel`` ... ``{split}_delta_3`` and, with
+    median scaling, ``{split}_median_scaled_*``) and ``out_dir/report.html`` (the protocol
+    line, the metrics table and ``num_samples`` input | ground truth | prediction rows on one
+    colour scale). Logs the metrics and both files to the MLflow run ``run_id`` or, if None,
+    the run recorded in the checkpoint (none: no logging).
     """
     from depth_common.checkpoint import model_from_checkpoint
-    from depth_common.data import build_dataloader
+    from depth_common.data import build_dataloader, read_manifest
     from depth_common.train import resolve_device
 
     processed_dir, out_dir = Path(processed_dir), Path(out_dir)
     device = resolve_device(params.training.device)
     model, ckpt = model_from_checkpoint(checkpoint_path, map_location=device)
     loader = build_dataloader(processed_dir, split, params, train=False)
-    acc, samples = _predict_split(model, loader, device, params, num_samples, processed_dir)
-    if acc.count == 0:
+    full = params.evaluation.resolution == "full"
+    gts = _full_gt_paths(processed_dir, split, loader.dataset) if full else None
+    data = params.data
+    scorer = Scorer(params.evaluation, data.min_depth, data.max_depth)
+    samples = _score_split(model, loader, device, scorer, gts, num_samples)
+    if scorer.count == 0:
         log.warning(
             "%s/%s: no image with a valid depth pixel; metrics are NaN", processed_dir, split
         )
-    metrics = {f"{split}_{k}": v for k, v in acc.compute().items()}
+    metrics = scorer.compute(split)
+    crop = float(read_manifest(processed_dir)["params"].get("crop_bottom", 0.0))
+    gt_size = _gt_size(gts[0]) if gts else None
+    protocol = describe(params.evaluation, data.min_depth, data.max_depth, crop, gt_size)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = write_metrics_json(out_dir / "metrics.json", metrics)
@@ -178,35 +146,32 @@ def evaluate(
         "epoch": str(ckpt["epoch"]),
         "model": f"{model.encoder_name}, decoder {model.decoder_features}, "
         f"{model.img_size[0]}x{model.img_size[1]}",
-        "data": f"{processed_dir} ({split}, {acc.count} images with valid depth)",
-        "protocol": f"per image, then mean; valid gt in ({params.data.min_depth}, "
-        f"{params.data.max_depth}] m; pred clipped to that range",
+        "data": f"{processed_dir} ({split}, {scorer.count} images with valid depth)",
     }
-    page = _report_html(metrics, samples, f"Depth evaluation: {split}", info, params.data.max_depth)
+    title = f"Depth evaluation: {split}"
+    page = report_html(metrics, samples, title, info, data.max_depth, protocol)
     report_path = atomic_write(out_dir / "report.html", lambda fh: fh.write(page.encode()))
 
     run_id = run_id or ckpt.get("mlflow_run_id")
     if run_id:
-        from depth_common import tracking
-
-        tracking.configure(params.mlflow)
-        if not tracking.run_exists(run_id):
-            raise DataError(
-                f"{checkpoint_path}: MLflow run {run_id!r} not found at "
-                f"{params.mlflow.tracking_uri} (pass run_id=... or the right mlflow.tracking_uri)"
-            )
-        tracking.log_test_metrics(run_id, metrics)
-        tracking.log_artifact(run_id, metrics_path, f"evaluation/{split}")
-        tracking.log_artifact(run_id, report_path, f"evaluation/{split}")
+        files = (metrics_path, report_path)
+        _log_to_mlflow(params, run_id, checkpoint_path, metrics, files, split)
     else:
         log.info("no MLflow run id in %s and none given: metrics not logged", checkpoint_path)
-    return EvalResult(metrics, metrics_path, report_path)
+    return EvalResult(metrics, metrics_path, report_path, protocol)
+
+
+def _gt_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.height, img.width
 
 
 def training_median_depth(processed_dir: str | Path, params: Params, bin_m: float = 0.01) -> float:
     """Median of every valid training-set depth pixel, metres (to ``bin_m``).
 
-    A histogram over (0, max_depth] keeps memory constant on a full dataset.
+    A histogram over (0, max_depth) keeps memory constant on a full dataset.
     """
     from depth_common.data import DepthDataset
 
@@ -215,7 +180,7 @@ def training_median_depth(processed_dir: str | Path, params: Params, bin_m: floa
     counts = np.zeros(len(edges) - 1, dtype=np.int64)
     for _, depth in DepthDataset(processed_dir, "train"):
         d = np.asarray(depth, dtype=np.float64).ravel()
-        d = d[np.isfinite(d) & (d > lo) & (d <= hi)]
+        d = d[np.isfinite(d) & (d > lo) & (d < hi)]
         counts += np.histogram(d, bins=edges)[0]
     total = counts.sum()
     if total == 0:

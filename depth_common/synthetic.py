@@ -6,7 +6,9 @@ street closed by a cross-street facade, car-sized boxes at random distances, ope
 by a pinhole camera with the Cityscapes intrinsics scaled to the chosen width. The depth cues a
 network can learn are the ones of real photos: position relative to the horizon, distance haze,
 world-anchored textures whose image scale falls with distance, occlusion, shading. Sky has no
-depth (disparity 0 = invalid, as in Cityscapes).
+depth (disparity 0 = invalid, as in Cityscapes). As in every Cityscapes frame, the recording
+car's own hood fills the bottom of the image (about the lowest 13-20 % of the rows, inside the
+25 % the community crops) with valid, near disparity.
 
 Output is the official layout (``leftImg8bit/``, ``disparity/``, ``camera/``) with disparity
 encoded as Cityscapes does: ``p = round(d * 256) + 1`` for disparity ``d = baseline * fx / z``
@@ -32,6 +34,10 @@ U0_FULL, V0_FULL = 1096.98, 513.137
 BASELINE = 0.209313
 CAMERA_HEIGHT = 1.22
 CAMERA_PITCH = 0.038  # radians, looking slightly down
+# The ego car's hood, fixed to the camera: a surface HOOD_DROP metres below it whose front
+# edge is HOOD_FRONT metres ahead on the axis and bows back by HOOD_BOW * x^2 to the sides.
+HOOD_DROP, HOOD_FRONT, HOOD_BOW = 0.331, 1.9, 0.4
+_HOOD_PAINT = np.array([0.10, 0.11, 0.13])
 
 SPLIT_CITIES: dict[str, tuple[str, ...]] = {
     "train": ("aachen", "bochum", "bremen", "cologne", "darmstadt", "dusseldorf", "erfurt"),
@@ -110,15 +116,40 @@ def _plane_hit(num: float, den: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(t) & (t > 1e-6), t, np.inf)
 
 
+def _hood(
+    dx: np.ndarray, dy: np.ndarray, dz: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ego hood: (ray parameter = z-depth, hit mask, colour) per pixel.
+
+    Dark paint whose sheen brightens towards the front edge (the sky reflected at a grazing
+    angle) and a light emblem on the axis near the edge, so the hood is visible in the RGB.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(dy < 0, HOOD_DROP / -dy, np.inf)
+    x, z = dx * t, dz * t
+    front = HOOD_FRONT - HOOD_BOW * x * x
+    m = np.isfinite(t) & (z < front)
+    sheen = np.clip(z / HOOD_FRONT, 0.0, 1.0) ** 4
+    colour = _HOOD_PAINT + sheen[..., None] * np.array([0.30, 0.33, 0.38])
+    emblem = (x * x + (z - (HOOD_FRONT - 0.12)) ** 2) < 0.05**2
+    colour[emblem] = 0.8
+    return t, m, colour
+
+
 def render_scene(
-    rng: np.random.Generator, size: tuple[int, int], camera: dict[str, Any]
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    camera: dict[str, Any],
+    hood: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ray-cast one random street scene.
 
     ``size`` is (H, W) pixels; ``camera`` a Cityscapes camera dict (see :func:`cityscapes_camera`:
-    ``intrinsic.fx/fy/u0/v0`` in pixels, ``extrinsic.z`` height and ``extrinsic.pitch``). Returns
-    ``rgb`` uint8 (H, W, 3) and ``depth`` float32 (H, W): camera z-depth in metres (what stereo
-    disparity measures), 0 where the ray sees sky.
+    ``intrinsic.fx/fy/u0/v0`` in pixels, ``extrinsic.z`` height and ``extrinsic.pitch``).
+    ``hood`` adds the ego car's hood at the bottom of the frame (it draws no random numbers,
+    so the rest of the scene is the same either way). Returns ``rgb`` uint8 (H, W, 3) and
+    ``depth`` float32 (H, W): camera z-depth in metres (what stereo disparity measures), 0
+    where the ray sees sky.
     """
     h_px, w_px = size
     intr, extr = camera["intrinsic"], camera["extrinsic"]
@@ -249,6 +280,10 @@ def render_scene(
         colour[m] = rgb
         normal[m] = n
 
+    if hood:  # nearest of all: it occludes whatever the ray would reach beyond it
+        t, m, rgb = _hood(dx, dy, dz)
+        paint(t, rgb[m], (0.0, 1.0, 0.0), m)
+
     # --- shading, haze, sky ----------------------------------------------------------------
     sun = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.5, 0.9), rng.uniform(-0.6, 0.2)])
     sun /= np.linalg.norm(sun)
@@ -283,15 +318,18 @@ def generate_cityscapes(
     size: tuple[int, int] = (128, 256),
     seed: int = 0,
     splits: Sequence[str] = ("train", "val", "test"),
+    hood: bool = True,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the official Cityscapes layout; return a summary dict.
 
     ``cities`` cities per split, ``per_split`` images per city per split, ``size`` = (H, W)
     pixels. Files: ``leftImg8bit/{split}/{city}/{frame}_leftImg8bit.png`` (RGB),
     ``disparity/{split}/{city}/{frame}_disparity.png`` (uint16, official encoding) and
-    ``camera/{split}/{city}/{frame}_camera.json``. The same ``seed`` always gives the same
-    bytes: each image draws from its own generator keyed by (seed, split, city, frame), so the
-    result does not depend on which other splits or cities are generated.
+    ``camera/{split}/{city}/{frame}_camera.json``. ``hood``: every frame shows the ego car's
+    hood at the bottom (valid disparity), as real Cityscapes frames do. The same ``seed``
+    always gives the same bytes: each image draws from its own generator keyed by (seed,
+    split, city, frame), so the result does not depend on which other splits or cities are
+    generated.
     """
     if cities < 1 or per_split < 1:
         raise ValueError(f"cities ({cities}) and per_split ({per_split}) must be >= 1")
@@ -316,7 +354,7 @@ def generate_cityscapes(
             fx, baseline = camera["intrinsic"]["fx"], camera["extrinsic"]["baseline"]
             for fi in range(per_split):
                 rng = np.random.default_rng([seed, _split_key(split), ci, fi])
-                rgb, depth = render_scene(rng, (h, w), camera)
+                rgb, depth = render_scene(rng, (h, w), camera, hood=hood)
                 frame = f"{city}_{fi:06d}_000019"
                 save_png(root / "leftImg8bit" / split / city / f"{frame}_leftImg8bit.png", rgb)
                 save_png(
@@ -330,6 +368,7 @@ def generate_cityscapes(
         "layout": "cityscapes",
         "size": [h, w],
         "seed": seed,
+        "hood": hood,
         "cities": names,
         "counts": counts,
     }

@@ -1,5 +1,6 @@
 """Cityscapes layer: disparity → depth against hand-computed values, camera JSONs, discovery of
-both layouts, and a clear DataError for each bad input."""
+both layouts (per-package extraction folders, hidden files, camera policies), and a clear
+DataError for each bad input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from depth_common.config import params_from_dict
 from depth_common.data import discover, disparity_to_depth, prepare_image, read_camera
 from depth_common.data.cityscapes import CameraIntrinsics, frame_id
 from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_depth_nearest
@@ -32,18 +34,26 @@ def test_disparity_to_depth_hand_computed_values():
     np.testing.assert_allclose(depth, expected, rtol=1e-6)
 
 
-def test_disparity_to_depth_clamps_and_keeps_invalid_zero():
-    p = np.array([[0, 1, 2, 257, 513, 1025]], dtype=np.uint16)
+def test_disparity_to_depth_far_pixels_are_invalid_not_clamped():
+    # baseline * fx = 200 m*px. p=2 -> d = 1/256 px -> 51,200 m; p=257 -> 200 m; p=513 -> 100 m;
+    # p=641 -> 80 m exactly (at the cap: invalid, the community keeps gt < 80 only);
+    # p=642 -> 79.875 m; p=1025 -> 50 m.
+    p = np.array([[0, 1, 2, 257, 513, 641, 642, 1025]], dtype=np.uint16)
     depth = disparity_to_depth(p, 0.25, 800.0, max_depth=80.0)
-    np.testing.assert_allclose(depth, [[0.0, 0.0, 80.0, 80.0, 80.0, 50.0]])
+    d = (p.astype(np.float64) - 1) / 256
+    with np.errstate(divide="ignore"):
+        unclamped = np.where(d > 0, 200.0 / d, 0.0)
+    reference = np.where(unclamped < 80.0, unclamped, 0.0)  # independent statement of the rule
+    np.testing.assert_allclose(depth, reference, rtol=1e-6)
+    np.testing.assert_allclose(depth, [[0, 0, 0, 0, 0, 0, 200 * 256 / 641, 50.0]], rtol=1e-6)
 
 
-def test_disparity_to_depth_is_official_not_seed_formula():
+def test_disparity_to_depth_uses_the_official_minus_one():
     p = np.array([[257]], dtype=np.uint16)
     official = disparity_to_depth(p, 0.209313, 2262.52, max_depth=1e6)[0, 0]
-    seed = 0.209313 * 2262.52 / (257 / 256)
+    without_minus_one = 0.209313 * 2262.52 / (257 / 256)
     assert official == pytest.approx(0.209313 * 2262.52, rel=1e-6)
-    assert abs(official - seed) > 1.0
+    assert abs(official - without_minus_one) > 1.0
 
 
 @pytest.mark.parametrize(
@@ -148,7 +158,7 @@ def _official(root: Path, split: str, city: str, n: int, camera: bool = True) ->
 def test_discover_official_layout(tmp_path):
     _official(tmp_path, "train", "bochum", 2)
     _official(tmp_path, "train", "aachen", 3, camera=False)
-    samples = discover(tmp_path, "train")
+    samples = discover(tmp_path, "train", camera="default")  # aachen has no camera JSONs
     assert [(s.city, s.frame_id) for s in samples] == [
         ("aachen", "aachen_000000_000019"),
         ("aachen", "aachen_000001_000019"),
@@ -159,22 +169,86 @@ def test_discover_official_layout(tmp_path):
     assert all(s.camera_path is None for s in samples[:3])
     assert samples[3].camera_path.name == "bochum_000000_000019_camera.json"
     assert samples[4].disparity_path.name == "bochum_000001_000019_disparity.png"
-    # num_cities keeps the first N cities in sorted order, as the seed does.
-    assert {s.city for s in discover(tmp_path, "train", num_cities=1)} == {"aachen"}
+    # num_cities keeps the first N cities in sorted order.
+    first = discover(tmp_path, "train", num_cities=1, camera="default")
+    assert {s.city for s in first} == {"aachen"}
 
 
-def test_discover_seed_layout_matches_by_frame_id(tmp_path):
+def test_discover_depth_xy_layout_matches_by_frame_id(tmp_path):
     for name in ("ulm_1.png", "ulm_0.png"):
         _png(tmp_path / "depth_X" / "val" / "ulm" / name, RGB)
         _png(tmp_path / "depth_y" / "val" / "ulm" / name, DISP)
-    # Cityscapes-named files in the seed folders pair by frame id too.
+    # Cityscapes-named files in the depth_X/depth_y folders pair by frame id too.
     _png(tmp_path / "depth_X" / "val" / "zurich" / "zurich_000001_000019_leftImg8bit.png", RGB)
     _png(tmp_path / "depth_y" / "val" / "zurich" / "zurich_000001_000019_disparity.png", DISP)
-    samples = discover(tmp_path, "val")  # auto-detects the seed layout
+    samples = discover(tmp_path, "val")  # auto-detects the depth_xy layout
     assert [s.frame_id for s in samples] == ["ulm_0", "ulm_1", "zurich_000001_000019"]
     assert samples[2].disparity_path.parent.parts[-3:] == ("depth_y", "val", "zurich")
     assert all(s.camera_path is None for s in samples)
-    assert discover(tmp_path, "val", layout="seed", num_cities=1)[-1].frame_id == "ulm_1"
+    assert discover(tmp_path, "val", layout="depth_xy", num_cities=1)[-1].frame_id == "ulm_1"
+    # The former layout name still works, with a deprecation message naming the new one.
+    with pytest.warns(FutureWarning, match="'seed' is deprecated, use 'depth_xy'"):
+        old = discover(tmp_path, "val", layout="seed")
+    assert old == samples
+    with pytest.warns(FutureWarning, match=r"data.layout: 'seed' is deprecated"):
+        cfg = params_from_dict({"data": {"layout": "seed"}}).data
+    assert cfg.layout == "depth_xy"
+
+
+def test_hidden_files_are_ignored(tmp_path):
+    _official(tmp_path, "train", "aachen", 2)
+    # macOS copies: AppleDouble "._" twins of real files, .DS_Store, a hidden city folder.
+    for folder, suffix in (("leftImg8bit", "leftImg8bit"), ("disparity", "disparity")):
+        city = tmp_path / folder / "train" / "aachen"
+        (city / f"._aachen_000000_000019_{suffix}.png").write_bytes(b"\x00\x05\x16\x07 junk")
+        (city / ".DS_Store").write_bytes(b"Bud1 junk")
+    _official(tmp_path, "train", ".hidden", 1)
+    samples = discover(tmp_path, "train")
+    assert [s.frame_id for s in samples] == ["aachen_000000_000019", "aachen_000001_000019"]
+
+
+def test_per_package_extraction_folders(tmp_path):
+    # Each package unzipped into a folder named after it, as `unzip -d <package>` gives.
+    _official(tmp_path / "flat", "val", "lindau", 1)
+    for kind in ("leftImg8bit", "disparity", "camera"):
+        dst = tmp_path / "pkg" / f"{kind}_trainvaltest" / kind
+        dst.parent.mkdir(parents=True)
+        (tmp_path / "flat" / kind).rename(dst)
+    (tmp_path / "pkg" / "leftImg8bit_trainvaltest" / "README").write_text("package readme")
+    samples = discover(tmp_path / "pkg", "val")
+    assert len(samples) == 1 and samples[0].camera_path is not None
+    assert samples[0].rgb_path.parts[-5:-3] == ("leftImg8bit_trainvaltest", "leftImg8bit")
+    assert samples[0].camera_path.parts[-5:-3] == ("camera_trainvaltest", "camera")
+    # The same split twice (flat and in a package) is ambiguous: an error naming both.
+    _official(tmp_path / "pkg", "val", "lindau", 1)
+    with pytest.raises(DataError, match=r"leftImg8bit/val and .*leftImg8bit_trainvaltest.*twice"):
+        discover(tmp_path / "pkg", "val")
+
+
+def test_missing_camera_json_is_an_error_unless_default(tmp_path):
+    _official(tmp_path, "train", "aachen", 2)
+    missing = tmp_path / "camera/train/aachen/aachen_000001_000019_camera.json"
+    missing.unlink()
+    with pytest.raises(DataError) as err:
+        discover(tmp_path, "train")
+    assert "aachen_000001_000019_leftImg8bit.png" in str(err.value)
+    assert str(missing) in str(err.value) and "data.camera: default" in str(err.value)
+    samples = discover(tmp_path, "train", camera="default")
+    assert samples[0].camera_path is not None and samples[1].camera_path is None
+    # A split whose camera folder is absent while the tree exists: the same rule, saying so.
+    _official(tmp_path, "val", "lindau", 1, camera=False)
+    with pytest.raises(DataError, match=r"camera/val does not exist"):
+        discover(tmp_path, "val")
+    # No camera tree at all: the configured default camera, no error.
+    _official(tmp_path / "nocam", "val", "lindau", 1, camera=False)
+    assert discover(tmp_path / "nocam", "val")[0].camera_path is None
+
+
+def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    _official(tmp_path, "train", "aachen", 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 6x8 = 48 px > 2 x 10: Pillow refuses
+    with pytest.raises(DataError, match=r"000019_leftImg8bit.png: RGB image has more pixels"):
+        discover(tmp_path, "train")
 
 
 def test_frame_id():

@@ -1,5 +1,5 @@
-"""DepthDataset / build_dataloader: the seed's data tests, plus paired augmentation checked on a
-scene whose pixels say where they came from."""
+"""DepthDataset / build_dataloader: the reference data tests, paired augmentation checked on a
+scene whose pixels say where they came from, training splits merged, bad stored values."""
 
 from __future__ import annotations
 
@@ -162,3 +162,39 @@ def test_dataloader_refuses_data_preprocessed_at_another_size(processed_data, de
         DataError, match=r"preprocessed at img_size \[64, 128\].*data.img_size is \[32, 64\]"
     ):
         build_dataloader(processed_data, "train", other, train=True)
+
+
+def test_non_finite_depth_is_an_error_naming_the_file(processed_data, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(processed_data, root)
+    ds = DepthDataset(root, "val")
+    png, npy = ds.items[2]
+    depth = np.load(npy)
+    depth[3, 4], depth[5, 6] = np.nan, np.inf
+    np.save(npy, depth)
+    with pytest.raises(DataError, match=rf"{npy.name}: 2 non-finite depth value"):
+        ds[2]
+    assert torch.isfinite(ds[1][1]).all()  # the other items still load
+
+
+def test_train_splits_are_merged_into_training(synthetic_raw, tmp_path, demo_params):
+    from depth_common.data.preprocess import preprocess_dataset
+
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic_raw, raw)
+    for kind in ("leftImg8bit", "disparity", "camera"):  # train_extra: a copy of val here
+        shutil.copytree(raw / kind / "val", raw / kind / "train_extra")
+    cfg = demo_params.with_overrides(
+        [
+            "data.splits=[train, train_extra, val, test]",
+            "data.train_splits=[train, train_extra]",
+        ]
+    ).data
+    manifest = preprocess_dataset(raw, tmp_path / "out", cfg, progress=False)
+    assert manifest["train_splits"] == ["train", "train_extra"]
+    assert manifest["counts"] == {"train": 8, "train_extra": 8, "val": 8, "test": 8}
+    assert manifest["full_resolution_gt"]["splits"] == ["val", "test"]
+    train = DepthDataset(tmp_path / "out", "train")
+    assert len(train) == 16
+    assert [p.parts[-3] for p, _ in train.items] == ["train"] * 8 + ["train_extra"] * 8
+    assert len(DepthDataset(tmp_path / "out", "train_extra")) == 8

@@ -1,4 +1,5 @@
-"""Depth metrics against an independent plain-numpy reference (Eigen protocol)."""
+"""Depth metrics against independent plain-numpy references: the Eigen protocol, and a port of
+manydepth's evaluation loop (``evaluate_depth.py``) for the median-scaled figures."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from depth_refs import manydepth_reference
 
 from depth_common.metrics import METRIC_KEYS, DepthMetricsAccumulator, compute_depth_metrics
 
@@ -15,7 +17,7 @@ def reference(pred: np.ndarray, gt: np.ndarray, lo: float, hi: float) -> dict[st
     """Per image with explicit loops over images, then the mean over images with valid pixels."""
     rows = []
     for p_img, g_img in zip(pred, gt, strict=True):
-        ok = np.isfinite(g_img) & (g_img > lo) & (g_img <= hi)
+        ok = np.isfinite(g_img) & (g_img > lo) & (g_img < hi)
         if not ok.any():
             continue
         g = g_img[ok].astype(np.float64)
@@ -114,3 +116,28 @@ def test_accumulator_streams_and_merges() -> None:
     )
     with pytest.raises(ValueError, match="expected \\(8,\\)"):
         DepthMetricsAccumulator.from_state(torch.zeros(3))
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_median_scaled_matches_manydepth_loop(seed: int) -> None:
+    pred, gt = random_batch(seed, n=6, h=15, w=17)  # odd pixel counts: the median averages
+    pred = pred * 2.7  # a global scale error: median scaling removes most of it
+    got = compute_depth_metrics(pred, gt, 1e-3, 80.0, median_scaling=True)
+    ref = manydepth_reference(pred, gt, 1e-3, 80.0)
+    for k in METRIC_KEYS:
+        assert got[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), k
+    metric = compute_depth_metrics(pred, gt, 1e-3, 80.0)
+    assert got["abs_rel"] < metric["abs_rel"] / 2
+
+
+def test_median_scaling_ignores_scale_only() -> None:
+    _, gt = random_batch(9)
+    scaled = np.where(np.isfinite(gt), gt, 1.0) * 3.0
+    m = compute_depth_metrics(scaled, gt, 1e-3, 1e3, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-6) and m["delta_1"] == 1.0  # float32 input
+
+
+def test_ground_truth_at_the_cap_is_invalid() -> None:
+    gt = np.array([[[10.0, 80.0, 80.5]]])
+    pred = np.array([[[20.0, 1.0, 1.0]]])  # only the 10 m pixel counts
+    assert compute_depth_metrics(pred, gt, 1e-3, 80.0)["abs_rel"] == pytest.approx(1.0)

@@ -119,3 +119,26 @@ def test_cli_synth(tmp_path, capsys):
     assert summary["counts"] == {"train": 2, "val": 2, "test": 2}
     assert len(list((out / "leftImg8bit").rglob("*_leftImg8bit.png"))) == 6
     assert len(list((out / "camera").rglob("*_camera.json"))) == 6
+
+
+def test_generated_frames_show_an_ego_hood_inside_the_bottom_quarter(tmp_path):
+    generate_cityscapes(tmp_path / "h", cities=1, per_split=3, size=(96, 192), splits=("val",))
+    generate_cityscapes(
+        tmp_path / "n", cities=1, per_split=3, size=(96, 192), splits=("val",), hood=False
+    )
+    for with_hood, without in zip(
+        discover(tmp_path / "h", "val"), discover(tmp_path / "n", "val"), strict=True
+    ):
+        cam = read_camera(with_hood.camera_path)
+        depth = disparity_to_depth(
+            np.array(Image.open(with_hood.disparity_path)), cam.baseline, cam.focal_length
+        )
+        rgb_h, rgb_n = (np.array(Image.open(s.rgb_path)) for s in (with_hood, without))
+        hood = np.any(rgb_h != rgb_n, axis=2)
+        rows = np.flatnonzero(hood.any(axis=1))
+        # The hood covers the whole width of the lowest rows, never reaches above 75 % of the
+        # height, and has valid near stereo depth (1-2 m), unlike the ground it hides (> 4 m).
+        assert rows.min() >= 0.75 * 96 and rows.max() == 95 and hood[-8:].all()
+        assert 0.10 < hood.mean() < 0.25
+        assert np.all((depth[hood] > 1.0) & (depth[hood] < 2.0))
+        assert np.all((depth[:72] == 0) | (depth[:72] > 4.0))

@@ -12,11 +12,10 @@ from typing import Any
 from depth_common.data.cityscapes import (
     CameraIntrinsics,
     Sample,
-    detect_layout,
-    discover,
     disparity_to_depth,
     read_camera,
 )
+from depth_common.data.discovery import detect_layout, discover
 from depth_common.data.preprocess import preprocess_dataset
 from depth_common.data.transforms import (
     IMAGENET_MEAN,

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
 from depth_common.config import AugmentationConfig, Params
+from depth_common.data.cityscapes import open_image
+from depth_common.data.convert import load_depth_npy
 from depth_common.data.preprocess import FORMAT, MANIFEST
 from depth_common.data.transforms import prepare_image, resize_depth_nearest
 from depth_common.errors import DataError
@@ -57,6 +59,19 @@ def check_img_size(processed_dir: str | Path, img_size: tuple[int, int]) -> None
             f"data.img_size is {list(img_size)}: preprocess again with this data.img_size, or "
             "set data.img_size to match"
         )
+
+
+def split_parts(manifest: dict[str, Any], split: str, root: Path) -> list[str]:
+    """The manifest splits that make up ``split``: ``train`` is every split of the manifest's
+    ``train_splits`` (e.g. train + train_extra), any other split is itself."""
+    parts = (manifest.get("train_splits") or ["train"]) if split == "train" else [split]
+    missing = [p for p in parts if not manifest["frames"].get(p)]
+    if missing:
+        raise DataError(
+            f"{root / MANIFEST}: no split '{missing[0]}' (has: "
+            f"{', '.join(manifest['frames']) or 'none'})"
+        )
+    return parts
 
 
 def augment_pair(
@@ -121,16 +136,12 @@ class DepthDataset(Dataset):
     ) -> None:
         self.root = Path(processed_dir)
         manifest = read_manifest(self.root)
-        frames = manifest["frames"].get(split)
-        if not frames:
-            raise DataError(
-                f"{self.root / MANIFEST}: no split '{split}' (has: "
-                f"{', '.join(manifest['frames']) or 'none'})"
-            )
         self.split = split
         self.size: tuple[int, int] = tuple(manifest["params"]["img_size"])  # type: ignore[assignment]
         self.items = [
-            (self.root / split / f"{f}.png", self.root / split / f"{f}.npy") for f in frames
+            (self.root / part / f"{f}.png", self.root / part / f"{f}.npy")
+            for part in split_parts(manifest, split, self.root)
+            for f in manifest["frames"][part]
         ]
         for png, npy in self.items:
             for p in (png, npy):
@@ -152,12 +163,9 @@ class DepthDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Stored pixels of item ``index``: RGB uint8 (H, W, 3) and depth float32 (H, W)."""
         png, npy = self.items[index]
-        try:
-            with Image.open(png) as img:
-                rgb = np.array(img.convert("RGB"))  # writable: torch.from_numpy needs it
-            depth = np.load(npy, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{png.with_suffix('')}.{{png,npy}}: unreadable ({exc})") from exc
+        with open_image(png, "processed RGB image") as img:
+            rgb = np.array(img.convert("RGB"))  # writable: torch.from_numpy needs it
+        depth = load_depth_npy(npy)  # non-finite values: DataError naming the file
         if depth.shape != self.size or rgb.shape[:2] != self.size or depth.dtype != np.float32:
             raise DataError(
                 f"{npy}: expected float32 depth and RGB of {self.size}, got depth "

@@ -1,74 +1,57 @@
 """Raw Cityscapes (either layout) → training-ready files at the model's input size.
 
-For every pair: the RGB is resized bicubic to ``data.img_size`` and saved as
-``out_dir/{split}/{city}/{frame}.png``; the raw disparity is resized **nearest** to the same
-size and then converted to metres (``{frame}.npy``, float32, 0 = invalid). Nearest resizing
-copies values, so resizing the disparity before conversion (the seed's order, cheaper) gives
-exactly the same depths as converting first. The disparity values stay those of the original
-resolution, so they are converted with the camera's full-resolution ``fx``: the per-image
-camera JSON when there is one, else ``data.baseline`` / ``data.focal_length``.
+Each pair goes through :func:`depth_common.data.convert.process_pair` (hood crop, resize,
+disparity → metres, far pixels invalid, full-resolution ground truth for evaluation splits,
+stamped outputs). This module runs the pairs of every split and writes ``manifest.json``.
 
-Idempotent: an output pair is skipped when it is newer than all its inputs and was produced
-with the same relevant params (a fingerprint stored in the PNG's text chunk, written after the
-``.npy`` so the PNG certifies the pair). Each file is written atomically, and
+Re-runs are cheap and safe: a pair is skipped only when its stamp says it was written with
+the same params and its sibling files are the stamped ones. While it runs, preprocessing holds
+a lock on the output directory; with it held, the temp files a killed run left are deleted.
 ``manifest.json`` is removed at the start and written last: a directory without a manifest is
 an unfinished (or failed) run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from tqdm import tqdm
 
+from depth_common.atomic import remove_leftovers
 from depth_common.config import DataConfig
-from depth_common.data.cityscapes import (
-    Sample,
-    detect_layout,
-    discover,
-    disparity_to_depth,
-    read_camera,
+from depth_common.data.cityscapes import CITYSCAPES_COUNTS, Sample
+from depth_common.data.convert import (
+    GT_MAX_DEPTH,
+    GT_SCALE,
+    GT_SUFFIX,
+    HIST_BIN_M,
+    PairJob,
+    PairResult,
+    gt_path,
+    process_pair,
 )
-from depth_common.data.io import save_json, save_npy, save_png
-from depth_common.data.transforms import resize_depth_nearest
+from depth_common.data.discovery import discover, resolve_layout
+from depth_common.data.io import save_json
 from depth_common.errors import DataError
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
-FORMAT = "depth_common.processed/v1"
-FINGERPRINT_KEY = "depth_common.preprocess"
-HIST_BIN_M = 0.01  # depth histogram resolution (metres) for the manifest's percentiles
+FORMAT = "depth_common.processed/v2"
+LOCK = ".preprocess.lock"
 
 
-@dataclass(frozen=True)
-class _Job:
-    sample: Sample
-    png: Path
-    npy: Path
-    size: tuple[int, int]
-    baseline: float
-    focal_length: float
-    max_depth: float
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class _Result:
-    skipped: bool
-    hist: np.ndarray  # counts of valid depths per HIST_BIN_M bin
-    valid: int
-    total: int
-
-
-def params_fingerprint(data_cfg: DataConfig) -> str:
+def params_fingerprint(data_cfg: DataConfig, crop_bottom: float) -> str:
     """Hash of the params that change output bytes (not paths, layout or city selection)."""
     relevant = {
         "format": FORMAT,
@@ -76,96 +59,55 @@ def params_fingerprint(data_cfg: DataConfig) -> str:
         "max_depth": data_cfg.max_depth,
         "baseline": data_cfg.baseline,
         "focal_length": data_cfg.focal_length,
+        "crop_bottom": crop_bottom,
+        "camera": data_cfg.camera,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _n_bins(max_depth: float) -> int:
-    return int(np.ceil(max_depth / HIST_BIN_M)) + 1
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out/.preprocess.lock`` (released by the kernel even when the process is killed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                f"{out}: another preprocessing run is writing here (it holds {out / LOCK}); "
+                "wait for it or use another output directory"
+            ) from None
+        yield
 
 
-def _histogram(depth: np.ndarray, max_depth: float) -> tuple[np.ndarray, int]:
-    v = depth[depth > 0]
-    n = _n_bins(max_depth)
-    idx = np.minimum((v / HIST_BIN_M).astype(np.int64), n - 1)
-    return np.bincount(idx, minlength=n), int(v.size)
-
-
-def _up_to_date(job: _Job) -> bool:
-    s = job.sample
+def _run(jobs: list[PairJob], workers: int, progress: bool) -> list[PairResult]:
+    results: list[PairResult] = []
+    bar = tqdm(total=len(jobs), desc="preprocess", unit="img", disable=not progress)
     try:
-        inputs = [s.rgb_path, s.disparity_path] + ([s.camera_path] if s.camera_path else [])
-        newest_in = max(p.stat().st_mtime_ns for p in inputs)
-        oldest_out = min(job.png.stat().st_mtime_ns, job.npy.stat().st_mtime_ns)
-        if oldest_out < newest_in:
-            return False
-        with Image.open(job.png) as img:
-            return img.info.get(FINGERPRINT_KEY) == job.fingerprint
-    except (OSError, UnidentifiedImageError):
-        return False  # missing or unreadable output: redo it
-
-
-def _load_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable RGB image ({exc})") from exc
-
-
-def _load_disparity(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            arr = np.array(img)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable disparity PNG ({exc})") from exc
-    if arr.ndim != 2 or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 65535:
-        raise DataError(
-            f"{path}: expected a 16-bit single-channel disparity PNG, got {arr.dtype} {arr.shape}"
-        )
-    return arr.astype(np.uint16)
-
-
-def _process(job: _Job) -> _Result:
-    """Convert one pair (or reuse its up-to-date outputs); return its depth statistics."""
-    if _up_to_date(job):
-        depth = np.load(job.npy, allow_pickle=False)
-        hist, valid = _histogram(depth, job.max_depth)
-        return _Result(True, hist, valid, depth.size)
-    s = job.sample
-    h, w = job.size
-    rgb = _load_rgb(s.rgb_path)
-    disparity = _load_disparity(s.disparity_path)
-    if disparity.shape != (rgb.height, rgb.width):
-        raise DataError(
-            f"{s.disparity_path}: size {disparity.shape[1]}x{disparity.shape[0]} differs from "
-            f"its RGB {s.rgb_path} ({rgb.width}x{rgb.height}); expected the same size"
-        )
-    if s.camera_path is not None:
-        cam = read_camera(s.camera_path)
-        baseline, focal = cam.baseline, cam.focal_length
-    else:
-        baseline, focal = job.baseline, job.focal_length
-    depth = disparity_to_depth(
-        resize_depth_nearest(disparity, (h, w)), baseline, focal, job.max_depth
-    )
-    if rgb.size != (w, h):
-        rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(FINGERPRINT_KEY, job.fingerprint)
-    save_npy(job.npy, depth)
-    save_png(job.png, rgb, pnginfo=info)  # last: the PNG's fingerprint vouches for the pair
-    hist, valid = _histogram(depth, job.max_depth)
-    return _Result(False, hist, valid, depth.size)
+        if workers <= 1:
+            for job in jobs:
+                results.append(process_pair(job))
+                bar.update()
+            return results
+        # fork: workers inherit the imports, and `python -m depth_common` has no
+        # __main__ guard that spawn/forkserver would need.
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            try:
+                chunk = max(1, len(jobs) // (workers * 8))
+                for res in pool.map(process_pair, jobs, chunksize=chunk):
+                    results.append(res)
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        bar.close()
+    return results
 
 
 def _percentile(hist: np.ndarray, q: float, max_depth: float) -> float | None:
-    """The q-th percentile (0..100) of the histogrammed depths (bin centre, metres).
-
-    The last bin holds depths clamped at ``max_depth``; it reports ``max_depth`` itself.
-    """
+    """The q-th percentile (0..100) of the histogrammed depths (bin centre, metres)."""
     total = int(hist.sum())
     if total == 0:
         return None
@@ -173,68 +115,46 @@ def _percentile(hist: np.ndarray, q: float, max_depth: float) -> float | None:
     return round(min((k + 0.5) * HIST_BIN_M, max_depth), 4)
 
 
-def preprocess_dataset(
-    raw_dir: str | Path,
-    out_dir: str | Path,
-    data_cfg: DataConfig,
-    splits: Sequence[str] = ("train", "val", "test"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Preprocess every split of ``raw_dir`` into ``out_dir``; return the manifest (also written).
-
-    All splits are discovered first (see :func:`~depth_common.data.cityscapes.discover`: files
-    are checked by their PNG headers there), so a missing split or bad file is reported before
-    anything is written; a file whose pixels cannot be decoded is reported during conversion,
-    and then no manifest is written. Work runs in a process pool of ``data_cfg.num_workers``
-    processes (0 or 1: in this process).
-
-    The manifest holds the layout, the params used and their fingerprint, per split the count,
-    the frames (``city/frame``), the valid-pixel fraction and the p5/p50/p95 of valid depths
-    (metres, from a 1 cm histogram), and how many pairs this run converted or skipped.
-    """
-    raw, out = Path(raw_dir), Path(out_dir)
-    layout = detect_layout(raw) if data_cfg.layout == "auto" else data_cfg.layout
-    samples = {s: discover(raw, s, layout, data_cfg.num_cities) for s in splits}
-    fingerprint = params_fingerprint(data_cfg)
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is "unfinished"
-
-    jobs = [
-        _Job(
-            sample=smp,
-            png=out / split / smp.city / f"{smp.frame_id}.png",
-            npy=out / split / smp.city / f"{smp.frame_id}.npy",
-            size=data_cfg.img_size,
-            baseline=data_cfg.baseline,
-            focal_length=data_cfg.focal_length,
-            max_depth=data_cfg.max_depth,
-            fingerprint=fingerprint,
-        )
-        for split in splits
-        for smp in samples[split]
+def count_warnings(counts: dict[str, int], layout: str, data_cfg: DataConfig) -> list[str]:
+    """A line per known Cityscapes split whose frame count is not the full release's."""
+    if layout != "cityscapes" or data_cfg.num_cities is not None:
+        return []  # a chosen subset of cities is expected to be smaller
+    return [
+        f"split '{split}': {n} frames, the full Cityscapes release has "
+        f"{CITYSCAPES_COUNTS[split]} (a subset, or an incomplete download or extraction?)"
+        for split, n in counts.items()
+        if split in CITYSCAPES_COUNTS and n != CITYSCAPES_COUNTS[split]
     ]
-    results: list[_Result] = []
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="img", disable=not progress)
-    try:
-        if data_cfg.num_workers <= 1:
-            for job in jobs:
-                results.append(_process(job))
-                bar.update()
-        else:
-            # fork: workers inherit the imports, and `python -m depth_common` has no
-            # __main__ guard that spawn/forkserver would need.
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=data_cfg.num_workers, mp_context=ctx) as pool:
-                try:
-                    chunk = max(1, len(jobs) // (data_cfg.num_workers * 8))
-                    for res in pool.map(_process, jobs, chunksize=chunk):
-                        results.append(res)
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-    finally:
-        bar.close()
 
+
+def _split_entry(
+    part: list[PairResult], max_depth: float
+) -> tuple[dict[str, Any], list[str], dict[str, int]]:
+    hist = np.sum([r.hist for r in part], axis=0)
+    total = sum(r.total for r in part)
+    stats = {
+        "valid_fraction": round(sum(r.valid for r in part) / total, 6),
+        "depth_p5": _percentile(hist, 5, max_depth),
+        "depth_p50": _percentile(hist, 50, max_depth),
+        "depth_p95": _percentile(hist, 95, max_depth),
+    }
+    sources = [r.camera_source for r in part]
+    summary: dict[str, int] = {}
+    for src in sources:
+        key = src.split(" ")[0]
+        summary[key] = summary.get(key, 0) + 1
+    return stats, sources, summary
+
+
+def _manifest(
+    raw: Path,
+    layout: str,
+    data_cfg: DataConfig,
+    crop: float,
+    samples: dict[str, list[Sample]],
+    results: list[PairResult],
+    gt_splits: list[str],
+) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "raw_dir": str(raw),
@@ -245,32 +165,104 @@ def preprocess_dataset(
             "baseline": data_cfg.baseline,
             "focal_length": data_cfg.focal_length,
             "num_cities": data_cfg.num_cities,
+            "crop_bottom": crop,
+            "camera": data_cfg.camera,
         },
-        "fingerprint": fingerprint,
+        "fingerprint": params_fingerprint(data_cfg, crop),
+        "train_splits": [s for s in data_cfg.train_splits if s in samples],
+        "full_resolution_gt": {
+            "splits": gt_splits,
+            "file": f"<frame>{GT_SUFFIX}",
+            "encoding": f"16-bit PNG, metres x {GT_SCALE:g}, 0 = invalid, after the hood crop",
+        },
         "counts": {},
         "stats": {},
         "frames": {},
-        "run": {
-            "converted": sum(not r.skipped for r in results),
-            "skipped": sum(r.skipped for r in results),
-        },
+        "camera_sources": {},
+        "camera_summary": {},
     }
     pos = 0
-    for split in splits:
-        n = len(samples[split])
-        part = results[pos : pos + n]
-        pos += n
-        hist = np.sum([r.hist for r in part], axis=0)
-        total = sum(r.total for r in part)
-        manifest["counts"][split] = n
-        manifest["stats"][split] = {
-            "valid_fraction": round(sum(r.valid for r in part) / total, 6),
-            "depth_p5": _percentile(hist, 5, data_cfg.max_depth),
-            "depth_p50": _percentile(hist, 50, data_cfg.max_depth),
-            "depth_p95": _percentile(hist, 95, data_cfg.max_depth),
+    for split, smp in samples.items():
+        part = results[pos : pos + len(smp)]
+        pos += len(smp)
+        stats, sources, summary = _split_entry(part, data_cfg.max_depth)
+        manifest["counts"][split] = len(smp)
+        manifest["stats"][split] = stats
+        manifest["frames"][split] = [f"{s.city}/{s.frame_id}" for s in smp]
+        manifest["camera_sources"][split] = sources
+        manifest["camera_summary"][split] = summary
+    manifest["warnings"] = count_warnings(manifest["counts"], layout, data_cfg)
+    return manifest
+
+
+def preprocess_dataset(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    data_cfg: DataConfig,
+    splits: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Preprocess ``splits`` (default ``data.splits``) of ``raw_dir`` into ``out_dir``; return
+    the manifest (also written).
+
+    All splits are discovered first (see :func:`~depth_common.data.discovery.discover`: files
+    are checked by their headers there, camera JSONs by ``data.camera``), so a missing split or
+    bad file is reported before anything is written; a file whose pixels cannot be decoded is
+    reported during conversion, and then no manifest is written. Work runs in a process pool
+    of ``data.num_workers`` processes (0 or 1: in this process). Splits outside
+    ``data.train_splits`` also get the full-resolution ground truth that evaluation scores.
+
+    The manifest holds the layout, the params used (with the resolved ``crop_bottom``) and
+    their fingerprint, the training splits, per split the count, the frames (``city/frame``),
+    each frame's camera source, the valid-pixel fraction and the p5/p50/p95 of valid depths
+    (metres, from a 1 cm histogram), warnings about unexpected Cityscapes split sizes, and how
+    many pairs this run converted or skipped.
+    """
+    raw, out = Path(raw_dir), Path(out_dir)
+    splits = tuple(splits if splits is not None else data_cfg.splits)
+    layout = resolve_layout(raw, data_cfg.layout)
+    crop = data_cfg.crop_bottom_for(layout)
+    samples = {s: discover(raw, s, layout, data_cfg.num_cities, data_cfg.camera) for s in splits}
+    gt_splits = [s for s in splits if s not in data_cfg.train_splits]
+    if gt_splits and data_cfg.max_depth > GT_MAX_DEPTH:
+        raise DataError(
+            f"data.max_depth {data_cfg.max_depth}: the full-resolution ground truth of "
+            f"{', '.join(gt_splits)} is stored as metres x {GT_SCALE:g} in 16-bit PNGs, so at "
+            f"most {GT_MAX_DEPTH:.2f} m; expected data.max_depth <= {GT_MAX_DEPTH:.2f}"
+        )
+    fingerprint = params_fingerprint(data_cfg, crop)
+    with _exclusive(out):
+        (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is "unfinished"
+        removed = remove_leftovers(out)
+        if removed:
+            log.warning("%s: removed %d temp file(s) of an interrupted run", out, len(removed))
+        jobs = [
+            PairJob(
+                sample=smp,
+                png=(png := out / split / smp.city / f"{smp.frame_id}.png"),
+                npy=png.with_suffix(".npy"),
+                gt=gt_path(png) if split in gt_splits else None,
+                size=data_cfg.img_size,
+                crop_bottom=crop,
+                baseline=data_cfg.baseline,
+                focal_length=data_cfg.focal_length,
+                max_depth=data_cfg.max_depth,
+                camera=data_cfg.camera,
+                fingerprint=fingerprint,
+            )
+            for split in splits
+            for smp in samples[split]
+        ]
+        results = _run(jobs, data_cfg.num_workers, progress)
+        manifest = _manifest(raw, layout, data_cfg, crop, samples, results, gt_splits)
+        manifest["run"] = {
+            "converted": sum(not r.skipped for r in results),
+            "skipped": sum(r.skipped for r in results),
+            "removed_temp_files": len(removed),
         }
-        manifest["frames"][split] = [f"{s.city}/{s.frame_id}" for s in samples[split]]
-    save_json(out / MANIFEST, manifest)
+        for line in manifest["warnings"]:
+            log.warning("%s: %s", raw, line)
+        save_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -279,4 +271,18 @@ def manifest_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / MANIFEST
 
 
-__all__ = ["MANIFEST", "manifest_path", "params_fingerprint", "preprocess_dataset"]
+def counts_line(manifest: dict[str, Any]) -> str:
+    """``train 2975, val 500, test 1525 frames (converted 10, skipped 4990)``: for logs."""
+    counts = ", ".join(f"{s} {n}" for s, n in manifest["counts"].items())
+    run = manifest.get("run", {})
+    return f"{counts} frames (converted {run.get('converted')}, skipped {run.get('skipped')})"
+
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "counts_line",
+    "manifest_path",
+    "params_fingerprint",
+    "preprocess_dataset",
+]
