@@ -44,19 +44,23 @@ def smoke_test_v2(
     ready_timeout_s: float = 30.0,
     request_timeout_s: float = 60.0,
     seed: int = 0,
+    model_version: str = "",
 ) -> SmokeResult:
     """Smoke-test the v2 endpoint at ``url`` (``host:port`` or ``http://host[:port]``).
 
     Passes when the server and model report ready within ``ready_timeout_s`` seconds, the
     metadata names a ``[batch, 3, H, W]`` input, one inference on a seeded ``[1, 3, H, W]``
     input returns a finite ``[1, 1, H, W]`` depth map and, with ``onnx_path``, that map is
-    within ``atol`` metres of ONNX Runtime's. Never raises for a bad endpoint: the reason is in
+    within ``atol`` metres of ONNX Runtime's. ``model_version`` ("" = the one served) picks one
+    version of a model served in several. Never raises for a bad endpoint: the reason is in
     the result (a deploy rolls back on it).
     """
     from depth_common.serving.client import DepthClient
 
     try:
-        with DepthClient(url, "http", model_name, timeout_s=request_timeout_s) as client:
+        with DepthClient(
+            url, "http", model_name, model_version, timeout_s=request_timeout_s
+        ) as client:
             deadline = time.monotonic() + ready_timeout_s
             while not client.ready():
                 if time.monotonic() > deadline:
