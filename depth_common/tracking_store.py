@@ -87,26 +87,23 @@ def _head_revision() -> str:
     return _get_latest_schema_revision()
 
 
+def _with_engine(db: Path, step_name: str) -> None:
+    """Run ``mlflow.store.db.utils.<step_name>`` on the SQLite file ``db``.
+
+    ``_initialize_tables``: the full schema, as MLflow builds it on first use;
+    ``_upgrade_db``: its migrations (``mlflow db upgrade``).
+    """
+    from mlflow.store.db import utils
+
+    engine = utils.create_sqlalchemy_engine(f"sqlite:///{db}")
+    try:
+        getattr(utils, step_name)(engine)
+    finally:
+        engine.dispose()
+
+
 def _build_schema(db: Path) -> None:
-    """Create MLflow's full schema in the new file ``db`` (what MLflow does on first use)."""
-    from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
-
-    engine = create_sqlalchemy_engine(f"sqlite:///{db}")
-    try:
-        _initialize_tables(engine)
-    finally:
-        engine.dispose()
-
-
-def _upgrade_schema(db: Path) -> None:
-    """Run MLflow's migrations on ``db`` (``mlflow db upgrade``)."""
-    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine
-
-    engine = create_sqlalchemy_engine(f"sqlite:///{db}")
-    try:
-        _upgrade_db(engine)
-    finally:
-        engine.dispose()
+    _with_engine(db, "_initialize_tables")
 
 
 def _temp_beside(db: Path) -> Path:
@@ -131,7 +128,7 @@ def _replace_with(db: Path, build) -> None:  # build: Callable[[Path], None]
 
 def _copy_and_upgrade(db: Path, tmp: Path) -> None:
     shutil.copyfile(db, tmp)
-    _upgrade_schema(tmp)
+    _with_engine(tmp, "_upgrade_db")
 
 
 def _create_or_upgrade(db: Path, head: str) -> str:
