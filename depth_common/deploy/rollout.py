@@ -96,12 +96,23 @@ def _conclude(params: Params, result: DeployResult, run_id: str, source: str) ->
 def _log_to_mlflow(params: Params, run_id: str, result: DeployResult) -> None:
     if not run_id:
         return
-    from depth_common import tracking
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
     from depth_common.registry import registry_client
 
-    for step in result.steps:
-        tracking.log_metrics(run_id, step.metrics(), step=step.traffic_percent)
-    client = registry_client(params.mlflow.tracking_uri)
+    client = registry_client(params.mlflow.tracking_uri)  # explicit: no process-wide URI here
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(key, float(value), now, step.traffic_percent)
+        for step in result.steps
+        for key, value in step.metrics().items()
+        if math.isfinite(value)  # a figure that could not be measured is left out, not faked
+    ]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
     client.set_tag(run_id, "deploy.outcome", result.outcome or "failed")
     client.set_tag(run_id, "deploy.strategy", result.strategy)
     client.log_text(run_id, write_deploy_report(result), "deploy/report.md")
@@ -120,9 +131,17 @@ def _canary_result(base: DeployResult, outcome: CanaryOutcome, champion: str) ->
 
 
 def _run(target: Any, params: Params, analyse_fn: Analyse, version: int) -> CanaryOutcome:
-    return run_canary(
-        target, params.deploy.canary_steps, analyse_fn, lambda: _superseded(params, version)
-    )
+    def still_wanted() -> str | None:
+        from depth_common import promotion
+        from depth_common.registry import registry_client
+
+        why_not = _superseded(params, version)
+        if why_not is None:  # still ours: tell later registers the rollout is alive
+            client = registry_client(params.mlflow.tracking_uri)
+            promotion.keep_in_flight(client, params, version)
+        return why_not
+
+    return run_canary(target, params.deploy.canary_steps, analyse_fn, still_wanted)
 
 
 # -- local ---------------------------------------------------------------------------------------
