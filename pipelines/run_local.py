@@ -61,7 +61,8 @@ class StageEvents:
 
 def _base_name(task: str) -> str:
     # Tasks of the sub-pipeline called in the Else branch get "-2" suffixes.
-    return re.sub(r"-\d+$", "", task)
+    # A component used in several branches adds one more (record-no-promotion-2-2).
+    return re.sub(r"(-\d+)+$", "", task)
 
 
 def read_task_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
