@@ -1,5 +1,6 @@
-"""deploy: serve the Triton repository (deploy.target: local Triton, or a KServe InferenceService)
-after a smoke test against ONNX Runtime; the Markdown report shows endpoint, version, latency."""
+"""deploy: serve the registered challenger (deploy.target: local Triton or a KServe
+InferenceService; deploy.strategy: replace, or a canary with analysis at each step); the
+Markdown report shows the outcome, one table per analysed step, and the registry's aliases."""
 
 from kfp.dsl import Input, Markdown, Model, Output
 
@@ -12,50 +13,48 @@ def deploy(
     onnx_model: Input[Model],
     params: str,
     version: int,
+    run_id: str,
     report: Output[Markdown],
 ) -> str:
-    """Returns the v2 endpoint that passed the smoke test."""
+    """Returns the outcome: promoted, replaced, rolled back or superseded."""
     import json
     from pathlib import Path
 
     from depth_common.config import params_from_dict
-    from depth_common.deploy.report import write_deploy_report
+    from depth_common.deploy.report import DeployError, write_deploy_report
+    from depth_common.deploy.rollout import deploy_model
 
     p = params_from_dict(json.loads(params))
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
-    model_name = p.export.triton_model_name
-    if p.deploy.target == "local":
-        from depth_common.deploy.local import deploy_local
-
-        result = deploy_local(
-            repository.path,
-            p.export.repository_dir,
-            model_name=model_name,
-            model_version=int(version),
+    # KFP names its MinIO store minio://bucket/key; KServe's storage initializer reads it
+    # as the S3 API it is (endpoint from the storage Secret's annotations).
+    uri = p.deploy.storage_uri or repository.uri.replace("minio://", "s3://", 1)
+    try:
+        result = deploy_model(
+            p,
+            version=int(version),
+            run_id=run_id,
             onnx_path=onnx_file,
-            atol=p.export.parity_atol,
+            repository=repository.path,
+            storage_uri=uri if p.deploy.target == "kserve" else None,
         )
-    else:
-        from depth_common.deploy.kserve import deploy_kserve
-
-        # KFP names its MinIO store minio://bucket/key; KServe's storage initializer reads it
-        # as the S3 API it is (endpoint from the storage Secret's annotations).
-        uri = p.deploy.storage_uri or repository.uri.replace("minio://", "s3://", 1)
-        result = deploy_kserve(
-            uri,
-            int(version),
-            p.deploy,
-            model_name=model_name,
-            onnx_path=onnx_file,
-            atol=p.export.parity_atol,
-        )
+    except DeployError as exc:
+        if exc.result is not None:  # what was observed stays visible in the UI
+            with open(report.path, "w") as fh:
+                fh.write(write_deploy_report(exc.result))
+        raise
+    text = write_deploy_report(result)
     with open(report.path, "w") as fh:
-        fh.write(write_deploy_report(result))
+        fh.write(text)
     report.metadata.update(
         {
             "target": result.target,
+            "strategy": result.strategy,
+            "outcome": result.outcome,
             "endpoint": result.endpoint,
             "model_version": result.model_version,
+            "aliases": result.aliases,
         }
     )
-    return result.endpoint
+    print(text)
+    return result.outcome

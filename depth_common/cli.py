@@ -210,6 +210,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from depth_common.deploy.operate import rollback
+    from depth_common.deploy.report import DeployError, write_deploy_report
+
+    _log_info()
+    try:
+        result = rollback(_params(args))
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(write_deploy_report(result))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from depth_common.deploy.operate import status
+
+    print("\n".join(status(_params(args))))
+    return 0
+
+
 def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     """``--params FILE`` and repeatable ``--set section.key=value`` (every entry point's)."""
     parser.add_argument(
@@ -346,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="depth")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+
+    command(
+        "rollback",
+        cmd_rollback,
+        "serve the registry's previous champion again on deploy.target (aliases follow)",
+    )
+    command("status", cmd_status, "what serves on deploy.target, which version, canary share")
 
     return parser
 

@@ -337,6 +337,8 @@ class MlflowConfig:
 @dataclass(frozen=True)
 class PromotionConfig:
     min_improvement: float = 0.0
+    lock_timeout_s: int = 600
+    challenger_ttl_s: int = 7200
 
     def _validate(self, p: str) -> None:
         _check(
@@ -344,6 +346,18 @@ class PromotionConfig:
             f"{p}.min_improvement",
             self.min_improvement,
             "a number >= 0 (metres of test RMSE)",
+        )
+        _check(
+            self.lock_timeout_s >= 1,
+            f"{p}.lock_timeout_s",
+            self.lock_timeout_s,
+            "an integer >= 1 (seconds to wait for the registry's promotion lock)",
+        )
+        _check(
+            self.challenger_ttl_s >= 60,
+            f"{p}.challenger_ttl_s",
+            self.challenger_ttl_s,
+            "an integer >= 60 (seconds a registered challenger counts as being rolled out)",
         )
 
 
@@ -410,6 +424,12 @@ class ExportConfig:
 @dataclass(frozen=True)
 class DeployConfig:
     target: str = "local"
+    strategy: str = "canary"
+    canary_steps: tuple[int, ...] = (10, 50, 100)
+    probe_images: int = 16
+    max_error_rate: float = 0.0
+    max_latency_ratio: float = 1.5
+    max_disagreement: float = 0.3
     namespace: str = "kubeflow-user-example-com"
     name: str = "depth"
     service_account: str = "depth-pipeline"
@@ -419,6 +439,41 @@ class DeployConfig:
     def _validate(self, p: str) -> None:
         _check(
             self.target in ("local", "kserve"), f"{p}.target", self.target, "one of local, kserve"
+        )
+        _check(
+            self.strategy in ("replace", "canary"),
+            f"{p}.strategy",
+            self.strategy,
+            "one of replace, canary",
+        )
+        steps = list(self.canary_steps)
+        _check(
+            bool(steps)
+            and all(1 <= s <= 100 for s in steps)
+            and steps == sorted(set(steps))
+            and steps[-1] == 100,
+            f"{p}.canary_steps",
+            steps,
+            "increasing traffic percentages in [1, 100] ending with 100 (the promotion)",
+        )
+        _check(self.probe_images >= 1, f"{p}.probe_images", self.probe_images, "an integer >= 1")
+        _check(
+            0.0 <= self.max_error_rate <= 1.0,
+            f"{p}.max_error_rate",
+            self.max_error_rate,
+            "a fraction in [0, 1] of failed probe requests",
+        )
+        _check(
+            self.max_latency_ratio > 0,
+            f"{p}.max_latency_ratio",
+            self.max_latency_ratio,
+            "a number > 0 (challenger p95 / champion p95)",
+        )
+        _check(
+            self.max_disagreement > 0,
+            f"{p}.max_disagreement",
+            self.max_disagreement,
+            "a number > 0 (AbsRel of the challenger's depth against the champion's)",
         )
         _check(self.timeout_s >= 1, f"{p}.timeout_s", self.timeout_s, "an integer >= 1")
 

@@ -1,11 +1,17 @@
-"""Model promotion through the MLflow registry: decide, register, look up the champion.
+"""Model promotion through the MLflow registry: decide, register under a lock, crown.
 
-The seed promoted "the latest run if it is the best of all finished runs with ``test_rmse``".
-Here the registry holds that state: the version of the registered model
-``params.mlflow.model_name`` (default ``ViT+Decoder``) carrying alias ``champion`` is the model
-in production, and a challenger run is promoted when its ``test_rmse`` (metres) beats the
-champion's by more than ``params.promotion.min_improvement`` (metres), or when there is no
-champion yet. The previous champion keeps alias ``previous`` so a rollback is one alias move.
+The registry holds the state (aliases of ``params.mlflow.model_name``, default ``ViT+Decoder``,
+see :mod:`depth_common.registry`): ``champion`` is the model serving all traffic. A run is
+promoted when its ``test_rmse`` (metres) beats the champion's by more than
+``params.promotion.min_improvement`` (metres), or when there is no champion yet.
+
+Race-free: two pipeline runs finishing together must never leave the worse model as champion.
+``decide`` is only a first look; :func:`register_model` takes the registry's promotion lock
+(:mod:`depth_common.registry_lock`), reads the champion and any challenger in flight again and
+re-makes the decision before giving the ``challenger`` alias, and :func:`crown_challenger`
+(called by the deploy step once the challenger serves) re-checks under the same lock before
+``champion`` moves. So ``champion`` only ever moves to a version that beat the champion of that
+moment.
 
 Pure library code: real MLflow client calls, no kfp. Every function takes the tracking URI
 from ``params.mlflow.tracking_uri`` (a Kubernetes Secret may add credentials through MLflow's
@@ -15,12 +21,26 @@ own environment variables, e.g. ``MLFLOW_TRACKING_TOKEN``; nothing here reads or
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 from depth_common.config import Params
+from depth_common.registry import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    aliases,
+    crown,
+    format_aliases,
+    is_missing,
+    registry_client,
+    set_challenger,
+    version_by_alias,
+    withdraw_challenger,
+)
+from depth_common.registry_lock import registry_lock
 
-CHAMPION_ALIAS = "champion"
-PREVIOUS_ALIAS = "previous"
+#: Tag of a challenger version: until when (epoch seconds) its rollout counts as in flight.
+IN_FLIGHT_TAG = "in_flight_until"
 #: Where train logs the model inside its run (``runs:/<run_id>/model``).
 MODEL_ARTIFACT_PATH = "model"
 #: The metric promotion compares (metres, lower is better).
@@ -48,19 +68,7 @@ class Decision:
 
 
 def _client(params: Params):  # -> mlflow.MlflowClient (imported lazily: mlflow is slow to import)
-    from mlflow import MlflowClient
-
-    uri = params.mlflow.tracking_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _is_missing(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-    return isinstance(exc, MlflowException) and exc.error_code == ErrorCode.Name(
-        RESOURCE_DOES_NOT_EXIST
-    )
+    return registry_client(params.mlflow.tracking_uri)
 
 
 def _run_metric(client, run_id: str, role: str) -> tuple[dict[str, float], float]:
@@ -68,7 +76,7 @@ def _run_metric(client, run_id: str, role: str) -> tuple[dict[str, float], float
     try:
         run = client.get_run(run_id)
     except Exception as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             raise PromotionError(f"{role} run {run_id!r}: no such MLflow run") from None
         raise
     metrics = dict(run.data.metrics)
@@ -82,15 +90,7 @@ def _run_metric(client, run_id: str, role: str) -> tuple[dict[str, float], float
 
 
 def _champion(client, name: str):  # -> ModelVersion | None
-    try:
-        model = client.get_registered_model(name)
-    except Exception as exc:
-        if _is_missing(exc):  # nothing registered under this name yet
-            return None
-        raise
-    if CHAMPION_ALIAS not in (model.aliases or {}):
-        return None
-    return client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    return version_by_alias(client, name, CHAMPION_ALIAS)
 
 
 def champion_version(params: Params) -> int | None:
@@ -157,23 +157,43 @@ def decide_promotion(run_id: str, params: Params) -> Decision:
     )
 
 
-def register_champion(run_id: str, params: Params, pipeline_run: str = "") -> int:
-    """Register ``runs:/<run_id>/model`` and give it alias ``champion``; return its version.
+@dataclass(frozen=True)
+class Registration:
+    """Outcome of :func:`register_model`: ``version`` is None when not promoted after all."""
 
-    The former champion (if another version) gets alias ``previous``. The version is tagged
-    with the run's ``test_*`` metrics and ``pipeline_run`` (the orchestrator's run name or id;
-    empty = not tagged). Idempotent: a run already registered keeps its version (no new one).
-    """
+    promoted: bool
+    version: int | None
+    reason: str
+
+
+def promotion_lock(client, params: Params, holder: str):
+    """The registry's promotion lock of ``params.mlflow.model_name`` (a context manager)."""
+    return registry_lock(
+        client, params.mlflow.model_name, holder, timeout_s=params.promotion.lock_timeout_s
+    )
+
+
+def _in_flight(client, name: str, run_id: str):  # -> (ModelVersion, rmse) | None
+    """The live challenger of another run (its rollout has not ended nor expired), or None."""
+    mv = version_by_alias(client, name, CHALLENGER_ALIAS)
+    if mv is None or mv.run_id == run_id:
+        return None
+    if float(mv.tags.get(IN_FLIGHT_TAG, "0") or 0) <= time.time():
+        return None  # its run died between register and the end of its deploy
+    _, rmse = _run_metric(client, mv.run_id, f"challenger {name!r} version {mv.version}:")
+    return mv, rmse
+
+
+def _register_version(client, params: Params, run_id: str, pipeline_run: str) -> int:
+    """The registry version of ``runs:/<run_id>/model`` (created once), tagged with test_*."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = _client(params)
     name = params.mlflow.model_name
     metrics, _ = _run_metric(client, run_id, "challenger")
     tags = {k: f"{v:.6g}" for k, v in sorted(metrics.items()) if k.startswith("test_")}
     if pipeline_run:
         tags["pipeline_run"] = pipeline_run
-
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if existing:
         version = min(int(mv.version) for mv in existing)
@@ -199,13 +219,85 @@ def register_champion(run_id: str, params: Params, pipeline_run: str = "") -> in
         version = int(mv.version)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
-
-    current = _champion(client, name)
-    if current is None or int(current.version) != version:
-        if current is not None:
-            client.set_registered_model_alias(name, PREVIOUS_ALIAS, current.version)
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
     return version
+
+
+def register_model(run_id: str, params: Params, pipeline_run: str = "") -> Registration:
+    """Register ``runs:/<run_id>/model`` as the ``challenger``, if it still deserves it.
+
+    Under the registry's promotion lock: the champion is read again and the decision of
+    :func:`decide_promotion` re-made (another run may have been crowned since ``decide``), and
+    a live challenger of another run (a rollout in flight) must be beaten too -- by the same
+    rule -- or this run stands down. When promoted, the version (created once per run: a retry
+    reuses it) gets alias ``challenger`` and tag ``in_flight_until`` (now +
+    ``promotion.challenger_ttl_s``); the deploy step crowns it ``champion`` once it serves.
+    """
+    client = _client(params)
+    name = params.mlflow.model_name
+    margin = params.promotion.min_improvement
+    with promotion_lock(client, params, pipeline_run or run_id):
+        decision = decide_promotion(run_id, params)
+        if not decision.promote:
+            return Registration(
+                False, None, f"re-checked under the registry lock: {decision.reason}"
+            )
+        rival = _in_flight(client, name, run_id)
+        if rival is not None and not decision.challenger_rmse < rival[1] - margin:
+            mv, rmse = rival
+            return Registration(
+                False,
+                None,
+                f"version {mv.version} (run {mv.run_id}, {PROMOTION_METRIC} {rmse:.4f} m) is "
+                f"being rolled out and is not beaten by {decision.challenger_rmse:.4f} m - "
+                f"min_improvement {margin:g} m: standing down",
+            )
+        version = _register_version(client, params, run_id, pipeline_run)
+        set_challenger(client, name, version)
+        keep_in_flight(client, params, version)
+    superseded = f"; supersedes in-flight version {rival[0].version}" if rival else ""
+    return Registration(True, version, f"{decision.reason}{superseded}")
+
+
+def keep_in_flight(client, params: Params, version: int) -> None:
+    """Mark ``version``'s rollout alive for another ``promotion.challenger_ttl_s`` seconds."""
+    until = f"{time.time() + params.promotion.challenger_ttl_s:.0f}"
+    client.set_model_version_tag(params.mlflow.model_name, str(version), IN_FLIGHT_TAG, until)
+
+
+def is_challenger(params: Params, version: int) -> bool:
+    """Is ``version`` still the ``challenger`` (not superseded by a better run)?"""
+    current = aliases(_client(params), params.mlflow.model_name)
+    return current.get(CHALLENGER_ALIAS) == int(version)
+
+
+def crown_challenger(params: Params, version: int, holder: str = "") -> tuple[bool, str]:
+    """After a successful rollout: ``champion`` → ``version`` (``previous`` ← the old one).
+
+    Under the promotion lock, and only if ``version`` still is the challenger and still beats
+    the champion of this moment; otherwise nothing moves. Returns (crowned, why).
+    """
+    client = _client(params)
+    name = params.mlflow.model_name
+    with promotion_lock(client, params, holder or f"crown v{version}"):
+        current = aliases(client, name)
+        if current.get(CHALLENGER_ALIAS) != int(version):
+            return (
+                False,
+                f"version {version} is no longer the challenger ({format_aliases(current)})",
+            )
+        mv = client.get_model_version(name, str(version))
+        decision = decide_promotion(mv.run_id, params)
+        if not decision.promote:
+            return False, decision.reason
+        former = crown(client, name, version)
+    return True, f"version {version} is champion" + (f", previous v{former}" if former else "")
+
+
+def abandon_challenger(params: Params, version: int) -> bool:
+    """The rollout of ``version`` ended without promotion: clear its ``challenger`` alias."""
+    client = _client(params)
+    with promotion_lock(client, params, f"abandon v{version}"):
+        return withdraw_challenger(client, params.mlflow.model_name, version)
 
 
 def format_decision(decision: Decision, model_name: str) -> str:

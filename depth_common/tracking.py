@@ -13,9 +13,9 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from depth_common.config import MlflowConfig, Params
+from depth_common.tracking_store import ensure_sqlite_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +29,20 @@ def _client():
     return MlflowClient()
 
 
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///path`` URI (relative or absolute), else None."""
-    if not tracking_uri.startswith("sqlite:"):
-        return None
-    parsed = urlparse(tracking_uri)
-    # sqlite:///rel/path.db → "/rel/path.db" (relative); sqlite:////abs/path.db → "//abs/..."
-    path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
-    return Path(path) if path else None
-
-
 def configure(mlflow_cfg: MlflowConfig) -> str:
     """Point MLflow at ``mlflow_cfg.tracking_uri`` and create/get the experiment → its id.
 
-    For a ``sqlite:///`` store the database's directory is created, and a new experiment's
-    artifacts go to ``mlartifacts/`` next to the database (MLflow's default would be
-    ``./mlruns`` under whatever the current directory happens to be).
+    A ``sqlite:///`` store is created or upgraded first, whole (:mod:`.tracking_store`), and a
+    new experiment's artifacts go to ``mlartifacts/`` next to the database (MLflow's default
+    would be ``./mlruns`` under whatever the current directory happens to be). Two runs
+    creating the experiment at once both get its id.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = mlflow_cfg.tracking_uri
     db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    ensure_sqlite_store(uri)  # never let MLflow create a local schema in place, half-way
     mlflow.set_tracking_uri(uri)
     client = _client()
     exp = client.get_experiment_by_name(mlflow_cfg.experiment)
@@ -60,7 +51,14 @@ def configure(mlflow_cfg: MlflowConfig) -> str:
     artifact_location = None
     if db is not None:
         artifact_location = (db.resolve().parent / "mlartifacts").as_uri()
-    return client.create_experiment(mlflow_cfg.experiment, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(mlflow_cfg.experiment, artifact_location=artifact_location)
+    except MlflowException:
+        # Another run created it between the lookup and here (two pipelines starting together).
+        exp = client.get_experiment_by_name(mlflow_cfg.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _param_value(v: Any) -> str:

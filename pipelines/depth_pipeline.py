@@ -20,10 +20,13 @@ need them through ``kfp.kubernetes.use_secret_as_env``, and ``HF_TOKEN`` (Secret
 ``hf-token``) enters the Hub push only. kfp.local ignores platform configs (it warns and goes
 on), so the same function runs locally, where no credentials are needed.
 
-Promotion branch (``dsl.If(decide.promote == True)``): register → export ONNX → Triton
-repository → push to the Hub (nested ``dsl.If(hf_repo_id != "")``: skipped when empty) and
-deploy (``deploy.target``: a smoke-tested local Triton, or a KServe InferenceService with
-rollback). ``dsl.Else`` records why the champion stays. TensorRT is compile-time, like the
+Promotion branch (``dsl.If(decide.promote == True)``): register re-decides under the
+registry's promotion lock (a run crowned meanwhile may win) and, when it still promotes
+(nested ``dsl.If(register.promoted == True)``; else it records why it stood down): export
+ONNX → Triton repository → push to the Hub (nested ``dsl.If(hf_repo_id != "")``: skipped when
+empty) and deploy (``deploy.target`` local Triton or KServe; ``deploy.strategy`` replace, or a
+canary analysed at each traffic step, promoted or rolled back; the registry's aliases follow).
+``dsl.Else`` records why the champion stays. TensorRT is compile-time, like the
 train GPU request: with ``export.tensorrt`` true the branch gets an ``export_tensorrt`` task
 (ONNX → parity-gated ``model.plan``, CUDA image, one ``nvidia.com/gpu``) whose plan the Triton
 repository task takes as its optional ``plan`` input, adding ``<name>_trt``; with it false
@@ -102,6 +105,53 @@ def _with_secrets(task: dsl.PipelineTask, params: Params) -> dsl.PipelineTask:
     return task
 
 
+def _export_and_serve(
+    trained: dsl.PipelineTask,
+    evaluated: dsl.PipelineTask,
+    params: str,
+    version: Any,
+    run_id: Any,
+    hf_repo_id: str,
+    use_trt: bool,
+    settings: Params,
+) -> None:
+    """export ONNX [→ TensorRT] → Triton repository → [Hub push] and deploy (canary or replace)."""
+    onnx = export_onnx(
+        model=trained.outputs["model"], params=params, run_id=run_id
+    ).set_display_name("export ONNX")
+    trt_inputs = {}
+    if use_trt:  # compile-time: no GPU task at all when export.tensorrt is false
+        trt = export_tensorrt(onnx_model=onnx.outputs["onnx_model"], params=params)
+        trt.set_display_name("export TensorRT")
+        trt.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        trt_inputs["plan"] = trt.outputs["plan"]
+    repo = triton_repository(
+        onnx_model=onnx.outputs["onnx_model"], params=params, version=version, **trt_inputs
+    ).set_display_name("Triton repository")
+    with dsl.If(hf_repo_id != "", name="hub-push"):  # "" = skipped (shown as not run)
+        pushed = push_hf(
+            onnx_model=onnx.outputs["onnx_model"],
+            repository=repo.outputs["repository"],
+            test=evaluated.outputs["test"],
+            params=params,
+            run_id=run_id,
+            version=version,
+        ).set_display_name("push to Hugging Face Hub")
+        pushed.set_caching_options(False)
+        kubernetes.use_secret_as_env(
+            pushed, secret_name=HF_SECRET, secret_key_to_env={"HF_TOKEN": "HF_TOKEN"}
+        )
+    served = deploy(
+        repository=repo.outputs["repository"],
+        onnx_model=onnx.outputs["onnx_model"],
+        params=params,
+        version=version,
+        run_id=run_id,
+    ).set_display_name("deploy")
+    served.set_caching_options(False)  # the serving side changes outside the pipeline
+    _with_secrets(served, settings)  # it moves the registry's aliases and logs the analysis
+
+
 def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
     """Build the pipeline function with its defaults and compile-time settings from ``params``."""
     base_params = json.dumps(params.to_dict(), sort_keys=True)
@@ -147,44 +197,19 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
         with dsl.If(decided.outputs["promote"] == True, name="promote"):  # noqa: E712
             registered = register(
                 run_id=run_id, params=params, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-            ).set_display_name("register champion")
+            ).set_display_name("register challenger")
             registered.set_caching_options(False)
             _with_secrets(registered, settings)
-            onnx = export_onnx(
-                model=trained.outputs["model"], params=params, run_id=run_id
-            ).set_display_name("export ONNX")
-            trt_inputs = {}
-            if use_trt:  # compile-time: no GPU task at all when export.tensorrt is false
-                trt = export_tensorrt(onnx_model=onnx.outputs["onnx_model"], params=params)
-                trt.set_display_name("export TensorRT")
-                trt.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-                trt_inputs["plan"] = trt.outputs["plan"]
-            repo = triton_repository(
-                onnx_model=onnx.outputs["onnx_model"],
-                params=params,
-                version=registered.output,
-                **trt_inputs,
-            ).set_display_name("Triton repository")
-            with dsl.If(hf_repo_id != "", name="hub-push"):  # "" = skipped (shown as not run)
-                pushed = push_hf(
-                    onnx_model=onnx.outputs["onnx_model"],
-                    repository=repo.outputs["repository"],
-                    test=evaluated.outputs["test"],
-                    params=params,
-                    run_id=run_id,
-                    version=registered.output,
-                ).set_display_name("push to Hugging Face Hub")
-                pushed.set_caching_options(False)
-                kubernetes.use_secret_as_env(
-                    pushed, secret_name=HF_SECRET, secret_key_to_env={"HF_TOKEN": "HF_TOKEN"}
+            version = registered.outputs["version"]
+            # register re-decides under the registry lock: a run crowned meanwhile may win.
+            with dsl.If(registered.outputs["promoted"] == True, name="registered"):  # noqa: E712
+                _export_and_serve(
+                    trained, evaluated, params, version, run_id, hf_repo_id, use_trt, settings
                 )
-            served = deploy(
-                repository=repo.outputs["repository"],
-                onnx_model=onnx.outputs["onnx_model"],
-                params=params,
-                version=registered.output,
-            ).set_display_name("deploy")
-            served.set_caching_options(False)  # the serving side changes outside the pipeline
+            with dsl.Else(name="stood-down"):
+                record_no_promotion(
+                    run_id=run_id, reason=registered.outputs["reason"]
+                ).set_display_name("record why not").set_caching_options(False)
         with dsl.Else(name="keep-champion"):
             record_no_promotion(run_id=run_id, reason=decided.outputs["reason"]).set_display_name(
                 "record why not"

@@ -61,7 +61,8 @@ class StageEvents:
 
 def _base_name(task: str) -> str:
     # Tasks of the sub-pipeline called in the Else branch get "-2" suffixes.
-    return re.sub(r"-\d+$", "", task)
+    # A component used in several branches adds one more (record-no-promotion-2-2).
+    return re.sub(r"(-\d+)+$", "", task)
 
 
 def read_task_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -144,6 +145,10 @@ def run_local(
         overrides.append(f"mlflow.tracking_uri={uri}")
         params = params.with_overrides([f"mlflow.tracking_uri={uri}"])
 
+    from depth_common.tracking_store import ensure_sqlite_store
+
+    ensure_sqlite_store(params.mlflow.tracking_uri)  # once, whole, before any task opens it
+
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     pipeline_root = (Path(root) / stamp).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=False)
@@ -199,6 +204,9 @@ def format_summary(run: LocalRun) -> str:
     except Exception as exc:  # the summary must not hide the run's own outcome
         version = f"unknown ({exc})"
     lines.append(f"champion: {run.params.mlflow.model_name} version {version}")
+    from depth_common.deploy.rollout import summary_of_deploy
+
+    lines += summary_of_deploy(run.tasks.get("deploy", {}), run.params)
     lines.append("status: " + ("SUCCEEDED" if run.ok else "FAILED (see the task logs above)"))
     return "\n".join(lines)
 

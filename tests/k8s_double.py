@@ -2,10 +2,12 @@
 
 Not a Kubernetes API server and not used outside tests. It serves, on 127.0.0.1, the REST paths
 the Kubernetes Python client calls for ``serving.kserve.io/v1beta1`` InferenceServices (get,
-create, merge-patch), and plays the KServe controller's part by moving ``status`` through the
-shapes a real serverless-mode InferenceService reports (recorded from KServe's status types:
-IngressReady / PredictorReady / Ready conditions, ``modelStatus`` with ``transitionStatus``,
-``observedGeneration``, ``address.url``). Like the real server it:
+create, merge-patch), and plays the KServe controller's part (:mod:`kserve_controller`:
+revisions, canary traffic splits and tagged URLs, IngressReady / PredictorReady / Ready
+conditions, ``modelStatus``, ``observedGeneration``). Like the real server it:
+
+- applies merge patches with RFC 7386 semantics -- through the ``json-merge-patch`` package,
+  an implementation independent of the project's own (``depth_common.deploy.manifests``),
 
 - validates every created/patched object against the vendored CRD ``openAPIV3Schema``
   (422 Invalid, with a Kubernetes ``Status`` body),
@@ -14,10 +16,6 @@ IngressReady / PredictorReady / Ready conditions, ``modelStatus`` with ``transit
   when ``spec`` changes,
 - keeps reporting the *old* status for a while after a spec change (the controller has not
   reconciled yet), so a client that does not check ``observedGeneration`` is caught.
-
-What happens to a storage URI is scripted with ``outcomes``: ``ready``, ``never-ready``
-(stays InProgress: the client must time out) or ``load-failed`` (RevisionFailed +
-BlockedByFailedLoad, as when Triton cannot load the repository).
 """
 
 from __future__ import annotations
@@ -27,14 +25,32 @@ import functools
 import json
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import json_merge_patch
 import jsonschema
 import yaml
+from kserve_controller import (
+    TS,
+    Controller,
+    LiveObject,
+    add_revision_if_changed,
+    load_failed_status,
+    progressing_status,
+    ready_status,
+)
 from loopback import JsonHandler, LoopbackServer
+
+__all__ = [
+    "KServeApiDouble",
+    "isvc_validator",
+    "load_failed_status",
+    "progressing_status",
+    "ready_status",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "manifests" / "schemas" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
@@ -45,7 +61,6 @@ _ITEM = re.compile(
 _COLLECTION = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices$"
 )
-TS = "2026-01-01T00:00:00Z"
 
 
 @functools.cache
@@ -75,106 +90,6 @@ def allowed_verbs() -> set[str]:
     return {v for rule in docs[0]["rules"] for v in rule["verbs"]}
 
 
-def _merge(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = _merge(out.get(k), v)
-    return out
-
-
-def _cond(kind: str, status: str, reason: str = "", message: str = "", info: bool = False) -> dict:
-    c: dict[str, Any] = {"lastTransitionTime": TS, "status": status, "type": kind}
-    if info:
-        c["severity"] = "Info"
-    if reason:
-        c["reason"], c["message"] = reason, message
-    return c
-
-
-def ready_status(name: str, ns: str, generation: int, url: str) -> dict[str, Any]:
-    """A serverless InferenceService whose latest revision serves 100% of traffic."""
-    rev = f"{name}-predictor-{generation:05d}"
-    return {
-        "address": {"url": url},
-        "components": {
-            "predictor": {
-                "address": {"url": f"http://{name}-predictor.{ns}.svc.cluster.local"},
-                "latestCreatedRevision": rev,
-                "latestReadyRevision": rev,
-                "latestRolledoutRevision": rev,
-                "traffic": [{"latestRevision": True, "percent": 100, "revisionName": rev}],
-                "url": f"http://{name}-predictor.{ns}.example.com",
-            }
-        },
-        "conditions": [
-            _cond("IngressReady", "True"),
-            _cond("LatestDeploymentReady", "True", info=True),
-            _cond("PredictorConfigurationReady", "True", info=True),
-            _cond("PredictorReady", "True"),
-            _cond("PredictorRouteReady", "True", info=True),
-            _cond("Ready", "True"),
-            _cond("RoutesReady", "True", info=True),
-        ],
-        "modelStatus": {
-            "copies": {"failedCopies": 0, "totalCopies": 1},
-            "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"},
-            "transitionStatus": "UpToDate",
-        },
-        "observedGeneration": generation,
-        "url": f"http://{name}.{ns}.example.com",
-    }
-
-
-def progressing_status(name: str, generation: int) -> dict[str, Any]:
-    """The new revision is being created (pods pulling the image / loading the model)."""
-    msg = f'Configuration "{name}-predictor" is waiting for a Revision to become ready.'
-    return {
-        "conditions": [
-            _cond("IngressReady", "True"),
-            _cond("LatestDeploymentReady", "Unknown", "RevisionMissing", msg, info=True),
-            _cond("PredictorConfigurationReady", "Unknown", "RevisionMissing", msg, info=True),
-            _cond("PredictorReady", "Unknown", "RevisionMissing", msg),
-            _cond("Ready", "Unknown", "RevisionMissing", msg),
-        ],
-        "modelStatus": {
-            "copies": {"failedCopies": 0, "totalCopies": 0},
-            "states": {"activeModelState": "Pending", "targetModelState": "Loading"},
-            "transitionStatus": "InProgress",
-        },
-        "observedGeneration": generation,
-    }
-
-
-def load_failed_status(name: str, generation: int) -> dict[str, Any]:
-    """Triton could not load the repository: the revision failed, the model is blocked."""
-    rev = f"{name}-predictor-{generation:05d}"
-    msg = f'Revision "{rev}" failed with message: Container failed with: failed to load model.'
-    return {
-        "conditions": [
-            _cond("IngressReady", "True"),
-            _cond("PredictorConfigurationReady", "False", "RevisionFailed", msg, info=True),
-            _cond("PredictorReady", "False", "RevisionFailed", msg),
-            _cond("Ready", "False", "RevisionFailed", msg),
-        ],
-        "modelStatus": {
-            "copies": {"failedCopies": 1, "totalCopies": 0},
-            "lastFailureInfo": {
-                "reason": "ModelLoadFailed",
-                "message": "poll failed for model directory 'depth': failed to load model",
-                "modelRevisionName": rev,
-            },
-            "states": {"activeModelState": "FailedToLoad", "targetModelState": "FailedToLoad"},
-            "transitionStatus": "BlockedByFailedLoad",
-        },
-        "observedGeneration": generation,
-    }
-
-
 @dataclass
 class Recorded:
     method: str
@@ -183,22 +98,17 @@ class Recorded:
     body: Any
 
 
-@dataclass
-class _Live:
-    obj: dict[str, Any]
-    polls: int = 0  # GETs since the last spec change
-    old_status: dict[str, Any] = field(default_factory=dict)
-
-
 class KServeApiDouble(LoopbackServer):
     """TEST DOUBLE of the API server for InferenceServices (see the module docstring).
 
     ``outcomes`` maps a storageUri to ``ready`` / ``never-ready`` / ``load-failed`` (default
-    ``ready``); ``unavailable_after_patch`` GETs after each PATCH get a 503; ``url`` is the
-    ``status.address.url`` a Ready service reports (point it at a
-    real v2 server for the smoke test). After a spec change the old status is served for
-    ``stale_polls`` GETs, then the progressing status for ``progress_polls`` GETs, then the
-    outcome.
+    ``ready``); ``endpoints`` maps a storageUri to the v2 server its revision's tagged URL
+    points at (canary analysis); ``url`` is the ``status.address.url`` a Ready service reports
+    (point it at a real v2 server for the smoke test). After a spec change the old status is
+    served for ``stale_polls`` GETs, then the progressing status for ``progress_polls`` GETs,
+    then the outcome. ``unavailable_after_patch`` GETs after each PATCH get a 503;
+    ``fail_patches`` maps the n-th PATCH (1-based) to an HTTP status answered instead of
+    applying it. ``snapshots`` keeps the stored object after every accepted PATCH.
     """
 
     def __init__(
@@ -206,19 +116,30 @@ class KServeApiDouble(LoopbackServer):
         *,
         url: str = "http://127.0.0.1:9",
         outcomes: dict[str, str] | None = None,
+        endpoints: dict[str, str] | None = None,
         stale_polls: int = 1,
         progress_polls: int = 2,
         unavailable_after_patch: int = 0,
+        fail_patches: dict[int, int] | None = None,
     ) -> None:
         self.url = url
-        self.outcomes = dict(outcomes or {})
-        self.stale_polls = stale_polls
+        self.controller = Controller(
+            url=url,
+            outcomes=dict(outcomes or {}),
+            endpoints=dict(endpoints or {}),
+            stale_polls=stale_polls,
+            progress_polls=progress_polls,
+        )
         self.progress_polls = progress_polls
         # GETs answered 503 after each PATCH (an API server restarting mid-rollout).
         self.unavailable_after_patch = unavailable_after_patch
+        self.fail_patches = dict(fail_patches or {})
         self._unavailable = 0
+        self._patch_count = 0
         self.requests: list[Recorded] = []
-        self.objects: dict[tuple[str, str], _Live] = {}
+        self.snapshots: list[dict[str, Any]] = []
+        self.views: list[dict[str, Any]] = []  # every object a GET returned, status included
+        self.objects: dict[tuple[str, str], LiveObject] = {}
         self.validator = isvc_validator()
         self.verbs = allowed_verbs()
         self._lock = threading.Lock()
@@ -241,10 +162,13 @@ class KServeApiDouble(LoopbackServer):
     def seed(self, obj: dict[str, Any]) -> None:
         """Put an existing, Ready InferenceService in place (the model served before)."""
         obj = copy.deepcopy(obj)
+        obj.pop("status", None)
         meta = obj["metadata"]
         meta.update(generation=1, resourceVersion="1", uid="uid-1", creationTimestamp=TS)
-        obj["status"] = ready_status(meta["name"], meta["namespace"], 1, self.url)
-        self.objects[(meta["namespace"], meta["name"])] = _Live(obj, polls=10**6)
+        live = LiveObject(obj, polls=10**6)
+        add_revision_if_changed(live, None)
+        live.rolled_out = live.revisions[-1].name
+        self.objects[(meta["namespace"], meta["name"])] = live
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
         return self._view(self.objects[(namespace, name)])
@@ -252,27 +176,8 @@ class KServeApiDouble(LoopbackServer):
     def patches(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "PATCH"]
 
-    # -- the controller's part -------------------------------------------------------------------
-    def _view(self, live: _Live) -> dict[str, Any]:
-        obj = copy.deepcopy(live.obj)
-        meta = obj["metadata"]
-        gen = meta["generation"]
-        if live.polls < self.stale_polls and live.old_status:
-            obj["status"] = copy.deepcopy(live.old_status)
-        elif live.polls < self.stale_polls + self.progress_polls:
-            obj["status"] = progressing_status(meta["name"], gen)
-        else:
-            uri = obj["spec"]["predictor"]["model"].get("storageUri", "")
-            outcome = self.outcomes.get(uri, "ready")
-            if outcome == "ready":
-                obj["status"] = ready_status(meta["name"], meta["namespace"], gen, self.url)
-            elif outcome == "load-failed":
-                obj["status"] = load_failed_status(meta["name"], gen)
-            elif outcome == "never-ready":
-                obj["status"] = progressing_status(meta["name"], gen)
-            else:
-                raise ValueError(f"unknown outcome {outcome!r}")
-        return obj
+    def _view(self, live: LiveObject) -> dict[str, Any]:
+        return self.controller.view(live)
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -337,6 +242,7 @@ class KServeApiDouble(LoopbackServer):
                         if method == "GET":
                             view = double._view(live)
                             live.polls += 1
+                            double.views.append(view)
                             return self._send(200, view)
                         return self._patch(live, body)
                     return self._status(404, "NotFound", f"the test double does not serve {path}")
@@ -365,26 +271,36 @@ class KServeApiDouble(LoopbackServer):
                     namespace=ns, generation=1, resourceVersion="1", uid="uid-1",
                     creationTimestamp=TS,
                 )  # fmt: skip
-                double.objects[key] = _Live(obj)
-                return self._send(201, double._view(double.objects[key]))
+                live = LiveObject(obj)
+                add_revision_if_changed(live, None)
+                double.objects[key] = live
+                return self._send(201, double._view(live))
 
-            def _patch(self, live: _Live, patch: Any) -> None:
+            def _patch(self, live: LiveObject, patch: Any) -> None:
                 if self.headers.get("Content-Type") != "application/merge-patch+json":
                     return self._status(
                         415, "UnsupportedMediaType", "this double accepts merge patches only"
                     )
+                double._patch_count += 1
+                failure = double.fail_patches.pop(double._patch_count, None)
+                if failure is not None:
+                    return self._status(failure, "InternalError", "injected failure")
                 patch = {k: v for k, v in (patch or {}).items() if k != "status"}
-                new = _merge(live.obj, patch)
+                # RFC 7386 by a third-party implementation, not the code under test.
+                new = json_merge_patch.merge(copy.deepcopy(live.obj), copy.deepcopy(patch))
                 error = self._invalid(new)
                 if error:
                     return self._status(422, "Invalid", error)
                 meta = new["metadata"]
                 meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
-                if new.get("spec") != live.obj.get("spec"):
+                before = live.obj
+                if new.get("spec") != before.get("spec"):
                     live.old_status = double._view(live).get("status", {})
                     meta["generation"] += 1
                     live.polls = 0
                 live.obj = new
+                add_revision_if_changed(live, before)
+                double.snapshots.append(copy.deepcopy(new))
                 double._unavailable = double.unavailable_after_patch
                 return self._send(200, double._view(live))
 

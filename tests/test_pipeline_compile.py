@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,11 @@ def test_check_names_a_stale_or_missing_file(tmp_path):
     assert "missing" in compile_mod.check(tmp_path)[0]
 
 
+def _base_names(tasks) -> set[str]:
+    """Task names without KFP's "-2" suffix (record_no_promotion is used in two branches)."""
+    return {re.sub(r"-\d+$", "", n) for n in tasks}
+
+
 def test_promotion_condition_and_else_branch(tmp_path):
     _, spec, _ = _compile(tmp_path)
     conditions = [
@@ -88,14 +94,23 @@ def test_promotion_condition_and_else_branch(tmp_path):
         for _, t in _all_tasks(spec)
         if "triggerPolicy" in t and "decide-promote" in t["triggerPolicy"]["condition"]
     }
-    assert {"register", "export-onnx", "triton-repository", "deploy"} <= set(branch[promote])
+    assert "register" in branch[promote]
+    # ... export and deploy only once register, re-deciding under the registry lock, agrees.
+    registered = "inputs.parameter_values['pipelinechannel--register-promoted'] == true"
+    nested = {
+        t["triggerPolicy"]["condition"]: comps[t["componentRef"]["name"]]["dag"]["tasks"]
+        for _, t in _all_tasks(spec)
+        if "triggerPolicy" in t and "register-promoted" in t["triggerPolicy"]["condition"]
+    }
+    assert {"export-onnx", "triton-repository", "deploy"} <= set(nested[registered])
+    assert _base_names(nested[f"!({registered})"]) == {"record-no-promotion"}
     hub = [
         t["triggerPolicy"]["condition"]
         for _, t in _all_tasks(spec)
         if "triggerPolicy" in t and "push-hf" in str(comps[t["componentRef"]["name"]])
     ]
     assert "inputs.parameter_values['pipelinechannel--hf_repo_id'] != ''" in hub
-    assert set(branch[f"!({promote})"]) == {"record-no-promotion"}
+    assert _base_names(branch[f"!({promote})"]) == {"record-no-promotion"}
 
 
 def test_every_artifact_is_typed(tmp_path):
@@ -200,6 +215,7 @@ def test_secrets_enter_as_secret_refs_never_values(tmp_path, monkeypatch):
     }
     assert by_exec["exec-train"] == {"mlflow-creds", "s3-creds"}
     assert by_exec["exec-register"] == {"mlflow-creds", "s3-creds"}
+    assert by_exec["exec-deploy"] == {"mlflow-creds", "s3-creds"}  # it moves the aliases
     envs = {
         k["envVar"] for cfg in execs.values() for s in cfg["secretAsEnv"] for k in s["keyToEnv"]
     }

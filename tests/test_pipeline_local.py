@@ -79,13 +79,16 @@ def test_promote_then_keep_champion(tmp_path):
     report = Path(first.tasks["evaluate"]["artifacts"]["report"]["artifacts"][0]["uri"])
     assert "<html" in report.read_text().lower()
     assert meta["decide"]["decision"]["promote"] is True
-    assert first.tasks["register"]["parameterValues"]["Output"] == 1
+    registered = first.tasks["register"]["parameterValues"]
+    assert (registered["promoted"], registered["version"]) == (True, 1)
     onnx = meta["export-onnx"]["onnx_model"]
     assert onnx["img_size"] == [32, 64] and max(onnx["parity_max_abs_diff_m"].values()) < 1e-3
     repo = Path(first.tasks["triton-repository"]["artifacts"]["repository"]["artifacts"][0]["uri"])
     assert (repo / "depth" / "config.pbtxt").is_file() and (repo / "depth" / "1").is_dir()
     served = meta["deploy"]["report"]
     assert served["target"] == "local" and served["model_version"] == "1"
+    # Nothing served before: a smoke-tested replace, then the registry follows serving.
+    assert (served["outcome"], served["aliases"]) == ("replaced", "champion v1")
     assert (tmp_path / "serving" / "depth" / "1" / "model.onnx").is_file()  # installed
     assert "push-hf" not in first.tasks  # export.hf_repo_id "" skips the Hub push
 

@@ -1,4 +1,5 @@
-"""decide_promotion / register_champion against a real MLflow SQLite store (no mocks).
+"""Promotion against a real MLflow SQLite store (no mocks): decide, register under the lock
+(re-checked), crown, roll back the aliases; the race of two real processes.
 
 One store per module (creating the schema costs seconds); each test uses its own registered
 model name so tests stay independent.
@@ -12,13 +13,22 @@ import pytest
 
 from depth_common.config import Params
 from depth_common.promotion import (
-    CHAMPION_ALIAS,
-    PREVIOUS_ALIAS,
+    IN_FLIGHT_TAG,
     PromotionError,
+    abandon_challenger,
     champion_version,
+    crown_challenger,
     decide_promotion,
     format_decision,
-    register_champion,
+    register_model,
+)
+from depth_common.registry import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    PREVIOUS_ALIAS,
+    aliases,
+    registry_client,
+    restore_previous,
 )
 
 _names = itertools.count()
@@ -28,8 +38,11 @@ _names = itertools.count()
 def store(tmp_path_factory):
     import mlflow
 
+    from depth_common.tracking_store import ensure_sqlite_store
+
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    ensure_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("promotion-tests")
     yield uri
@@ -59,6 +72,15 @@ def _run(rmse: float | None, *, model: bool = True) -> str:
                 input_example=torch.zeros(1, 2).numpy(),
             )
     return run.info.run_id
+
+
+def register_champion(run: str, params: Params, pipeline_run: str = "") -> int:
+    """register + crown: what a pipeline run does when its deploy succeeds."""
+    reg = register_model(run, params, pipeline_run=pipeline_run)
+    assert reg.promoted, reg.reason
+    crowned, why = crown_challenger(params, reg.version)
+    assert crowned, why
+    return reg.version
 
 
 def _alias(params: Params, alias: str) -> int:
@@ -161,3 +183,193 @@ def test_register_without_logged_model_fails_clearly(params):
     with pytest.raises(PromotionError, match="no model logged at 'model'"):
         register_champion(_run(1.0, model=False), params)
     assert champion_version(params) is None
+
+
+def _aliases(params: Params) -> dict[str, int]:
+    return aliases(registry_client(params.mlflow.tracking_uri), params.mlflow.model_name)
+
+
+def test_register_re_decides_under_the_lock(params):
+    """decide said promote, but a better run was crowned before register: stand down."""
+    late = _run(2.0)
+    assert decide_promotion(late, params).promote  # no champion yet
+    register_champion(_run(1.5), params)  # another pipeline finished first, and better
+    reg = register_model(late, params)
+    assert not reg.promoted and reg.version is None
+    assert reg.reason.startswith("re-checked under the registry lock:")
+    assert "keeping version 1" in reg.reason
+    assert _aliases(params) == {CHAMPION_ALIAS: 1}
+
+
+def test_registered_version_is_the_challenger_until_its_deploy_crowns_it(params):
+    register_champion(_run(3.0), params)
+    reg = register_model(_run(2.0), params, pipeline_run="pr-2")
+    assert reg.promoted and reg.version == 2
+    assert _aliases(params) == {CHAMPION_ALIAS: 1, CHALLENGER_ALIAS: 2}
+    assert champion_version(params) == 1  # serving has not followed yet
+    assert crown_challenger(params, 2) == (True, "version 2 is champion, previous v1")
+    assert _aliases(params) == {CHAMPION_ALIAS: 2, PREVIOUS_ALIAS: 1}
+    assert crown_challenger(params, 2)[0] is False  # no longer the challenger: nothing moves
+
+
+def test_a_failed_rollout_withdraws_only_its_own_challenger(params):
+    register_champion(_run(3.0), params)
+    reg = register_model(_run(2.0), params)
+    assert abandon_challenger(params, reg.version)
+    assert _aliases(params) == {CHAMPION_ALIAS: 1}
+    assert not abandon_challenger(params, reg.version)
+
+
+def test_a_rollout_in_flight_must_be_beaten(params):
+    register_champion(_run(3.0), params)
+    first = register_model(_run(2.0), params)  # rolling out
+    worse = register_model(_run(2.5), params)  # better than the champion, not than v2
+    assert not worse.promoted and "version 2" in worse.reason and "standing down" in worse.reason
+    better = register_model(_run(1.0), params)
+    assert better.promoted and "supersedes in-flight version 2" in better.reason
+    assert _aliases(params)[CHALLENGER_ALIAS] == better.version
+    ok, why = crown_challenger(params, first.version)
+    assert not ok and "no longer the challenger" in why  # the superseded one cannot win
+    # A challenger whose run died (its in-flight mark expired) no longer blocks anyone.
+    client = registry_client(params.mlflow.tracking_uri)
+    client.set_model_version_tag(params.mlflow.model_name, str(better.version), IN_FLIGHT_TAG, "1")
+    assert register_model(_run(2.2), params).promoted
+
+
+def test_rollback_restores_champion_and_moves_previous_one_step_back(params):
+    register_champion(_run(3.0), params)
+    register_champion(_run(2.0), params)
+    register_champion(_run(1.0), params)
+    assert _aliases(params) == {CHAMPION_ALIAS: 3, PREVIOUS_ALIAS: 2}
+    client = registry_client(params.mlflow.tracking_uri)
+    assert restore_previous(client, params.mlflow.model_name) == (2, 3)
+    assert _aliases(params) == {CHAMPION_ALIAS: 2, PREVIOUS_ALIAS: 1}
+    assert restore_previous(client, params.mlflow.model_name) == (1, 2)
+    assert _aliases(params) == {CHAMPION_ALIAS: 1}
+    with pytest.raises(LookupError, match="no 'previous'"):
+        restore_previous(client, params.mlflow.model_name)
+
+
+# -- with real processes ---------------------------------------------------------------------
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+from depth_common.config import Params
+from depth_common.promotion import crown_challenger, decide_promotion, register_model
+
+uri, name, run_id, delay, gate = sys.argv[1:6]
+params = Params().with_overrides([f"mlflow.tracking_uri={uri}", f"mlflow.model_name={name}"])
+decided = decide_promotion(run_id, params).promote
+Path(gate, run_id).touch()
+while len(list(Path(gate).iterdir())) < 2:  # both decided before either registers
+    time.sleep(0.05)
+time.sleep(float(delay))
+reg = register_model(run_id, params)
+crowned = crown_challenger(params, reg.version)[0] if reg.promoted else False
+print(json.dumps({"decided": decided, "registered": reg.promoted, "crowned": crowned}))
+"""
+
+
+def _racers(params: Params, runs_and_delays, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                RACER,
+                params.mlflow.tracking_uri,
+                params.mlflow.model_name,
+                run,
+                str(delay),
+                str(gate),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for run, delay in runs_and_delays
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
+@pytest.mark.parametrize("worse_last", [True, False])
+def test_two_concurrent_promotions_never_crown_the_worse_model(params, tmp_path, worse_last):
+    from mlflow import MlflowClient
+
+    register_champion(_run(3.0), params)
+    better, worse = _run(1.0), _run(2.0)
+    # Both decide against v1 (both promote); then one registers 1.5 s after the other.
+    delays = [(better, 0.0), (worse, 1.5)] if worse_last else [(worse, 0.0), (better, 1.5)]
+    results = dict(zip([r for r, _ in delays], _racers(params, delays, tmp_path), strict=True))
+    assert results[better]["decided"] and results[worse]["decided"]
+    champion = MlflowClient(params.mlflow.tracking_uri).get_model_version_by_alias(
+        params.mlflow.model_name, CHAMPION_ALIAS
+    )
+    assert champion.run_id == better  # whatever the order, the better model is champion
+    assert results[better]["crowned"]
+    if worse_last:
+        assert not results[worse]["registered"]  # re-checked: stood down
+    assert CHALLENGER_ALIAS not in _aliases(params)
+
+
+HOLDER = """
+import sys, time
+from mlflow import MlflowClient
+from depth_common.registry_lock import registry_lock
+
+uri, name, hold, log, ttl = sys.argv[1:6]
+client = MlflowClient(uri, uri)
+with registry_lock(client, name, "holder", ttl_s=float(ttl), poll_s=0.05):
+    with open(log, "a") as fh:
+        fh.write(f"in {time.time():.3f}\\n")
+    time.sleep(float(hold))
+    with open(log, "a") as fh:
+        fh.write(f"out {time.time():.3f}\\n")
+"""
+
+
+def test_registry_lock_excludes_across_processes_and_survives_a_killed_holder(params, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    log = tmp_path / "log"
+    uri, name = params.mlflow.tracking_uri, params.mlflow.model_name
+
+    def spawn(hold: float, ttl: float) -> subprocess.Popen:
+        args = [sys.executable, "-c", HOLDER, uri, name, str(hold), str(log), str(ttl)]
+        return subprocess.Popen(args, env=env)
+
+    procs = [spawn(1.0, 60), spawn(1.0, 60), spawn(1.0, 60)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0, 0]
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert [e[0] for e in events] == ["in", "out"] * 3  # never two inside at once
+    # A holder killed inside the section: the next one gets in once its ticket expires.
+    log.unlink()
+    victim = spawn(60.0, 4)
+    while not log.exists():
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    start = time.time()
+    assert spawn(0.0, 60).wait(timeout=600) == 0
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["in", "in", "out"]
+    assert time.time() - start < 60  # waited for the 4 s ticket, not forever

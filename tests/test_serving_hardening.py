@@ -83,7 +83,10 @@ def test_parameters_of_the_repository_never_reach_the_backend(tiny: Path, tmp_pa
     assert dict(local.parameters).keys() == {"onnx_file", "intra_op_thread_count"}
     assert local.parameters["onnx_file"].string_value == "model.onnx"
     assert local.parameters["intra_op_thread_count"].string_value == "2"
-    assert not local.HasField("optimization") and not local.HasField("version_policy")
+    assert not local.HasField("optimization")
+    # the version policy only picks numeric version directories of the copy (the local canary
+    # serves champion and challenger as two versions): it is carried over as it is
+    assert local.version_policy.WhichOneof("policy_choice") == "all"
     # and the server runs it, with the backend never told about the archive
     log = tmp_path / "triton.log"
     with LocalTritonServer(repo, log_path=log) as srv:

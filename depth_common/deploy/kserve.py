@@ -27,6 +27,13 @@ from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+#: Which registered model serves, for `kubectl get isvc -o yaml` readers and for rollbacks.
+MLFLOW_MODEL_ANNOTATION = "depth-mlops.io/mlflow-model-name"
+MLFLOW_VERSION_ANNOTATION = "depth-mlops.io/mlflow-model-version"
+MLFLOW_RUN_ANNOTATION = "depth-mlops.io/mlflow-run-id"
+#: KServe then tags the revisions it splits traffic between ("latest", "prev") and gives each
+#: its own URL in status.components.predictor.traffic: the canary analysis calls them there.
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 REQUEST_TIMEOUT_S = 30.0  # each API call; the Ready wait has its own deadline
 # modelStatus.transitionStatus values after which waiting longer cannot help.
 _FAILED_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
@@ -34,6 +41,18 @@ _FAILED_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
 
 class DeployTimeout(DeployError):
     """The InferenceService did not become Ready in time."""
+
+
+def model_annotations(
+    registered_model: str, model_version: str | int, run_id: str | None
+) -> dict[str, str]:
+    """The annotations naming the registered model version an InferenceService serves."""
+    return {
+        MLFLOW_MODEL_ANNOTATION: registered_model,
+        MLFLOW_VERSION_ANNOTATION: str(model_version),
+        MLFLOW_RUN_ANNOTATION: run_id or "",
+        TAG_ROUTING_ANNOTATION: "true",
+    }
 
 
 def kubernetes_api() -> Any:
@@ -74,22 +93,37 @@ def apply_inferenceservice(api: Any, isvc: dict[str, Any]) -> dict[str, Any]:
             GROUP, VERSION, ns, PLURAL, isvc, _request_timeout=REQUEST_TIMEOUT_S
         )
     log.info("patching InferenceService %s/%s", ns, name)
-    patch = {"metadata": {"labels": meta.get("labels", {})}, "spec": isvc["spec"]}
+    patch = {
+        "metadata": {"labels": meta.get("labels", {}), "annotations": meta.get("annotations", {})},
+        "spec": isvc["spec"],
+    }
     return api.patch_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, name, patch, _request_timeout=REQUEST_TIMEOUT_S
     )
 
 
-def _patch_storage_uri(
-    api: Any, namespace: str, name: str, storage_uri: str, model_version: str
+def patch_inferenceservice(
+    api: Any, namespace: str, name: str, patch: dict[str, Any]
 ) -> dict[str, Any]:
-    patch = {
-        "metadata": {"labels": {MODEL_VERSION_LABEL: model_version}},
-        "spec": {"predictor": {"model": {"storageUri": storage_uri}}},
-    }
+    """One JSON merge patch (``None`` deletes a key); returns the live object."""
     return api.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=REQUEST_TIMEOUT_S
     )
+
+
+def _patch_storage_uri(
+    api: Any,
+    namespace: str,
+    name: str,
+    storage_uri: str,
+    model_version: str,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": {MODEL_VERSION_LABEL: model_version}}
+    if annotations:
+        meta["annotations"] = annotations
+    patch = {"metadata": meta, "spec": {"predictor": {"model": {"storageUri": storage_uri}}}}
+    return patch_inferenceservice(api, namespace, name, patch)
 
 
 def ready_condition(isvc: dict[str, Any]) -> dict[str, Any] | None:
@@ -126,13 +160,16 @@ def wait_ready(
     generation: int | None,
     timeout_s: float,
     poll_s: float = 2.0,
+    expect: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> dict[str, Any]:
     """Poll until ``Ready`` is ``True`` for ``generation``; return the object.
 
     A status whose ``observedGeneration`` is older than ``generation`` describes the previous
     spec (e.g. the old model still Ready), so it is not taken as success. A model that failed
-    to load (``transitionStatus`` BlockedByFailedLoad / InvalidSpec) fails at once. Raises
-    :class:`DeployTimeout` with the last status after ``timeout_s`` seconds.
+    to load (``transitionStatus`` BlockedByFailedLoad / InvalidSpec) fails at once. ``expect``
+    (e.g. the traffic split a canary step asked for) must also return None: otherwise its
+    message says what is still missing. Raises :class:`DeployTimeout` with the last status
+    after ``timeout_s`` seconds.
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -154,7 +191,8 @@ def wait_ready(
         status = isvc.get("status", {}) or {}
         current = generation is None or (status.get("observedGeneration") or 0) >= generation
         cond = ready_condition(isvc)
-        if current and cond is not None and cond.get("status") == "True":
+        missing = expect(isvc) if expect is not None and current else None
+        if current and cond is not None and cond.get("status") == "True" and missing is None:
             return isvc
         transition = (status.get("modelStatus") or {}).get("transitionStatus")
         if current and transition in _FAILED_TRANSITIONS:
@@ -164,7 +202,7 @@ def wait_ready(
         if time.monotonic() >= deadline:
             raise DeployTimeout(
                 f"InferenceService {namespace}/{name} not Ready after {timeout_s:g} s: "
-                f"{describe_status(isvc)}"
+                f"{describe_status(isvc)}" + (f"; {missing}" if missing else "")
             )
         time.sleep(poll_s)
 
@@ -194,6 +232,8 @@ def deploy_kserve(
     api: Any = None,
     poll_s: float = 2.0,
     smoke_test: Callable[..., SmokeResult] = smoke_test_v2,
+    annotations: dict[str, str] | None = None,
+    previous_annotations: dict[str, str] | None = None,
 ) -> DeployResult:
     """Serve ``storage_uri`` (a Triton repository on object storage) as ``cfg.name``.
 
@@ -203,8 +243,10 @@ def deploy_kserve(
     output with ONNX Runtime's (use a looser ``atol`` for an FP16 TensorRT plan).
     ``previous_storage_uri`` is the model version aliased ``previous``; when None, the
     live InferenceService's storageUri (if any, and different) is the rollback target.
-    ``endpoint`` overrides the URL the smoke test calls. Raises :class:`DeployError` (after
-    rolling back) when the service does not become Ready or the smoke test fails.
+    ``endpoint`` overrides the URL the smoke test calls. ``annotations`` (see
+    :func:`model_annotations`) name the registered model version; ``previous_annotations``
+    those restored on rollback (default: the live object's). Raises :class:`DeployError`
+    (after rolling back) when the service does not become Ready or the smoke test fails.
     """
     storage_uri = storage_uri or cfg.storage_uri
     if not storage_uri:
@@ -221,6 +263,8 @@ def deploy_kserve(
         storage_uri=storage_uri,
         model_version=version,
     )
+    if annotations:
+        isvc["metadata"].setdefault("annotations", {}).update(annotations)
     ns, name = cfg.namespace, cfg.name
     resource = f"{ns}/{name}"
 
@@ -229,6 +273,10 @@ def deploy_kserve(
         previous_storage_uri = storage_uri_of(live)
         labels = live.get("metadata", {}).get("labels") or {}
         previous_model_version = previous_model_version or labels.get(MODEL_VERSION_LABEL)
+    if previous_annotations is None and live is not None:
+        known = (MLFLOW_MODEL_ANNOTATION, MLFLOW_VERSION_ANNOTATION, MLFLOW_RUN_ANNOTATION)
+        live_ann = live.get("metadata", {}).get("annotations") or {}
+        previous_annotations = {k: live_ann[k] for k in known if k in live_ann}
     if previous_storage_uri == storage_uri:
         previous_storage_uri = None  # redeploying the same model: nothing else to return to
 
@@ -250,8 +298,7 @@ def deploy_kserve(
             api,
             exc,
             failed,
-            previous_storage_uri,
-            previous_model_version,
+            (previous_storage_uri, previous_model_version, previous_annotations),
             cfg.timeout_s,
             poll_s,
         ) from exc
@@ -263,12 +310,12 @@ def _roll_back(
     api: Any,
     cause: DeployError,
     failed: DeployResult,
-    previous_storage_uri: str | None,
-    previous_model_version: str | int | None,
+    previous: tuple[str | None, str | int | None, dict[str, str] | None],
     timeout_s: float,
     poll_s: float,
 ) -> DeployError:
     """Patch the previous storageUri back and wait for it; the error to raise says how it went."""
+    previous_storage_uri, previous_model_version, previous_annotations = previous
     ns, name = (failed.resource or "/").split("/", 1)
     what = f"deploy of model version {failed.model_version} ({failed.source}) failed: {cause}"
     if not previous_storage_uri:
@@ -286,7 +333,12 @@ def _roll_back(
     )
     try:
         patched = _patch_storage_uri(
-            api, ns, name, previous_storage_uri, str(previous_model_version or "unknown")
+            api,
+            ns,
+            name,
+            previous_storage_uri,
+            str(previous_model_version or "unknown"),
+            previous_annotations,
         )
         wait_ready(
             api,

@@ -1,6 +1,11 @@
 """Deploy target ``local``: serve the Triton repository on 127.0.0.1, smoke-test it, stop it,
 and install the repository where ``make serve`` looks (``export.repository_dir``).
 
+``deploy.strategy: replace`` is :func:`deploy_local`; ``canary`` is :class:`LocalCanary`, the
+local :class:`~depth_common.deploy.canary.RolloutTarget`: champion and challenger as two
+versions of one model in one local Triton (``version_policy: specific``). A deploy holds
+:func:`serve_lock` so that two runs in one directory never write ``serve_dir`` together.
+
 The server is the real ``tritonserver`` (:class:`LocalTritonServer`, free loopback ports); the
 smoke test is the one the KServe target runs (:func:`smoke_test_v2`), with the served output
 compared to ONNX Runtime's in-process output for the same ``model.onnx``.
@@ -8,10 +13,16 @@ compared to ONNX Runtime's in-process output for the same ``model.onnx``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from depth_common.atomic import copy_atomic, remove_leftovers
+from depth_common.deploy.probe import VersionEndpoint
 from depth_common.deploy.report import DeployError, DeployResult
 from depth_common.deploy.smoke import smoke_test_v2
 from depth_common.errors import DataError
@@ -62,6 +73,7 @@ def deploy_local(
     smoke test fails.
     """
     from depth_common.serving.server import LocalTritonServer
+    from depth_common.serving.stack import LocalTransformer
 
     repository = Path(repository_dir)
     version = latest_version(repository, model_name)
@@ -69,12 +81,163 @@ def deploy_local(
         onnx_path = repository / model_name / str(version) / "model.onnx"
     label = str(model_version if model_version is not None else version)
 
-    with LocalTritonServer(repository, ready_timeout_s=ready_timeout_s) as server:
+    # The smoke test goes through both doors users take: tensors to Triton, and images to the
+    # transformer in front of it (as the InferenceService's transformer component serves them).
+    with (
+        LocalTritonServer(repository, ready_timeout_s=ready_timeout_s) as server,
+        LocalTransformer(
+            server.grpc_url, model_name=model_name, predictor_model=model_name,
+            ready_timeout_s=ready_timeout_s,
+        ) as transformer,
+    ):  # fmt: skip
         endpoint = f"http://{server.http_url}"
-        smoke = smoke_test_v2(server.http_url, model_name, onnx_path=onnx_path, atol=atol)
+        smoke = smoke_test_v2(
+            server.http_url, model_name, onnx_path=onnx_path, atol=atol,
+            transformer_url=transformer.url,
+        )  # fmt: skip
     result = DeployResult("local", endpoint, model_name, label, str(repository), smoke)
     if not smoke.ok:
         raise DeployError(f"local smoke test of {repository} failed: {smoke.detail}", result)
     installed = install_repository(repository, Path(serve_dir))
     log.info("repository installed at %s (smoke test %.1f ms)", installed, smoke.latency_ms or 0)
     return DeployResult("local", endpoint, model_name, label, str(installed), smoke)
+
+
+# -- canary: champion and challenger as two versions of one model in one local Triton ----------
+
+
+@contextlib.contextmanager
+def serve_lock(serve_dir: str | Path, timeout_s: float = 3600.0) -> Iterator[None]:
+    """Exclusive use of ``serve_dir`` (two pipelines in one directory deploy one at a time).
+
+    A file lock beside it, which the kernel releases if the holder dies.
+    """
+    from filelock import FileLock, Timeout
+
+    serve_dir = Path(serve_dir).resolve()
+    serve_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = serve_dir.parent / f".{serve_dir.name}.lock"
+    try:
+        with FileLock(str(lock), timeout=timeout_s):
+            yield
+    except Timeout:
+        raise DeployError(f"{lock}: another deploy held it for {timeout_s:g} s") from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed there
+        shutil.copy2(src, dst)
+
+
+def build_canary_repository(
+    champion_repo: Path, challenger_repo: Path, model_name: str, out_dir: Path
+) -> tuple[int, int]:
+    """``out_dir/<model_name>`` serving both latest versions; return (champion, challenger).
+
+    The challenger's ``config.pbtxt`` with ``version_policy { specific { versions: [c, n] } }``
+    and one version directory each holding its ``model.onnx`` (a hard link where the filesystem
+    allows, else a copy: the local server accepts no model file outside its repository). Raises
+    :class:`DeployError` when they cannot share one model config (different input size).
+    """
+    from depth_common.export.triton import (
+        ONNX_FILENAME,
+        parse_model_config,
+        read_onnx_io,
+        write_model_config,
+    )
+
+    champ_v = latest_version(champion_repo, model_name)
+    chall_v = latest_version(challenger_repo, model_name)
+    champ_onnx = (champion_repo / model_name / str(champ_v) / ONNX_FILENAME).resolve()
+    chall_onnx = (challenger_repo / model_name / str(chall_v) / ONNX_FILENAME).resolve()
+    sizes = read_onnx_io(champ_onnx), read_onnx_io(chall_onnx)
+    if sizes[0] != sizes[1]:
+        raise DeployError(
+            f"champion v{champ_v} takes {sizes[0]} pixels, challenger v{chall_v} {sizes[1]}: one "
+            "Triton model cannot serve both; deploy it with deploy.strategy=replace"
+        )
+    cfg = parse_model_config(challenger_repo / model_name / "config.pbtxt")
+    cfg.version_policy.specific.versions[:] = sorted({champ_v, chall_v})
+    model_dir = out_dir / model_name
+    for version, onnx in ((champ_v, champ_onnx), (chall_v, chall_onnx)):
+        (model_dir / str(version)).mkdir(parents=True)
+        _link_or_copy(onnx, model_dir / str(version) / ONNX_FILENAME)
+    write_model_config(cfg, model_dir / "config.pbtxt")
+    return champ_v, chall_v
+
+
+class LocalCanary:
+    """:class:`~depth_common.deploy.canary.RolloutTarget` on the local Triton.
+
+    ``begin`` starts one server with both versions (the champion from ``serve_dir``, the
+    challenger from ``repository``) and smoke-tests the challenger version against ONNX
+    Runtime. There is no traffic router locally: a step's share only labels the analysis,
+    which calls each version explicitly. ``promote`` installs the challenger's repository at
+    ``serve_dir`` (only the winner stays); ``roll_back`` leaves ``serve_dir`` as it was.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        serve_dir: Path,
+        model_name: str,
+        *,
+        onnx_path: Path,
+        atol: float,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        self.repository, self.serve_dir, self.model_name = repository, serve_dir, model_name
+        self.onnx_path, self.atol, self.ready_timeout_s = onnx_path, atol, ready_timeout_s
+        self.versions: tuple[int, int] | None = None
+        self.server = None
+        self.smoke = None
+        self._tmp: Path | None = None
+
+    def begin(self, percent: int) -> None:
+        from depth_common.serving.server import LocalTritonServer
+
+        self._tmp = Path(tempfile.mkdtemp(prefix="depth-canary-"))
+        self.versions = build_canary_repository(
+            self.serve_dir, self.repository, self.model_name, self._tmp / "repository"
+        )
+        self.server = LocalTritonServer(
+            self._tmp / "repository", ready_timeout_s=self.ready_timeout_s
+        ).start()
+        self.smoke = smoke_test_v2(
+            self.server.http_url,
+            self.model_name,
+            onnx_path=self.onnx_path,
+            atol=self.atol,
+            model_version=str(self.versions[1]),
+        )
+        if not self.smoke.ok:
+            raise DeployError(f"smoke test of challenger v{self.versions[1]}: {self.smoke.detail}")
+
+    def shift(self, percent: int) -> None:
+        log.info("local canary: %d %% (no router locally; both versions are called)", percent)
+
+    def endpoints(self) -> tuple[VersionEndpoint, VersionEndpoint]:
+        assert self.server is not None and self.versions is not None
+        url = f"http://{self.server.http_url}"
+        champ, chall = self.versions
+        return (
+            VersionEndpoint("champion", f"v{champ}", url, self.model_name, str(champ)),
+            VersionEndpoint("challenger", f"v{chall}", url, self.model_name, str(chall)),
+        )
+
+    def promote(self) -> None:
+        self.close()
+        install_repository(self.repository, self.serve_dir)
+
+    def roll_back(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

@@ -198,6 +198,7 @@ def smoke_test_v2(
     request_timeout_s: float = 60.0,
     seed: int = 0,
     transformer_url: str | None = None,
+    model_version: str = "",
 ) -> SmokeResult:
     """Smoke-test the v2 endpoint at ``url`` (``host:port`` or ``http://host[:port]``).
 
@@ -206,14 +207,18 @@ def smoke_test_v2(
     on a seeded ``[1, 3, H, W]`` input returns a finite ``[1, 1, H, W]`` depth map and, with
     ``onnx_path``, that map is within ``atol`` metres of ONNX Runtime's. An image endpoint (the
     transformer) gets :func:`smoke_test_image`; ``transformer_url`` runs it after the tensor
-    test. Never raises for a bad endpoint: the reason is in the result (a deploy rolls back).
+    test. ``model_version`` ("" = the one served) picks one version of a model served in
+    several (the local canary). Never raises for a bad endpoint: the reason is in the result (a
+    deploy rolls back).
     """
     from depth_common.serving.client import DepthClient
 
     kwargs = {"onnx_path": onnx_path, "atol": atol, "ready_timeout_s": ready_timeout_s,
               "request_timeout_s": request_timeout_s, "seed": seed}  # fmt: skip
     try:
-        with DepthClient(url, "http", model_name, timeout_s=request_timeout_s) as client:
+        with DepthClient(
+            url, "http", model_name, model_version, timeout_s=request_timeout_s
+        ) as client:
             not_ready = _wait_ready(client, url, model_name, ready_timeout_s)
             if not_ready:
                 return SmokeResult(False, not_ready)

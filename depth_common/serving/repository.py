@@ -7,7 +7,8 @@ server serves a *copy* of the cluster repository: each model's ``config.pbtxt`` 
 
 The repository is not trusted. The copy is written from scratch with only what serving the
 ONNX model needs -- name, inputs, outputs, ``max_batch_size``, ``dynamic_batching`` (preferred
-sizes, queue delay), instance counts, warm-up on zero/random data, and the model file -- so no
+sizes, queue delay), instance counts, the version policy (the local canary serves two
+versions), warm-up on zero/random data, and the model file -- so no
 ``parameters`` entry of the repository reaches the Python backend (``EXECUTION_ENV_PATH`` would
 make it source an archive of the repository's choosing), no file of the repository other than
 the ONNX model is used, and ``default_model_filename`` must be a plain file name inside the
@@ -118,6 +119,8 @@ def localize_model_config(
         local.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
     for group in config.instance_group or [mc.ModelInstanceGroup(count=1)]:
         local.instance_group.add(count=max(1, group.count), kind=mc.ModelInstanceGroup.KIND_CPU)
+    if config.HasField("version_policy"):
+        local.version_policy.CopyFrom(config.version_policy)
     _copy_warmup(config, local, Path(config.name))
     local.parameters["onnx_file"].string_value = onnx_file
     threads = _threads_parameter(config, intra_op_threads)
