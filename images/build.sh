@@ -13,7 +13,9 @@
 #                       a proxy's CA. Handed to the build by a loopback file server, used and
 #                       deleted inside one RUN: never in a layer, a build argument or ENV.
 #   --wheels DIR        a local wheel directory pip looks in first (WHEEL_DIR, --find-links).
-#   --offline           no package index inside the build (PIP_OFFLINE=1): wheels only.
+#   --offline / --online  whether pip inside the build may use a package index (PIP_OFFLINE=1/0).
+#                       Default: offline for the images whose every locked file the wheel cache
+#                       holds (and no --extra-index is given), online otherwise.
 #   --pip-retries N     (PIP_RETRIES, default 5)   --pip-timeout S   (PIP_TIMEOUT, default 60)
 #   --extra-index URL   an extra index for the CUDA image's TensorRT libraries (PIP_EXTRA_INDEX)
 #   --no-prefetch       do not fill the wheel cache with the host's pip first (PREFETCH=0)
@@ -34,7 +36,7 @@ source images/images.env
 base="${BASE_IMAGE:-python:3.11.9-slim-bookworm}"
 ca_bundle="${BUILD_CA_BUNDLE:-}"
 wheel_dir="${WHEEL_DIR:-}"
-offline="${PIP_OFFLINE:-0}"
+offline="${PIP_OFFLINE:-auto}"
 retries="${PIP_RETRIES:-5}"
 timeout_s="${PIP_TIMEOUT:-60}"
 extra_index="${PIP_EXTRA_INDEX:-}"
@@ -53,6 +55,7 @@ while (($#)); do
     --ca-bundle) ca_bundle="$2"; shift ;;
     --wheels) wheel_dir="$2"; shift ;;
     --offline) offline=1 ;;
+    --online) offline=0 ;;
     --pip-retries) retries="$2"; shift ;;
     --pip-timeout) timeout_s="$2"; shift ;;
     --extra-index) extra_index="$2"; shift ;;
@@ -111,15 +114,20 @@ labels=(
   --label "org.opencontainers.image.licenses=Apache-2.0"
 )
 
+image_offline() {  # image_offline LOCKS: 1 when pip inside the build needs no index
+  if [[ "$offline" != auto ]]; then echo "$offline"; return; fi
+  if [[ -z "$1" || "$prefetched" != 1 || -n "$extra_index" ]]; then echo 0; else echo 1; fi
+}
+
 build_one() {  # build_one KEY BASE
-  local key="$1" base_ref="$2" image dockerfile tmp t0
-  IFS='|' read -r image dockerfile _ <<<"${spec[$key]}"
+  local key="$1" base_ref="$2" image dockerfile image_locks tmp t0
+  IFS='|' read -r image dockerfile image_locks <<<"${spec[$key]}"
   tmp="${image}-building-$$"
   t0=$SECONDS
   say "building $image from $dockerfile (base $base_ref) ..."
   local args=(--network host --build-arg "BASE_IMAGE=$base_ref"
     --build-arg "COMPONENT_BASE=$REGISTRY/$COMPONENT_IMAGE:$COMPONENT_TAG"
-    --build-arg "BUILD_FILES_URL=$files_url" --build-arg "PIP_OFFLINE=$offline"
+    --build-arg "BUILD_FILES_URL=$files_url" --build-arg "PIP_OFFLINE=$(image_offline "${image_locks// /}")"
     --build-arg "PIP_RETRIES=$retries" --build-arg "PIP_TIMEOUT=$timeout_s"
     --build-arg "PIP_EXTRA_INDEX=$extra_index" --build-arg "TENSORRT_VERSION=$TENSORRT_VERSION"
     --label "org.opencontainers.image.version=${image##*:}"
@@ -144,8 +152,10 @@ for key in "${targets[@]}"; do
   read -r -a key_locks <<<"$(cut -d'|' -f3 <<<"${spec[$key]}")"
   locks+=("${key_locks[@]}")
 done
+prefetched=0
 if [[ "$prefetch" == 1 ]] && ((${#locks[@]})); then
   fill_wheel_cache "$cache" "${locks[@]}"
+  prefetched=1
 fi
 serve_build_files
 for key in "${targets[@]}"; do

@@ -56,8 +56,10 @@ serve_build_files() {  # a loopback HTTP server of wheels/, extra/ and (if given
   [[ -n "$ca_bundle" ]] && cp "$ca_bundle" "$files/root/ca.pem"
   python3 -c '
 import functools, http.server, sys
-handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
-handler.log_message = lambda *a: None
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+handler = functools.partial(Quiet, directory=sys.argv[1])
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 open(sys.argv[2], "w").write(str(server.server_address[1]))
 server.serve_forever()
