@@ -47,8 +47,8 @@ def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[str]
 
 
 def cuda_requirements(images_env: Path = IMAGES_ENV) -> list[str]:
-    """What the CUDA image adds, hash-locked: TensorRT's Python bindings matching the serving
-    Triton, and cuda-python. TensorRT's libraries (``tensorrt-cu12-libs``) are not in the lock:
+    """What the CUDA image adds, hash-locked: TensorRT's Python package and bindings matching
+    the serving Triton, and cuda-python. TensorRT's libraries (``tensorrt-cu12-libs``) are not in the lock:
     PyPI only has NVIDIA's placeholder for them (a source package that downloads the wheel
     from NVIDIA's index at install time); Dockerfile.cuda installs them by exact version from a
     wheel directory or index the build is given."""
@@ -60,7 +60,11 @@ def cuda_requirements(images_env: Path = IMAGES_ENV) -> list[str]:
     version = env.get("TENSORRT_VERSION")
     if not version:
         raise SystemExit(f"{images_env}: TENSORRT_VERSION is missing")
-    return [f"tensorrt-cu12-bindings=={version}", "cuda-python>=12.6,<13"]
+    return [
+        f"tensorrt-cu12=={version}",
+        f"tensorrt-cu12-bindings=={version}",
+        "cuda-python>=12.6,<13",
+    ]
 
 
 def parse_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -116,21 +120,26 @@ def environment_constraints() -> str:
     return "\n".join(ln for ln in out.splitlines() if "==" in ln and " @ " not in ln) + "\n"
 
 
-def write_locks() -> None:
+def write_locks(cuda_only: bool = False) -> None:
+    """Resolve and write both lock files (``cuda_only``: the CUDA one, on the existing base)."""
     deps = project_dependencies()
-    constraints = environment_constraints()
-    base = _resolve(deps, constraints, {})
-    lines = _lock_lines(base, set())
-    LOCK.write_text(HEADER.format(what="[project] dependencies") + "\n".join(lines) + "\n")
-    pinned = {canonicalize_name(i["metadata"]["name"]) for i in base}
-    base_pins = "".join(f"{i['metadata']['name']}=={i['metadata']['version']}\n" for i in base)
+    if cuda_only:
+        base_pins = "".join(f"{n}=={v}\n" for n, (v, _) in parse_lock(LOCK).items())
+    else:
+        base = _resolve(deps, environment_constraints(), {})
+        lines = _lock_lines(base, set())
+        LOCK.write_text(HEADER.format(what="[project] dependencies") + "\n".join(lines) + "\n")
+        base_pins = "".join(f"{i['metadata']['name']}=={i['metadata']['version']}\n" for i in base)
+    pinned = {canonicalize_name(line.split("==")[0]) for line in base_pins.split()}
+    # Resolved without NVIDIA_TENSORRT_DISABLE_INTERNAL_PIP: tensorrt-cu12 then declares no
+    # dependencies (its libraries, which PyPI lacks, are installed apart; see Dockerfile.cuda).
     cuda = _resolve(deps + cuda_requirements(), base_pins, {})
     CUDA_LOCK.write_text(
         HEADER.format(what="the CUDA image's additions to requirements.lock")
         + "\n".join(_lock_lines(cuda, pinned))
         + "\n"
     )
-    print(f"wrote {LOCK} ({len(base)} packages) and {CUDA_LOCK}")
+    print(f"wrote {CUDA_LOCK}" + ("" if cuda_only else f" and {LOCK}"))
 
 
 def check_locks(
@@ -161,9 +170,10 @@ def check_locks(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check the lock files")
+    parser.add_argument("--cuda", action="store_true", help="rewrite the CUDA lock only")
     args = parser.parse_args(argv)
     if not args.check:
-        write_locks()
+        write_locks(cuda_only=args.cuda)
     problems = check_locks()
     for p in problems:
         print(f"lock: {p} (run `python images/lock.py`)", file=sys.stderr)
