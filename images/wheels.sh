@@ -15,25 +15,29 @@ fill_wheel_cache() {  # fill_wheel_cache DIR LOCK...: every locked file, downloa
     mkdir -p "$dir"
   fi
   cache="$dir"
-  # A cache already filled for exactly these lock files is used as it is (pip would re-read
-  # and re-hash gigabytes to find that out).
-  local stamp
-  stamp="$dir/.complete-$(cat "$@" | sha256sum | cut -c1-16)"
-  if [[ -f "$stamp" ]]; then
+  # A lock file whose files the cache already holds is skipped (pip would re-read and re-hash
+  # gigabytes to find that out): each lock leaves a stamp named after its own hash.
+  local lock todo=() stamps=()
+  for lock in "$@"; do
+    local stamp
+    stamp="$dir/.complete-$(sha256sum "$lock" | cut -c1-16)"
+    [[ -f "$stamp" ]] || { todo+=("$lock"); stamps+=("$stamp"); }
+  done
+  if ((${#todo[@]} == 0)); then
     say "wheel cache $dir already holds the locked files"
     return 0
   fi
+  set -- "${todo[@]}"
   py="$(pick_host_python)"
   log="$(mktemp)"
   local args=(-m pip download --no-deps --require-hashes --dest "$dir" --retries "$retries" --timeout "$timeout_s")
   [[ -n "$wheel_dir" ]] && args+=(--find-links "$wheel_dir")
   [[ -n "$ca_bundle" ]] && args+=(--cert "$ca_bundle")
-  local lock
   for lock in "$@"; do args+=(-r "$lock"); done
   say "filling the wheel cache $dir from the host's pip ($py) ..."
   for try in 1 2 3; do
     if "$py" "${args[@]}" >"$log" 2>&1; then
-      touch "$stamp"
+      touch "${stamps[@]}"
       say "wheel cache ready in $((SECONDS - t0)) s ($(du -sh "$dir" | cut -f1))"
       rm -f "$log"
       return 0
