@@ -143,6 +143,21 @@ def run_container(
 
 
 @contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """An engine that stops answering mid-run becomes one ContainerError naming its socket."""
+    import docker
+    import requests
+
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise ContainerError(
+            f"the Docker Engine at {host} failed during the run ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+@contextlib.contextmanager
 def safe_docker_tasks() -> Iterator[None]:
     """kfp.local's Docker task handler uses :func:`run_container` inside this block."""
     from kfp.local import docker_task_handler

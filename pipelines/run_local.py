@@ -38,6 +38,7 @@ import yaml
 from depth_common.cli import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
 from depth_common.presets import DEMO, DEMO_SYNTHETIC
+from pipelines.docker_run import ContainerError
 from pipelines.task_logs import TaskLogRouter
 
 RUNNERS = ("subprocess", "docker")
@@ -252,7 +253,7 @@ def _runner(kind: str, pipeline_root: Path, params: Params, console: Any) -> Ite
         pipeline_root=str(pipeline_root),
         raise_on_error=False,
     )
-    with docker_run.safe_docker_tasks():
+    with docker_run.safe_docker_tasks(), docker_run.engine_errors():
         yield
 
 
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments=arguments,
             root=args.root,
         )
-    except (ConfigError, ValueError, TypeError) as exc:
+    except (ConfigError, ValueError, TypeError, ContainerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n" + "=" * 80 + "\n" + format_summary(run))
