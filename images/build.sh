@@ -30,8 +30,9 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+images_env="${IMAGES_ENV:-images/images.env}"
 # shellcheck source=images.env
-source images/images.env
+source "$images_env"
 
 base="${BASE_IMAGE:-python:3.11.9-slim-bookworm}"
 ca_bundle="${BUILD_CA_BUNDLE:-}"
@@ -78,7 +79,7 @@ declare -A spec=(
   [cuda]="$REGISTRY/$COMPONENT_IMAGE:$COMPONENT_CUDA_TAG|images/component/Dockerfile.cuda|images/requirements.lock images/requirements-cuda.lock"
 )
 if [[ -n "${TRANSFORMER_IMAGE:-}" && -n "${TRANSFORMER_TAG:-}" ]]; then
-  spec[transformer]="$REGISTRY/$TRANSFORMER_IMAGE:$TRANSFORMER_TAG|images/transformer/Dockerfile|$(ls images/transformer/*.lock 2>/dev/null | tr '\n' ' ')"
+  spec[transformer]="$REGISTRY/$TRANSFORMER_IMAGE:$TRANSFORMER_TAG|images/transformer/Dockerfile|$(ls images/transformer/*.lock 2>/dev/null | tr '\n' ' ' || true)"
 fi
 if ((${#targets[@]} == 0)); then
   for key in component cuda transformer; do
@@ -86,7 +87,7 @@ if ((${#targets[@]} == 0)); then
   done
 fi
 for key in "${targets[@]}"; do
-  [[ -n "${spec[$key]:-}" ]] || die 2 "$key: images/images.env names no such image"
+  [[ -n "${spec[$key]:-}" ]] || die 2 "$key: $images_env names no such image"
   [[ -f "$(cut -d'|' -f2 <<<"${spec[$key]}")" ]] || die 2 "$key: $(cut -d'|' -f2 <<<"${spec[$key]}") does not exist"
 done
 

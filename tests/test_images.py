@@ -305,3 +305,32 @@ def test_engine_script_uses_a_running_engine_and_stops_nothing_it_did_not_start(
     ]
     out = subprocess.run([*engine, "stop"], env=fake["env"], capture_output=True, text=True)
     assert out.returncode == 0 and "nothing to stop" in out.stderr
+
+
+def test_the_transformer_image_is_built_when_images_env_names_it_and_its_dockerfile_exists(
+    tmp_path: Path,
+) -> None:
+    fake = _fake_docker(tmp_path)
+    env_file = tmp_path / "images.env"
+    env_file.write_text(
+        (ROOT / "images" / "images.env").read_text()
+        + "TRANSFORMER_IMAGE=depth-transformer\nTRANSFORMER_TAG=0.1.0\n"
+    )
+    fake["env"]["IMAGES_ENV"] = str(env_file)
+    has_dockerfile = (ROOT / "images" / "transformer" / "Dockerfile").is_file()
+    out = _build(fake, "transformer")
+    image = f"{ENV['REGISTRY']}/depth-transformer:0.1.0"
+    if has_dockerfile:
+        assert out.returncode == 0, out.stderr
+        assert [t.split()[-1] for t in _calls(fake, "tag")] == [image]
+        assert "-f images/transformer/Dockerfile " in _calls(fake, "build")[0]
+    else:
+        assert out.returncode == 2 and "images/transformer/Dockerfile does not exist" in out.stderr
+        # By default only the images whose Dockerfile exists are built.
+        out = _build(fake)
+        assert out.returncode == 0, out.stderr
+        assert [t.split()[-1] for t in _calls(fake, "tag")] == [CPU, CUDA]
+    fake["env"]["IMAGES_ENV"] = str(ROOT / "images" / "images.env")
+    if "TRANSFORMER_IMAGE" not in ENV:
+        out = _build(fake, "transformer")
+        assert out.returncode == 2 and "names no such image" in out.stderr
