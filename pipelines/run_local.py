@@ -187,7 +187,6 @@ def run_local(
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     pipeline_root = (Path(root) / stamp).resolve()
-    pipeline_root.mkdir(parents=True, exist_ok=False)
     log_dir = pipeline_root / "logs" if quiet else None
     events = StageEvents()
     root_logger = logging.getLogger()
@@ -221,6 +220,7 @@ def _runner(kind: str, pipeline_root: Path, params: Params, console: Any) -> Ite
     from kfp import local
 
     if kind == "subprocess":
+        pipeline_root.mkdir(parents=True, exist_ok=False)
         local.init(
             runner=local.SubprocessRunner(use_venv=False),
             pipeline_root=str(pipeline_root),
@@ -236,6 +236,7 @@ def _runner(kind: str, pipeline_root: Path, params: Params, console: Any) -> Ite
         image = docker_run.inspect_image(client, COMPONENT_IMAGE)
     finally:
         client.close()
+    pipeline_root.mkdir(parents=True, exist_ok=False)  # only once the engine and image are there
     here = docker_run.source_revision(Path(__file__).resolve().parents[1])
     if image.revision and here and image.revision != here:
         print(
@@ -300,7 +301,8 @@ def format_summary(run: LocalRun) -> str:
     except Exception as exc:  # the summary must not hide the run's own outcome
         version = f"unknown ({exc})"
     lines.append(f"champion: {run.params.mlflow.model_name} version {version}")
-    lines.append("status: " + ("SUCCEEDED" if run.ok else "FAILED (see the task logs above)"))
+    where = f"the task logs in {run.log_dir}" if run.log_dir else "the task logs above"
+    lines.append("status: " + ("SUCCEEDED" if run.ok else f"FAILED (see {where})"))
     return "\n".join(lines)
 
 
@@ -326,6 +328,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--arg", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter"
     )
     parser.add_argument("--root", default="runs", help="parent of the pipeline roots")
+    parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="subprocess",
+        help="subprocess: tasks in this environment; docker: in the built component image",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="stream every task's output (not only to its log)"
+    )
     args = parser.parse_args(argv)
     overrides = [*(DEMO if args.demo else ()), *args.set]
     try:
@@ -348,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             synthetic=synthetic,
             arguments=arguments,
             root=args.root,
+            runner=args.runner,
+            quiet=not args.verbose,
         )
     except (ConfigError, ValueError, TypeError, ContainerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
