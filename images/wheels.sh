@@ -1,7 +1,7 @@
 # Sourced by images/build.sh: the wheels and files a build reads from the host.
 
 pick_host_python() {
-  if [[ -n "$host_python" ]]; then echo "$host_python"
+  if [[ -n "$host_python" && -x "$host_python" ]]; then echo "$host_python"
   elif [[ -x .venv/bin/python ]]; then echo .venv/bin/python
   else echo python3
   fi
