@@ -87,16 +87,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="pairs of runs (default 1)")
     parser.add_argument("--set", action="append", default=[], help="extra section.key=value")
+    parser.add_argument(
+        "--synthetic", type=json.loads, default=None, help="JSON options of the generated data"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     overrides = [*DEMO, *args.set]
+    synthetic = dict(args.synthetic if args.synthetic is not None else DEMO_SYNTHETIC)
     load = os.getloadavg()[0]
     runs = []
     for i in range(args.rounds):
         order = ("subprocess", "docker") if i % 2 == 0 else ("docker", "subprocess")
         for runner in order:
             print(f"round {i + 1}: {runner} ...", flush=True)
-            runs.append(one_run(runner, overrides, dict(DEMO_SYNTHETIC)))
+            runs.append(one_run(runner, overrides, synthetic))
     summary = summarise(runs)
     results = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -107,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "overrides": overrides,
-        "synthetic": DEMO_SYNTHETIC,
+        "synthetic": synthetic,
         "runs": runs,
         "summary": summary,
     }
