@@ -94,7 +94,10 @@ def test_images_workflow_builds_both_images_on_tags_from_images_env() -> None:
     # The same build script as `make images`, which reads the names from images/images.env.
     builds = [r for r in runs if "images/build.sh" in r]
     assert [r.split("--push ")[1].split()[0] for r in builds] == ["component", "cuda"]
-    assert 'images_env="${IMAGES_ENV:-images/images.env}"' in (ROOT / "images" / "build.sh").read_text()
+    assert (
+        'images_env="${IMAGES_ENV:-images/images.env}"'
+        in (ROOT / "images" / "build.sh").read_text()
+    )
     text = (ROOT / ".github" / "workflows" / "images.yml").read_text()
     assert "source images/images.env" in text  # the tag check reads the same file
     assert doc["permissions"]["packages"] == "write"
