@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--synthetic", type=json.loads, default=None, help="JSON options of the generated data"
     )
+    parser.add_argument("--docker-first", action="store_true", help="start each pair with docker")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     overrides = [*DEMO, *args.set]
@@ -97,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     runs = []
     for i in range(args.rounds):
-        order = ("subprocess", "docker") if i % 2 == 0 else ("docker", "subprocess")
+        order = (
+            ("subprocess", "docker")
+            if (i + args.docker_first) % 2 == 0
+            else ("docker", "subprocess")
+        )
         for runner in order:
             print(f"round {i + 1}: {runner} ...", flush=True)
             runs.append(one_run(runner, overrides, synthetic))
