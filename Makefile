@@ -9,17 +9,23 @@ PARAMS ?= params.yaml
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k metrics"`.
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test train-ddp serve bench lint format compile check-compiled mlflow-ui clean images
+.PHONY: help setup run test train-ddp serve bench lint format compile check-compiled mlflow-ui clean \
+	images lock engine-stop bench-containers
 
 help:
 	@echo "make run      set up .venv, then run the pipeline locally on generated data (kfp.local)"
+	@echo "make run RUNNER=docker  the same pipeline, every task in the built component image"
 	@echo "make test     set up .venv, then run the whole test suite"
 	@echo "make train-ddp  train with 2 local processes under torchrun (DDP), NPROC=2"
 	@echo "make serve    serve the last run's Triton repository locally (127.0.0.1:8000/8001)"
 	@echo "make bench    benchmarks: ORT vs Triton HTTP/gRPC, batching, preprocessing"
 	@echo "make lint     ruff check + format check"
 	@echo "make compile  compile every pipeline to pipelines/<name>.yaml"
-	@echo "make images   build + push the component images (images/images.env) with docker/podman"
+	@echo "make images   build the images of images/images.env (IMAGES=\"component cuda transformer\","
+	@echo "              IMAGE_ARGS=\"--ca-bundle F --wheels DIR --offline --push ...\": images/build.sh --help)"
+	@echo "make lock     regenerate images/requirements*.lock from pyproject.toml"
+	@echo "make engine-stop  stop the private dockerd that images/engine.sh started"
+	@echo "make bench-containers  containerized vs subprocess \`make run\` wall time, side by side"
 	@echo "make mlflow-ui  the MLflow UI on mlflow.db (runs, registry: ViT+Decoder@champion)"
 
 setup: $(STAMP)
@@ -31,10 +37,19 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The whole pipeline (kfp.local, same function as the compiled YAML) on generated data with the
-# DEMO preset; MLflow in mlflow.db, artifacts under runs/. Twice in a row: challenger vs champion.
+# DEMO preset; MLflow in mlflow.db, artifacts and task logs under runs/. Twice in a row:
+# challenger vs champion. RUNNER=docker: every task in the component image (`make images`
+# first), on the engine images/engine.sh finds or starts; its MLflow store is
+# runs/containers/mlflow.db.
 RUN_ARGS ?=
+RUNNER ?= subprocess
 run: $(STAMP)
-	$(PY) -m pipelines.run_local --params $(PARAMS) --demo $(RUN_ARGS)
+ifeq ($(RUNNER),docker)
+	eval "$$(images/engine.sh start)" && export DOCKER_HOST && \
+	  $(PY) -m pipelines.run_local --params $(PARAMS) --demo --runner docker $(RUN_ARGS)
+else
+	$(PY) -m pipelines.run_local --params $(PARAMS) --demo --runner $(RUNNER) $(RUN_ARGS)
+endif
 
 # Compile every pipeline to pipelines/<name>.yaml (committed); check-compiled fails if stale.
 compile: $(STAMP)
@@ -45,8 +60,9 @@ check-compiled: $(STAMP)
 
 # The MLflow UI on the local store that `make run` writes (http://127.0.0.1:5000).
 MLFLOW_PORT ?= 5000
+MLFLOW_DB ?= mlflow.db
 mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -88,10 +104,29 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# Component images (CPU + CUDA) named in images/images.env; needs a running docker/podman engine
-# (prints why not, and exits 2, where there is none). PUSH=0 builds without pushing.
+# The images named in images/images.env, built on the engine images/engine.sh finds or starts
+# (Debian's docker.io on a private socket where there is none). Without registry access the
+# base is a debootstrap'ed Debian bookworm; pip reads the wheels the host already has.
+# CA_BUNDLE: the extra CA bundle pip trusts inside the build (default: the one the host's pip
+# uses, PIP_CERT); it is used inside one RUN and left in no layer. CA_BUNDLE= turns it off.
+IMAGES ?=
+IMAGE_ARGS ?=
+CA_BUNDLE ?= $(PIP_CERT)
 images:
-	bash images/build.sh
+	HOST_PYTHON=$(abspath $(PY)) bash images/build.sh $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) \
+	  $(IMAGE_ARGS) $(IMAGES)
+
+# Pin what the images install: images/requirements*.lock from pyproject.toml (and the venv's
+# versions), with hashes.
+lock: $(STAMP)
+	$(PY) images/lock.py
+
+engine-stop:
+	bash images/engine.sh stop
+
+# Containerized vs subprocess `make run`, side by side in one run (bench/results_containers.json).
+bench-containers: $(STAMP)
+	eval "$$(images/engine.sh start)" && export DOCKER_HOST && $(PY) -m bench.bench_containers
 
 clean:
 	rm -rf runs reports predictions data/synthetic data/processed saved_models mlflow.db mlruns mlartifacts

@@ -2,22 +2,32 @@
 
     python -m pipelines.run_local --params params.yaml --set training.epochs=2 [--demo]
 
-The same pipeline function that ``compile.py`` compiles runs through
-``kfp.local.SubprocessRunner(use_venv=False)`` in the current environment: every task is a
-subprocess of this Python, artifacts land under ``runs/<timestamp>/``, MLflow uses
-``sqlite:///mlflow.db`` (made absolute, so every task sees the same store). ``--demo`` applies
+The same pipeline function that ``compile.py`` compiles runs through ``kfp.local``:
+
+* ``--runner subprocess`` (default): ``SubprocessRunner(use_venv=False)``, every task a
+  subprocess of this Python; MLflow uses ``sqlite:///mlflow.db`` (made absolute, so every task
+  sees the same store).
+* ``--runner docker``: ``DockerRunner``, every task in the built component image as its
+  non-root user (``pipelines.docker_run``). A relative ``sqlite:///`` store and
+  ``export.repository_dir`` then live under ``<root>/containers/``, a directory mounted into
+  the tasks and writable by the image's user.
+
+Artifacts land under ``<root>/<timestamp>/``, each task's full output in its ``logs/``; the
+console gets one line per finished task (the log tail of a failed one). ``--demo`` applies
 ``depth_common.presets.DEMO`` (small encoder, small images, few epochs) before ``--set``.
 At the end it prints each stage's status and time, the test metrics, the promotion decision
 and the champion version; the exit status is 1 when a task failed.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +38,12 @@ import yaml
 from depth_common.cli import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
 from depth_common.presets import DEMO, DEMO_SYNTHETIC
+from pipelines.docker_run import ContainerError
+from pipelines.task_logs import TaskLogRouter
+
+RUNNERS = ("subprocess", "docker")
+#: Under ``root``: the MLflow store and served repository of containerized runs.
+CONTAINER_STORE = "containers"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -89,6 +105,21 @@ def resolve_tracking_uri(uri: str, cwd: Path) -> str:
     return f"sqlite:///{(cwd / db).resolve()}"
 
 
+def relocate_relative(params: Params, overrides: list[str], base: Path) -> Params:
+    """Containerized runs: a relative sqlite store and ``export.repository_dir`` move under
+    ``base`` (the directory mounted into the tasks); ``overrides`` gets the new values."""
+    from depth_common.tracking import sqlite_path
+
+    changes = []
+    db = sqlite_path(params.mlflow.tracking_uri)
+    if db is not None and not db.is_absolute():
+        changes.append(f"mlflow.tracking_uri=sqlite:///{(base / db.name).resolve()}")
+    if not Path(params.export.repository_dir).is_absolute():
+        changes.append(f"export.repository_dir={(base / 'triton_repository').resolve()}")
+    overrides.extend(changes)
+    return params.with_overrides(changes) if changes else params
+
+
 @dataclass
 class LocalRun:
     """What one local pipeline run produced (for the summary and for tests)."""
@@ -99,6 +130,7 @@ class LocalRun:
     tasks: dict[str, dict[str, Any]]
     params: Params
     wall_s: float
+    log_dir: Path | None = None
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -122,6 +154,9 @@ def run_local(
     synthetic: dict[str, Any] | None = None,
     arguments: dict[str, Any] | None = None,
     root: str | Path = "runs",
+    runner: str = "subprocess",
+    quiet: bool = True,
+    console: Any = None,
 ) -> LocalRun:
     """Run the pipeline built from ``params_path`` with ``overrides`` as ``params_overrides``.
 
@@ -129,10 +164,14 @@ def run_local(
     override of the same key. The params file and
     overrides are validated here first, so a bad ``--set`` fails before any task starts; a bad
     pipeline argument fails in the pipeline's ``configure`` task, as it would on a cluster.
+    ``runner``: "subprocess" or "docker" (see the module doc). ``quiet``: task output goes to
+    ``<pipeline root>/logs/<task>.log`` and ``console`` (default stdout) gets one line per task.
     """
-    from kfp import local
-
     from pipelines.depth_pipeline import PARAM_KEYS, make_pipeline
+
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    console = console or sys.stdout
 
     base = load_params(params_path)
     # An explicit pipeline argument wins over an override of the same key (e.g. DEMO's
@@ -140,6 +179,8 @@ def run_local(
     taken = {PARAM_KEYS[name] for name in (arguments or {}) if name in PARAM_KEYS}
     overrides = [o for o in overrides if o.partition("=")[0].strip() not in taken]
     params = base.with_overrides(overrides)
+    if runner == "docker":
+        params = relocate_relative(params, overrides, Path(root) / CONTAINER_STORE)
     uri = resolve_tracking_uri(params.mlflow.tracking_uri, Path.cwd())
     if uri != params.mlflow.tracking_uri:
         overrides.append(f"mlflow.tracking_uri={uri}")
@@ -151,27 +192,23 @@ def run_local(
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     pipeline_root = (Path(root) / stamp).resolve()
-    pipeline_root.mkdir(parents=True, exist_ok=False)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(pipeline_root),
-        raise_on_error=False,
-    )
+    log_dir = pipeline_root / "logs" if quiet else None
     events = StageEvents()
     root_logger = logging.getLogger()
     root_logger.addFilter(events.filter)
     t0 = time.monotonic()
     try:
-        make_pipeline(base)(
-            **dict(arguments or {}),
-            data_uri=data_uri,
-            synthetic=dict(synthetic or {}),
-            params_overrides=overrides,
-        )
+        with _runner(runner, pipeline_root, params, console), _task_output(log_dir, console):
+            make_pipeline(base)(
+                **dict(arguments or {}),
+                data_uri=data_uri,
+                synthetic=dict(synthetic or {}),
+                params_overrides=overrides,
+            )
     finally:
         root_logger.removeFilter(events.filter)
     wall = time.monotonic() - t0
-    run_dirs = sorted(p for p in pipeline_root.iterdir() if p.is_dir())
+    run_dirs = sorted(p for p in pipeline_root.iterdir() if p.is_dir() and p != log_dir)
     run_dir = run_dirs[-1] if run_dirs else pipeline_root
     stages = events.stages()
     ok = bool(stages) and all(status == "SUCCESS" for _, status, _ in stages)
@@ -179,7 +216,72 @@ def run_local(
     resolved = tasks.get("configure", {}).get("parameterValues", {}).get("params")
     if resolved:  # what the tasks really used (pipeline arguments included)
         params = params_from_dict(json.loads(resolved))
-    return LocalRun(run_dir, ok, stages, tasks, params, wall)
+    return LocalRun(run_dir, ok, stages, tasks, params, wall, log_dir)
+
+
+@contextlib.contextmanager
+def _runner(kind: str, pipeline_root: Path, params: Params, console: Any) -> Iterator:
+    """``kfp.local.init`` with the runner ``kind`` (for docker: image, user, mounts checked)."""
+    from kfp import local
+
+    if kind == "subprocess":
+        pipeline_root.mkdir(parents=True, exist_ok=False)
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(pipeline_root),
+            raise_on_error=False,
+        )
+        yield
+        return
+    from components.image import COMPONENT_IMAGE
+    from pipelines import docker_run
+
+    client = docker_run.docker_client()
+    try:
+        image = docker_run.inspect_image(client, COMPONENT_IMAGE)
+    finally:
+        client.close()
+    pipeline_root.mkdir(parents=True, exist_ok=False)  # only once the engine and image are there
+    here = docker_run.source_revision(Path(__file__).resolve().parents[1])
+    if image.revision and here and image.revision != here:
+        print(
+            f"note: {image.ref} was built from {image.revision}, the tree is at {here}: "
+            "`make images` rebuilds it",
+            file=console,
+        )
+    # The MLflow store's directory and the served repository's parent: mounted at their own
+    # paths (the pipeline root is mounted by kfp.local itself).
+    shared = docker_run.shared_dirs(params.mlflow.tracking_uri, params.export.repository_dir)
+    user = docker_run.hand_over([pipeline_root, *shared], image.user)
+    options = docker_run.runner_options(user, image, shared)
+    local.init(
+        runner=local.DockerRunner(**options),
+        pipeline_root=str(pipeline_root),
+        raise_on_error=False,
+    )
+    with docker_run.safe_docker_tasks(), docker_run.engine_errors():
+        yield
+
+
+@contextlib.contextmanager
+def _task_output(log_dir: Path | None, console: Any) -> Iterator:
+    """Quiet: kfp.local's stdout and Python warnings filed per task under ``log_dir``
+    (None: everything streams to the terminal as it comes)."""
+    if log_dir is None:
+        yield
+        return
+    print(f"task logs: {log_dir}", file=console)
+    router = TaskLogRouter(log_dir, console)
+
+    def file_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        router.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(router):
+            warnings.showwarning = file_warning
+            yield
+    finally:
+        router.close()
 
 
 def format_summary(run: LocalRun) -> str:
@@ -207,7 +309,8 @@ def format_summary(run: LocalRun) -> str:
     from depth_common.deploy.rollout import summary_of_deploy
 
     lines += summary_of_deploy(run.tasks.get("deploy", {}), run.params)
-    lines.append("status: " + ("SUCCEEDED" if run.ok else "FAILED (see the task logs above)"))
+    where = f"the task logs in {run.log_dir}" if run.log_dir else "the task logs above"
+    lines.append("status: " + ("SUCCEEDED" if run.ok else f"FAILED (see {where})"))
     return "\n".join(lines)
 
 
@@ -233,6 +336,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--arg", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter"
     )
     parser.add_argument("--root", default="runs", help="parent of the pipeline roots")
+    parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="subprocess",
+        help="subprocess: tasks in this environment; docker: in the built component image",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="stream every task's output (not only to its log)"
+    )
     args = parser.parse_args(argv)
     overrides = [*(DEMO if args.demo else ()), *args.set]
     try:
@@ -255,8 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             synthetic=synthetic,
             arguments=arguments,
             root=args.root,
+            runner=args.runner,
+            quiet=not args.verbose,
         )
-    except (ConfigError, ValueError, TypeError) as exc:
+    except (ConfigError, ValueError, TypeError, ContainerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n" + "=" * 80 + "\n" + format_summary(run))

@@ -1,10 +1,12 @@
-"""The component images, reviewed without an engine: each Dockerfile parsed and checked for a
-pinned base, a numeric non-root USER, the project installed from its own files with the
-dependency layer before the code, no secrets; the build context; and ``images/build.sh`` run
-against a fake ``docker`` (one that has no engine, and one that records what it is asked)."""
+"""The images, reviewed without an engine: each Dockerfile parsed and checked for a pinned base,
+a numeric non-root USER, hash-locked dependencies installed before the code, no secrets; the
+lock files against pyproject.toml; the build context; and ``images/build.sh`` /
+``images/engine.sh`` run against a fake ``docker`` (one with no engine, one that records what it
+is asked and can fail a build)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -15,20 +17,32 @@ import pytest
 from depth_common.images import read_images_env
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile*"))
-# The component images install the whole project; the transformer's (images/transformer) does not.
 COMPONENT_DOCKERFILES = sorted((ROOT / "images" / "component").glob("Dockerfile*"))
 ENV = read_images_env(ROOT / "images" / "images.env")
-SECRETISH = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|CREDENTIAL|AUTH", re.I)
+SECRETISH = re.compile(
+    r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|CREDENTIAL|AUTH|CERT|CA_?BUNDLE", re.I
+)
 TOKEN_LITERAL = re.compile(r"hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|ghp_[A-Za-z0-9]{20,}")
 # TensorRT inside NVIDIA's Triton images (release notes): a plan only loads on the TensorRT that
 # built it, so the CUDA image's TensorRT must follow the Triton tag.
 TRITON_TENSORRT = {"24.08": "10.3", "24.09": "10.4", "24.10": "10.5", "24.12": "10.7"}
+CPU = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_TAG']}"
+CUDA = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_CUDA_TAG']}"
+
+
+def _lock_module():
+    spec = importlib.util.spec_from_file_location("images_lock", ROOT / "images" / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lock = _lock_module()
 
 
 def parse(path: Path) -> list[tuple[str, str]]:
     """Dockerfile → [(INSTRUCTION, arguments)], comments dropped, continuations joined."""
-    text = re.sub(r"\\\n", " ", path.read_text())
+    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", path.read_text())
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -43,7 +57,7 @@ def _args(instrs: list[tuple[str, str]]) -> dict[str, str]:
     for word, rest in instrs:
         if word == "ARG" and "=" in rest:
             key, _, value = rest.partition("=")
-            args[key] = value
+            args[key] = value.strip('"')
     return args
 
 
@@ -51,7 +65,7 @@ def test_there_is_a_cpu_and_a_cuda_image() -> None:
     assert [p.name for p in COMPONENT_DOCKERFILES] == ["Dockerfile", "Dockerfile.cuda"]
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
 def test_base_image_is_pinned(path: Path) -> None:
     instrs = parse(path)
     args = _args(instrs)
@@ -64,7 +78,13 @@ def test_base_image_is_pinned(path: Path) -> None:
         assert re.search(r"\d", tag or base), f"{path}: FROM {base} has no version in its tag"
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_cuda_image_is_the_component_image_plus_tensorrt() -> None:
+    args = _args(parse(ROOT / "images" / "component" / "Dockerfile.cuda"))
+    assert args["COMPONENT_BASE"] == CPU
+    assert args["TENSORRT_VERSION"] == ENV["TENSORRT_VERSION"]
+
+
+@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
 def test_runs_as_a_numeric_non_root_user(path: Path) -> None:
     instrs = parse(path)
     users = [(i, rest) for i, (word, rest) in enumerate(instrs) if word == "USER"]
@@ -74,34 +94,32 @@ def test_runs_as_a_numeric_non_root_user(path: Path) -> None:
     assert uid.isdigit() and int(uid) != 0, f"{path}: USER {last} (numeric, non-zero expected)"
     later = [word for word, _ in instrs[last_index + 1 :]]
     assert "RUN" not in later and "USER" not in later  # nothing after it runs as someone else
-    assert any(f"--uid {uid}" in rest for word, rest in instrs if word == "RUN")
+    cpu = parse(ROOT / "images" / "component" / "Dockerfile")
+    assert any(f"--uid {uid}" in rest for word, rest in cpu if word == "RUN")
 
 
-@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
-def test_project_installed_from_its_own_files_deps_first(path: Path) -> None:
-    instrs = parse(path)
+def test_component_image_installs_the_lock_before_the_code() -> None:
+    instrs = parse(ROOT / "images" / "component" / "Dockerfile")
 
     def index(pred) -> int:
         found = [i for i, ins in enumerate(instrs) if pred(*ins)]
-        assert found, f"{path}: expected instruction not found"
+        assert found, "expected instruction not found"
         return found[0]
 
-    copy_pyproject = index(lambda w, r: w == "COPY" and r.split()[0] == "pyproject.toml")
-    deps = index(lambda w, r: w == "RUN" and "pyproject.toml" in r and "pip install" in r)
+    copy_lock = index(lambda w, r: w == "COPY" and "images/requirements.lock" in r)
+    deps = index(lambda w, r: w == "RUN" and "-r images/requirements.lock" in r)
     copy_code = index(lambda w, r: w == "COPY" and r.startswith("depth_common"))
-    install = index(lambda w, r: w == "RUN" and re.search(r"pip install --no-deps \.(\s|$)", r))
-    assert copy_pyproject < deps < copy_code < install
-    deps_cmd = instrs[deps][1]
-    assert "['project']['dependencies']" in deps_cmd  # the same list the venv installs
-    # No dependency list of its own: nothing installed by name except the CUDA extras.
-    assert "requirements.txt" in deps_cmd
-    copied = [instrs[i][1].split()[0] for i in range(len(instrs)) if instrs[i][0] == "COPY"]
-    for src in copied:
-        assert (ROOT / src).exists(), f"{path}: COPY {src}: no such file in the repository"
+    install = index(lambda w, r: w == "RUN" and re.search(r"--no-deps --no-build-isolation \.", r))
+    assert copy_lock < deps < copy_code < install
+    assert "--require-hashes" in instrs[deps][1]
+    copied = [r.split()[:-1] for w, r in instrs if w == "COPY"]
+    for sources in copied:
+        for src in sources:
+            assert (ROOT / src).exists(), f"COPY {src}: no such file in the repository"
     assert ("ENV", "DEPTH_MANIFESTS_DIR=/app/manifests") in instrs
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
 def test_no_secrets_baked_in(path: Path) -> None:
     for word, rest in parse(path):
         if word in ("ENV", "ARG", "LABEL"):
@@ -109,14 +127,43 @@ def test_no_secrets_baked_in(path: Path) -> None:
                 assert not SECRETISH.search(key), f"{path}: {word} {key} looks like a secret"
         assert not TOKEN_LITERAL.search(rest), f"{path}: a literal token in {word}"
         if word == "COPY":
-            assert not re.search(r"(^|[\s/])\.env\b|token|secret|\.kube|\.netrc", rest, re.I)
+            assert not re.search(
+                r"(^|[\s/])\.env\b|token|secret|\.kube|\.netrc|\.pem|\.crt", rest, re.I
+            )
 
 
-def test_cuda_image_tensorrt_matches_the_serving_triton() -> None:
-    args = _args(parse(ROOT / "images" / "component" / "Dockerfile.cuda"))
+def test_tensorrt_matches_the_serving_triton() -> None:
     release = ENV["TRITON_TAG"].split("-")[0]
     assert release in TRITON_TENSORRT, f"add Triton {release}'s TensorRT version to this table"
-    assert args["TENSORRT_VERSION"].startswith(TRITON_TENSORRT[release] + ".")
+    assert ENV["TENSORRT_VERSION"].startswith(TRITON_TENSORRT[release] + ".")
+    pins = lock.parse_lock(lock.CUDA_LOCK)
+    assert pins["tensorrt-cu12-bindings"][0] == ENV["TENSORRT_VERSION"]
+
+
+def test_the_locks_satisfy_pyproject_and_pin_every_file() -> None:
+    assert lock.check_locks() == []
+    pins = lock.parse_lock(lock.LOCK)
+    for name in ("torch", "kfp", "onnxruntime", "nvidia-pytriton", "setuptools"):
+        assert name in pins, name
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for _, hashes in pins.values() for h in hashes)
+
+
+def test_the_lock_check_names_what_disagrees(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    text = (ROOT / "pyproject.toml").read_text()
+    pyproject.write_text(
+        text.replace('"torch==2.14.1"', '"torch==2.15.0"', 1).replace(
+            '"pillow>=10",', '"pillow>=10",\n    "not-locked-anywhere>=1",', 1
+        )
+    )
+    bad_lock = tmp_path / "requirements.lock"
+    bad_lock.write_text("torch==2.14.1\n")
+    with pytest.raises(ValueError, match=r"requirements.lock:1: expected 'name==version --hash"):
+        lock.parse_lock(bad_lock)
+    problems = lock.check_locks(pyproject=pyproject)
+    assert "torch==2.15.0: the lock pins 2.14.1" in problems
+    assert "not-locked-anywhere>=1: not in the lock" in problems
+    assert len(problems) == 2
 
 
 def test_build_context_is_the_sources_only() -> None:
@@ -127,56 +174,163 @@ def test_build_context_is_the_sources_only() -> None:
     ]
     assert lines[0] == "**"  # exclude everything, then allow the sources
     allowed = {ln[1:].removesuffix("/**") for ln in lines if ln.startswith("!")}
-    for path in DOCKERFILES:
+    for path in COMPONENT_DOCKERFILES:
         for word, rest in parse(path):
             if word == "COPY" and not rest.startswith("--from"):
-                src = rest.split()[0]
-                assert src.rstrip("/") in allowed, f".dockerignore keeps out COPY {src}"
+                for src in rest.split()[:-1]:
+                    assert src.rstrip("/") in allowed, f".dockerignore keeps out COPY {src}"
     for private in (".venv", ".git", "data", "saved_models", "mlflow.db", "runs"):
         assert private not in allowed
 
 
-def _fake_engine(tmp_path: Path, info_ok: bool) -> tuple[dict[str, str], Path]:
+# -- images/build.sh and images/engine.sh against a fake docker -----------------------------
+
+
+def _fake_docker(tmp_path: Path, *, engine: bool = True, fail_build: bool = False) -> dict:
     log = tmp_path / "calls.log"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("docker", "podman"):
-        fake = bin_dir / name
-        status = 0 if (info_ok and name == "docker") else 1
-        fake.write_text(
-            "#!/bin/sh\n"
-            f'echo "{name} $*" >> "{log}"\n'
-            f'if [ "$1" = info ]; then exit {status}; fi\n'
-            "exit 0\n"
-        )
-        fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("ENGINE", "PUSH")}
-    env["PATH"] = f"{bin_dir}:{env['PATH']}"
-    return env, log
-
-
-def test_build_script_without_an_engine_says_so(tmp_path: Path) -> None:
-    env, log = _fake_engine(tmp_path, info_ok=False)
-    out = subprocess.run(
-        ["bash", str(ROOT / "images" / "build.sh")], env=env, capture_output=True, text=True
+    fake = bin_dir / "docker"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "docker $*" >> "{log}"\n'
+        f'if [ "$1" = version ]; then exit {0 if engine else 1}; fi\n'
+        f'if [ "$1" = build ]; then exit {1 if fail_build else 0}; fi\n'
+        'if [ "$1" = image ] && [ "$2" = inspect ]; then echo 1234000000; fi\n'
+        "exit 0\n"
     )
-    assert out.returncode == 2
-    assert "no running container engine" in out.stderr and "images.yml" in out.stderr
-    assert "build" not in log.read_text()
-
-
-def test_build_script_builds_and_pushes_the_names_of_images_env(tmp_path: Path) -> None:
-    env, log = _fake_engine(tmp_path, info_ok=True)
-    out = subprocess.run(
-        ["bash", str(ROOT / "images" / "build.sh")], env=env, capture_output=True, text=True
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "BUILD_", "WHEEL"))}
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        DOCKER_HOST=f"unix://{tmp_path}/fake.sock",
+        DEPTH_ENGINE_DIR=str(tmp_path / "engine"),
+        DEPTH_ENGINE_RUN=str(tmp_path / "run"),
+        PREFETCH="0",
     )
+    return {"env": env, "log": log}
+
+
+def _build(fake: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(ROOT / "images" / "build.sh"), *args],
+        env=fake["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _calls(fake: dict, verb: str) -> list[str]:
+    if not fake["log"].exists():  # docker was never called
+        return []
+    return [c for c in fake["log"].read_text().splitlines() if c.startswith(f"docker {verb} ")]
+
+
+def test_build_without_an_engine_says_why_and_builds_nothing(tmp_path: Path) -> None:
+    fake = _fake_docker(tmp_path, engine=False)
+    # Nothing answers, and the engine script may not set one up (its state directory cannot
+    # be made): it must say so and build.sh must stop there.
+    fake["env"]["DEPTH_ENGINE_DIR"] = "/proc/no-such-dir"
+    out = _build(fake, "component")
+    assert out.returncode == 3, out.stderr
+    assert "no Docker Engine: cannot create /proc/no-such-dir" in out.stderr
+    assert _calls(fake, "build") == []
+
+
+def test_build_goes_to_a_temporary_tag_then_the_real_one(tmp_path: Path) -> None:
+    fake = _fake_docker(tmp_path)
+    out = _build(fake, "component", "cuda")
     assert out.returncode == 0, out.stderr
-    cpu = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_TAG']}"
-    cuda = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_CUDA_TAG']}"
-    calls = [c for c in log.read_text().splitlines() if not c.endswith(" info")]
-    assert calls == [
-        f"docker build -f images/component/Dockerfile -t {cpu} .",
-        f"docker build -f images/component/Dockerfile.cuda -t {cuda} .",
-        f"docker push {cpu}",
-        f"docker push {cuda}",
+    builds = _calls(fake, "build")
+    temporary = [b.split(" -t ")[1].split()[0] for b in builds]
+    assert [re.sub(r"-building-\d+$", "", t) for t in temporary] == [CPU, CUDA]
+    assert all(re.search(r"-building-\d+$", t) for t in temporary)
+    assert "-f images/component/Dockerfile " in builds[0] and "Dockerfile.cuda" in builds[1]
+    assert f"COMPONENT_BASE={CPU}" in builds[1]
+    assert "org.opencontainers.image.revision=" in builds[0]
+    assert f"org.opencontainers.image.version={ENV['COMPONENT_TAG']}" in builds[0]
+    tags = _calls(fake, "tag")
+    assert [t.split()[-1] for t in tags] == [CPU, CUDA]
+    assert _calls(fake, "push") == []  # pushing is asked for, never implied
+
+
+def test_a_failed_build_leaves_the_tag_alone(tmp_path: Path) -> None:
+    fake = _fake_docker(tmp_path, fail_build=True)
+    out = _build(fake, "component")
+    assert out.returncode == 1
+    assert f"building {CPU} failed" in out.stderr and "left as it was" in out.stderr
+    assert _calls(fake, "tag") == []
+    assert any("-building-" in c for c in _calls(fake, "rmi"))
+
+
+def test_the_ca_bundle_never_reaches_the_build_command(tmp_path: Path) -> None:
+    fake = _fake_docker(tmp_path)
+    ca = tmp_path / "proxy-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIBfakefakefake\n-----END CERTIFICATE-----\n")
+    out = _build(fake, "--ca-bundle", str(ca), "--pip-retries", "9", "--offline", "component")
+    assert out.returncode == 0, out.stderr
+    (build,) = _calls(fake, "build")
+    assert str(ca) not in build and "MIIB" not in build
+    assert re.search(r"BUILD_FILES_URL=http://127\.0\.0\.1:\d+ ", build)
+    assert "PIP_RETRIES=9" in build and "PIP_OFFLINE=1" in build
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ca-bundle", "/no/such.pem"], "--ca-bundle /no/such.pem: not a readable file"),
+        (["--wheels", "/no/such/dir"], "--wheels /no/such/dir: not a directory"),
+        (["--pip-retries", "many"], "whole numbers expected"),
+        (["gpu"], "unknown argument 'gpu'"),
+    ],
+)
+def test_bad_build_options_are_named(tmp_path: Path, args: list[str], message: str) -> None:
+    fake = _fake_docker(tmp_path)
+    out = _build(fake, *args)
+    assert out.returncode == 2 and message in out.stderr
+    assert _calls(fake, "build") == []
+
+
+def test_engine_script_uses_a_running_engine_and_stops_nothing_it_did_not_start(
+    tmp_path: Path,
+) -> None:
+    fake = _fake_docker(tmp_path)
+    engine = ["bash", str(ROOT / "images" / "engine.sh")]
+    out = subprocess.run([*engine, "start"], env=fake["env"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [
+        f"DOCKER_HOST={fake['env']['DOCKER_HOST']}",
+        "DEPTH_ENGINE_STARTED=0",
     ]
+    out = subprocess.run([*engine, "stop"], env=fake["env"], capture_output=True, text=True)
+    assert out.returncode == 0 and "nothing to stop" in out.stderr
+
+
+def test_the_transformer_image_is_built_when_images_env_names_it_and_its_dockerfile_exists(
+    tmp_path: Path,
+) -> None:
+    fake = _fake_docker(tmp_path)
+    env_file = tmp_path / "images.env"
+    env_file.write_text(
+        (ROOT / "images" / "images.env").read_text()
+        + "TRANSFORMER_IMAGE=depth-transformer\nTRANSFORMER_TAG=0.1.0\n"
+    )
+    fake["env"]["IMAGES_ENV"] = str(env_file)
+    has_dockerfile = (ROOT / "images" / "transformer" / "Dockerfile").is_file()
+    out = _build(fake, "transformer")
+    image = f"{ENV['REGISTRY']}/depth-transformer:0.1.0"
+    if has_dockerfile:
+        assert out.returncode == 0, out.stderr
+        assert [t.split()[-1] for t in _calls(fake, "tag")] == [image]
+        assert "-f images/transformer/Dockerfile " in _calls(fake, "build")[0]
+    else:
+        assert out.returncode == 2 and "images/transformer/Dockerfile does not exist" in out.stderr
+        # By default only the images whose Dockerfile exists are built.
+        out = _build(fake)
+        assert out.returncode == 0, out.stderr
+        assert [t.split()[-1] for t in _calls(fake, "tag")] == [CPU, CUDA]
+    fake["env"]["IMAGES_ENV"] = str(ROOT / "images" / "images.env")
+    if "TRANSFORMER_IMAGE" not in ENV:
+        out = _build(fake, "transformer")
+        assert out.returncode == 2 and "names no such image" in out.stderr
