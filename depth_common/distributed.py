@@ -25,7 +25,7 @@ import datetime
 import math
 import os
 import random
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
-from torch.utils.data.distributed import DistributedSampler
 
 from depth_common.config import ConfigError
 
 # torchrun's environment contract (torch.distributed.run): these are set for every worker.
-_ENV_INT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT")
+# (MASTER_ADDR / MASTER_PORT are read by torch's env:// rendezvous itself.)
+_ENV_INT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 DEFAULT_TIMEOUT_S = 1800.0
 """Collective timeout (seconds): a rank that waits longer for its peers fails instead of hanging."""
@@ -50,15 +50,13 @@ class TorchrunEnv:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    local_rank: int = 0  # picks the GPU of this rank
+    local_world_size: int = 1  # ranks sharing this node's CPUs (the thread policy divides them)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TorchrunEnv:
-        """Parse ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
-        ``MASTER_PORT``; absent ``WORLD_SIZE`` means a plain single process."""
+        """Parse ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``; absent
+        ``WORLD_SIZE`` means a plain single process."""
         env = os.environ if environ is None else environ
         if "WORLD_SIZE" not in env:
             return cls()
@@ -93,8 +91,6 @@ class TorchrunEnv:
             world_size=world,
             local_rank=local_rank,
             local_world_size=local_world,
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=values.get("MASTER_PORT", 29500),
         )
 
 
@@ -213,42 +209,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return work.to(tensor.device)
 
 
-def all_reduce_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Sum a mapping of additive statistics over ranks (e.g. ``DepthMetricsAccumulator.state()``).
-
-    Values may be Python numbers, numpy arrays or tensors; each comes back in its own kind
-    (numbers as float, or int where every rank's value was an int). Summation is in float64 so
-    metric sums over millions of pixels stay exact enough to equal the single-process numbers.
-    """
-    keys = sorted(state)
-    if not _group_active():
-        return dict(state)
-    flat: list[torch.Tensor] = []
-    shapes: list[tuple[int, ...]] = []
-    for k in keys:
-        v = state[k]
-        t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-        shapes.append(tuple(t.shape))
-        flat.append(t.to(torch.float64).reshape(-1))
-    summed = all_reduce_sum(torch.cat(flat)) if flat else torch.zeros(0, dtype=torch.float64)
-    out: dict[str, Any] = {}
-    offset = 0
-    for k, shape in zip(keys, shapes, strict=True):
-        n = math.prod(shape)
-        part = summed[offset : offset + n].reshape(shape)
-        offset += n
-        v = state[k]
-        if isinstance(v, torch.Tensor):
-            out[k] = part.to(dtype=v.dtype, device=v.device)
-        elif isinstance(v, np.ndarray):
-            out[k] = part.numpy().astype(v.dtype)
-        elif isinstance(v, int | np.integer) and not isinstance(v, bool):
-            out[k] = int(round(part.item()))
-        else:
-            out[k] = float(part.item())
-    return out
-
-
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (picklable objects: decisions, run ids, paths)."""
     if not _group_active():
@@ -305,27 +265,80 @@ class ShardSampler(Sampler[int]):
         return self.stop - self.start
 
 
-def train_sampler(dataset: Sized, *, seed: int, shuffle: bool = True) -> DistributedSampler | None:
-    """The training sampler: a :class:`DistributedSampler` under a process group (call
-    :func:`set_epoch` every epoch so the shuffle changes), ``None`` in a single process (the
-    DataLoader shuffles itself). ``seed`` must be the same on every rank (the *base* seed, not
-    :func:`rank_seed`): the ranks must agree on one permutation to split it without overlap."""
-    if not _group_active():
-        return None
-    return DistributedSampler(
-        dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed
-    )
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Training sampler: this rank's share of a permutation that depends on (seed, epoch) only.
+
+    Yields ``(epoch, index)`` keys, so the dataset can draw each item's augmentation from
+    (seed, epoch, index) alone: batches are then the same with 0 or N DataLoader workers, with
+    persistent workers, and after a resume (no generator state lives in a worker). The
+    permutation and the sharding are :class:`~torch.utils.data.DistributedSampler`'s
+    (``randperm`` seeded with ``seed + epoch``, padded by repetition to a multiple of the world
+    size, rank ``r`` takes every ``world``-th index from ``r``), so ranks never overlap and the
+    ranks' shards partition one permutation. One rank (a single process) takes it all.
+
+    :meth:`set_epoch` picks the epoch; iterating without it moves on to the next epoch (a
+    loader iterated twice reshuffles, as with ``shuffle=True``). :meth:`skip` drops the first
+    samples of the next iteration only: a run resumed in mid-epoch continues where it stopped.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        *,
+        shuffle: bool = True,
+        rank_: int | None = None,
+        world: int | None = None,
+    ) -> None:
+        self.num_samples, self.seed, self.shuffle = num_samples, int(seed), shuffle
+        self.world = world_size() if world is None else world
+        self.rank = rank() if rank_ is None else rank_
+        if num_samples < 0 or not 0 <= self.rank < self.world:
+            raise ValueError(
+                f"EpochSampler: need num_samples >= 0 and 0 <= rank < world, got "
+                f"num_samples={num_samples}, rank={self.rank}, world={self.world}"
+            )
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def skip(self, samples: int) -> None:
+        self._skip = int(samples)
+
+    def indices(self, epoch: int) -> list[int]:
+        """This rank's dataset indices for ``epoch``, in order."""
+        n = self.num_samples
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        total = math.ceil(n / self.world) * self.world
+        if order and total > n:
+            order += (order * math.ceil((total - n) / n))[: total - n]
+        return order[self.rank : total : self.world]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, self._skip
+        self.epoch, self._skip = epoch + 1, 0
+        return iter([(epoch, i) for i in self.indices(epoch)[skip:]])
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(self.num_samples / self.world) - self._skip)
 
 
-def eval_sampler(dataset: Sized) -> ShardSampler:
+def train_sampler(num_samples: int, *, seed: int) -> EpochSampler:
+    """This rank's training sampler (the whole shuffled split in a single process). ``seed``
+    must be the same on every rank (the *base* seed, not :func:`rank_seed`): the ranks must
+    agree on one permutation to split it without overlap."""
+    return EpochSampler(num_samples, seed)
+
+
+def eval_sampler(num_samples: int) -> ShardSampler:
     """The evaluation sampler of this rank (the whole split, in order, in a single process)."""
-    return ShardSampler(len(dataset))
-
-
-def set_epoch(sampler: Any, epoch: int) -> None:
-    """Forward ``epoch`` to samplers that reshuffle per epoch; ignore the others (and None)."""
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    return ShardSampler(num_samples)
 
 
 # -- batch plan ----------------------------------------------------------------------------------
@@ -339,12 +352,6 @@ class BatchPlan:
     world_size: int
     micro_batch_size: int  # samples per forward/backward on one rank
     accumulation_steps: int  # micro-steps per optimiser step on one rank
-
-    @property
-    def loss_scale(self) -> float:
-        """Multiply each micro-batch loss by this before ``backward`` (full accumulation groups;
-        see :meth:`micro_scale` for an epoch's shorter tail)."""
-        return 1.0 / self.accumulation_steps
 
     def micro_scale(self, micro_index: int, num_micro: int) -> float:
         """Loss scale of micro-batch ``micro_index`` of ``num_micro``: ``1 / (micro-batches in
@@ -398,8 +405,7 @@ def wrap_ddp(
     when a rank's micro-batch is small. DDP broadcasts rank 0's parameters and buffers at
     construction, so every rank starts from the same weights whatever its seed.
     ``find_unused_parameters``: let DDP skip parameters that get no gradient (costs one graph
-    traversal per step); needed while the model holds such parameters (the timm encoder's
-    final ``norm``, which the DPT taps bypass).
+    traversal per step); the DPT needs none (its encoder is pruned to what the taps use).
     Without a process group the model is returned unwrapped (on the device).
     """
     model = model.to(ctx.device)
@@ -420,8 +426,11 @@ def wrap_ddp(
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DDP (what checkpoints store: no ``module.`` key prefix)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The plain module inside DDP and ``torch.compile`` wrappers (``.module`` /
+    ``._orig_mod``): what checkpoints store, with no ``module.`` key prefix."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
 
 
 def no_sync_unless(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
