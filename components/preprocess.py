@@ -12,6 +12,9 @@ def preprocess(raw: Input[Dataset], data_params: str, processed: Output[Dataset]
 
     from depth_common.config import params_from_dict
     from depth_common.data.preprocess import preprocess_dataset
+    from depth_common.startup import record_startup
+
+    record_startup("preprocess")
 
     if not os.path.isdir(raw.path):  # an importer cannot check; this is the first task that can
         raise FileNotFoundError(

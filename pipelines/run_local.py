@@ -14,6 +14,7 @@ and the champion version; the exit status is 1 when a task failed.
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -28,6 +29,8 @@ import yaml
 from depth_common.cli import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
 from depth_common.presets import DEMO, DEMO_SYNTHETIC
+from depth_common.startup import ENV as STARTUP_ENV
+from depth_common.startup import format_startup, read_startup_log
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -152,6 +155,8 @@ def run_local(
         pipeline_root=str(pipeline_root),
         raise_on_error=False,
     )
+    # Each task appends its start-up time (process start -> imports done) here.
+    os.environ[STARTUP_ENV] = str(pipeline_root / "startup.jsonl")
     events = StageEvents()
     root_logger = logging.getLogger()
     root_logger.addFilter(events.filter)
@@ -185,6 +190,7 @@ def format_summary(run: LocalRun) -> str:
     for task, status, seconds in run.stages:
         lines.append(f"{task:<24} {status:<8} {seconds:>7.1f}s")
     lines.append(f"{'total':<33} {run.wall_s:>7.1f}s")
+    lines += format_startup(read_startup_log(run.run_dir.parent / "startup.jsonl"))
     metrics = run.test_metrics
     if metrics:
         lines += ["", "test metrics:"]
