@@ -150,3 +150,45 @@ def test_a_process_pinned_to_one_cpu_chooses_one_thread() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_the_train_task_gets_as_many_threads_as_it_requests_cpus(tmp_path) -> None:
+    """TRAIN_CPU is the train task's CPU request and limit; the limit's cgroup quota gives
+    exactly TRAIN_CPU threads (on a node with at least that many cores)."""
+    import yaml
+
+    from pipelines.depth_pipeline import TRAIN_CPU
+
+    # the compiled pipeline's first document (the second holds the platform settings)
+    spec = next(yaml.safe_load_all((ROOT / "pipelines" / "depth_pipeline.yaml").read_text()))
+    executors = spec["deploymentSpec"]["executors"]
+    trains = [e for name, e in executors.items() if name.startswith("exec-train")]
+    assert trains
+    for e in trains:
+        res = e["container"]["resources"]
+        assert res["resourceCpuRequest"] == res["resourceCpuLimit"] == TRAIN_CPU
+    quota = int(float(TRAIN_CPU) * 100000)
+    proc, host = fake_host(
+        tmp_path,
+        cgroup="0::/pod\n",
+        mounts=[V2_MOUNT],
+        files={"sys/fs/cgroup/pod/cpu.max": f"{quota} 100000"},
+    )
+    cpus, _ = cgroup_cpu_limit(proc, host)
+    assert threads_for_cpus(cpus) == int(TRAIN_CPU)
+
+
+def test_the_inference_service_threads_agree_with_its_cpu_limit() -> None:
+    """OMP_NUM_THREADS of the predictor = the policy's count for its CPU limit, shared by the
+    model instances Triton runs (export.instance_count)."""
+    import yaml
+
+    from depth_common.config import load_params
+
+    isvc = yaml.safe_load((ROOT / "manifests" / "base" / "inferenceservice.yaml").read_text())
+    model = isvc["spec"]["predictor"]["model"]
+    env = {e["name"]: e["value"] for e in model["env"]}
+    limit = model["resources"]["limits"]["cpu"]
+    cpus = float(limit[:-1]) / 1000 if str(limit).endswith("m") else float(limit)
+    instances = load_params(ROOT / "params.yaml").export.instance_count
+    assert int(env["OMP_NUM_THREADS"]) == threads_for_cpus(cpus, instances)
