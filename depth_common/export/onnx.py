@@ -123,7 +123,10 @@ def parity_inputs(batch: int, img_size: tuple[int, int], seed: int = 0) -> np.nd
 def _ort_session(path: Path) -> Any:
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from depth_common.threads import ort_session_options
+
+    options = ort_session_options(role="export parity")  # threads that fit this process's CPUs
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def check_onnx_parity(
@@ -142,7 +145,10 @@ def check_onnx_parity(
     differs by ``atol`` or more, and ``ValueError`` when the output is not ``[B, 1, H, W]``.
     ``label`` names the file in messages (default: ``onnx_path``).
     """
+    from depth_common.threads import apply_torch_threads
+
     label = label or onnx_path
+    apply_torch_threads(role="export parity")
     session = _ort_session(Path(onnx_path))
     parity: dict[str, float] = {}
     model.eval()

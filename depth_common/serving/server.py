@@ -104,7 +104,8 @@ def localize_model_config(
     Everything else (name, inputs, outputs, max_batch_size, dynamic_batching, instance count,
     warmup, version policy, parameters) is kept. ``onnx_file`` is recorded as a parameter for
     ``model.py``. ``intra_op_threads`` > 0 sets ``intra_op_thread_count`` (the parameter name
-    Triton's ONNX Runtime backend reads, so a repository's own setting carries over when 0).
+    Triton's ONNX Runtime backend reads); 0 keeps the repository's own setting, or where it has
+    none, sets the thread policy's count for this process's CPUs over the instances.
     """
     local = model_config_pb2.ModelConfig()
     local.CopyFrom(config)
@@ -113,6 +114,12 @@ def localize_model_config(
     onnx_file = config.default_model_filename or "model.onnx"
     local.ClearField("default_model_filename")  # the python backend's file is model.py
     local.parameters["onnx_file"].string_value = onnx_file
+    if intra_op_threads <= 0 and "intra_op_thread_count" not in config.parameters:
+        # The CPUs this server may use, shared by the model's instances (thread policy).
+        from depth_common.threads import decide_threads
+
+        instances = sum(g.count or 1 for g in config.instance_group) or 1
+        intra_op_threads = decide_threads(share=instances).intra_op
     if intra_op_threads > 0:
         local.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
     # ORT's TensorRT/CUDA accelerators do not exist here; the config must not ask for them.
