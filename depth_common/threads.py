@@ -5,8 +5,10 @@ PyTorch and ONNX Runtime size their pools by what they see. Each parallel region
 for threads the kernel cannot run (the cgroup quota is spent, or another process holds the
 core), which on this project's demo model costs 10-20x in throughput. :func:`decide_threads`
 counts the CPUs from the process's affinity mask and its cgroup CPU quota (v2 ``cpu.max``, v1
-``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, the tightest along the cgroup's ancestors) and
-rounds down: a thread that may only run part of the time stalls every region it joins.
+``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, the tightest along the cgroup's ancestors), and
+caps that by the CPUs of the mask that other processes left idle over a short sample when the
+process starts (``/proc/stat``): a core another process keeps busy is not one this process
+has. It rounds down: a thread that may only run part of the time stalls every region it joins.
 
 Precedence: ``OMP_NUM_THREADS``, then ``MKL_NUM_THREADS`` (the variables PyTorch itself reads),
 then a configured count (``training.threads``; 0 = derive), then the derived count divided
@@ -19,9 +21,11 @@ imports torch when called, :func:`ort_session_options` imports onnxruntime.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +148,47 @@ def cgroup_cpu_limit(
     return min(limits) if limits else None
 
 
+def _cpu_times(proc: Path, cpus: set[int]) -> dict[int, tuple[int, int]] | None:
+    """``{cpu: (total jiffies, idle + iowait jiffies)}`` of the CPUs in ``cpus``."""
+    try:
+        lines = (proc / "stat").read_text().splitlines()
+    except OSError:
+        return None
+    times = {}
+    for line in lines:
+        name, *values = line.split()
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
+            continue
+        cpu = int(name[3:])
+        if cpu in cpus and len(values) >= 5:
+            ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+            times[cpu] = (sum(ticks), ticks[3] + ticks[4])
+    return times or None
+
+
+@functools.lru_cache(maxsize=8)
+def idle_cpus(
+    cpus: frozenset[int], interval_s: float = 0.1, proc: Path = Path("/proc")
+) -> float | None:
+    """CPUs of ``cpus`` left idle over ``interval_s`` seconds (this process sleeps meanwhile),
+    from ``/proc/stat``; ``None`` where it cannot tell. Sampled once per process and set."""
+    before = _cpu_times(proc, set(cpus))
+    if before is None:
+        return None
+    time.sleep(interval_s)
+    after = _cpu_times(proc, set(cpus))
+    if after is None:
+        return None
+    idle = 0.0
+    for cpu, (total0, idle0) in before.items():
+        total1, idle1 = after.get(cpu, (total0, idle0))
+        if total1 > total0:
+            idle += min(1.0, max(0.0, (idle1 - idle0) / (total1 - total0)))
+        else:
+            idle += 1.0  # no tick in the interval: nothing ran there
+    return idle
+
+
 # -- decision ---------------------------------------------------------------------------------
 
 
@@ -174,13 +219,15 @@ def decide_threads(
     *,
     share: int = 1,
     environ: Mapping[str, str] | None = None,
+    probe: bool = True,
     proc: Path = Path("/proc"),
     host: Path = Path("/"),
 ) -> ThreadCounts:
     """The intra-op and inter-op counts for this process (see the module docstring).
 
     ``configured`` > 0 fixes the count unless the environment does; ``share`` divides the
-    derived count among processes (DDP ranks on one node) or model instances on the same CPUs.
+    derived count among processes (DDP ranks on one node) or model instances on the same CPUs;
+    ``probe`` caps it by the CPUs other processes leave idle (:func:`idle_cpus`).
     Inter-op is 1: the models here are one sequential graph, and a second pool would only
     compete with the intra-op threads for the same cores.
     """
@@ -196,9 +243,21 @@ def decide_threads(
     why = f"affinity {affinity}, " + (
         "no cgroup CPU quota" if limit is None else f"cgroup {limit[1]} quota {limit[0]:.2f}"
     )
+    idle = idle_cpus(_mask(), proc=proc) if probe else None
+    if idle is not None:
+        # A CPU three-quarters idle counts; one that others keep half busy does not.
+        cpus = min(cpus, max(1.0, math.floor(idle + 0.25)))
+        why += f", {idle:.2f} CPUs idle"
     if share > 1:
         why += f", shared by {share}"
     return ThreadCounts(threads_for_cpus(cpus, share), 1, why)
+
+
+def _mask() -> frozenset[int]:
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return frozenset(range(os.cpu_count() or 1))
 
 
 def log_once(counts: ThreadCounts, role: str) -> None:

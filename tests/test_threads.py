@@ -192,3 +192,33 @@ def test_the_inference_service_threads_agree_with_its_cpu_limit() -> None:
     cpus = float(limit[:-1]) / 1000 if str(limit).endswith("m") else float(limit)
     instances = load_params(ROOT / "params.yaml").export.instance_count
     assert int(env["OMP_NUM_THREADS"]) == threads_for_cpus(cpus, instances)
+
+
+def _stat(rows: dict[int, tuple[int, int]]) -> str:
+    """A /proc/stat with ``{cpu: (busy jiffies, idle jiffies)}`` per CPU."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{c} {busy} 0 0 {idle} 0 0 0 0 0 0" for c, (busy, idle) in rows.items()]
+    return "\n".join(lines) + "\nintr 0\n"
+
+
+def test_cpus_other_processes_keep_busy_are_not_counted(tmp_path, monkeypatch) -> None:
+    """Over the sample, cpu1 is busy all the time (another process), cpu0 idle: 1 thread."""
+    import depth_common.threads as T
+
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "stat").write_text(_stat({0: (100, 100), 1: (100, 100), 2: (5, 5)}))
+
+    def tick(seconds: float) -> None:  # what the kernel's counters did while we slept
+        (proc / "stat").write_text(_stat({0: (101, 199), 1: (200, 100), 2: (5, 5)}))
+
+    monkeypatch.setattr(T.time, "sleep", tick)
+    T.idle_cpus.cache_clear()
+    idle = T.idle_cpus(frozenset({0, 1}), proc=proc)  # cpu2 is outside the mask
+    assert idle == pytest.approx(0.99)
+    monkeypatch.setattr(T, "_mask", lambda: frozenset({0, 1}))
+    monkeypatch.setattr(T, "affinity_cpus", lambda: 2)
+    counts = T.decide_threads(environ={}, proc=proc, host=tmp_path)
+    assert counts.intra_op == 1 and "0.99 CPUs idle" in counts.source
+    assert T.decide_threads(environ={}, probe=False, proc=proc, host=tmp_path).intra_op == 2
+    T.idle_cpus.cache_clear()
