@@ -69,7 +69,9 @@ def test_epochs_zero_saves_initial_model_and_logs(processed_data, tiny_params, t
 def test_mlflow_per_epoch_metrics(processed_data, tiny_params, tmp_path) -> None:
     from depth_common import tracking
 
-    params = with_mlflow(tiny_params, tmp_path).with_overrides(["training.max_train_batches=1"])
+    params = with_mlflow(tiny_params, tmp_path).with_overrides(
+        ["training.max_train_batches=1", "training.val_every=1", "training.checkpoint_every=1"]
+    )
     result = train(params, processed_data, tmp_path / "ckpt")
     assert result.epochs_run == 2 and len(result.history) == 2
     for key in ("train_loss", "val_rmse", "val_abs_rel", "val_delta_1", "learning_rate"):
@@ -118,6 +120,8 @@ def test_sigterm_then_resume_is_bit_identical(processed_data, tiny_params, tmp_p
         (
             "training.max_train_batches=3",
             "training.epochs=3",
+            "training.val_every=1",
+            "training.checkpoint_every=1",
             "data.batch_size=2",
             f"data.num_workers={workers}",
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",

@@ -19,10 +19,12 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads in the functions that run a model, not for the constants
+    import torch
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -145,6 +147,8 @@ def check_onnx_parity(
     differs by ``atol`` or more, and ``ValueError`` when the output is not ``[B, 1, H, W]``.
     ``label`` names the file in messages (default: ``onnx_path``).
     """
+    import torch
+
     from depth_common.threads import apply_torch_threads
 
     label = label or onnx_path
@@ -215,6 +219,7 @@ def export_model(
     file appears at ``out_path``; on any failure the temporary file is removed.
     """
     import onnx
+    import torch
 
     out_path = Path(out_path)
     img_size = (int(img_size[0]), int(img_size[1]))
