@@ -8,7 +8,7 @@ end, and on SIGTERM (Kubernetes sends it before killing a pod: the loop stops at
 optimiser step and saves where it is in the epoch). Both are written atomically.
 
 Resume is exact: shuffling and augmentation are functions of (seed, epoch, index) (see
-:class:`~depth_common.distributed.EpochSampler`), torch's generator is reseeded from
+:class:`~depth_common.samplers.EpochSampler`), torch's generator is reseeded from
 (seed, epoch, rank, micro-batch) before every forward, and a run stopped in mid-epoch skips
 the samples it already trained on.
 
@@ -33,6 +33,7 @@ import torch
 from depth_common import distributed as dist_
 from depth_common.config import ConfigError, Params
 from depth_common.losses import DepthLoss
+from depth_common.samplers import eval_sampler, train_sampler
 from depth_common.threads import apply_torch_threads
 from depth_common.train_control import StopRequest, TrainingError, TrainingInterrupted, tracked_run
 from depth_common.train_loop import Loop, train_one_epoch, validate
@@ -154,10 +155,10 @@ def _loaders(params: Params, processed_dir: Path, micro: int) -> tuple[Any, Any]
         params = params.with_overrides((f"data.batch_size={micro}",))
     train_set = dataset_for(processed_dir, "train", params, train=True)
     val_set = dataset_for(processed_dir, "val", params, train=False)
-    sampler = dist_.train_sampler(len(train_set), seed=params.training.seed)
+    sampler = train_sampler(len(train_set), seed=params.training.seed)
     return (
         loader_for(train_set, params, train=True, sampler=sampler),
-        loader_for(val_set, params, train=False, sampler=dist_.eval_sampler(len(val_set))),
+        loader_for(val_set, params, train=False, sampler=eval_sampler(len(val_set))),
     )
 
 
@@ -209,8 +210,13 @@ def train(
     group_existed = dist.is_available() and dist.is_initialized()
     ctx = dist_.init_distributed(params.training.device, params.training.dist_timeout_s)
     try:
-        apply_torch_threads(params.training.threads, share=ctx.env.local_world_size, role="train")
-        return _train(params, Path(processed_dir), Path(out_dir), ctx, resume, tracking)
+        threads = apply_torch_threads(
+            params.training.threads, share=ctx.env.local_world_size, role="train"
+        )
+        # Results depend on the thread count in the last bits: the run records it (fix
+        # training.threads or OMP_NUM_THREADS for bit-identical runs on other machines).
+        tag = f"intra-op {threads.intra_op}, inter-op {threads.inter_op} ({threads.source})"
+        return _train(params, Path(processed_dir), Path(out_dir), ctx, resume, tracking, tag)
     finally:
         if ctx.distributed and not group_existed:
             dist_.cleanup_distributed()
@@ -223,6 +229,7 @@ def _train(
     ctx: dist_.DistContext,
     resume: bool,
     tracking: bool,
+    threads: str,
 ) -> TrainResult:
     t_cfg, device = params.training, ctx.device
     dist_.seed_everything(t_cfg.seed)  # the same initial weights on every rank
@@ -265,6 +272,7 @@ def _train(
         "world_size": str(ctx.world_size),
         "micro_batch_size": str(plan.micro_batch_size),
         "accumulation_steps": str(plan.accumulation_steps),
+        "threads": threads,
     }
     tracked = tracked_run(params, state, tags, enabled=tracking and ctx.is_main)
     with tracked, StopRequest(distributed=ctx.distributed) as stop:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from depth_common import distributed as D
+from depth_common import samplers as S
 from depth_common.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_sync_batchnorm_on_cpu_is_a_clear_config_error():
 @pytest.mark.parametrize("n", [0, 1, 5, 7, 16])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shard_sampler_partitions_without_padding(n, world):
-    shards = [list(D.ShardSampler(n, r, world)) for r in range(world)]
+    shards = [list(S.ShardSampler(n, r, world)) for r in range(world)]
     assert [i for s in shards for i in s] == list(range(n))  # every sample once, in order
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
@@ -113,7 +114,7 @@ def test_epoch_sampler_is_distributed_samplers_permutation(n, world):
     from torch.utils.data.distributed import DistributedSampler
 
     for r in range(world):
-        ours = D.EpochSampler(n, seed=7, rank_=r, world=world)
+        ours = S.EpochSampler(n, seed=7, rank_=r, world=world)
         ref = DistributedSampler(range(n), num_replicas=world, rank=r, seed=7) if n else None
         for epoch in (0, 3):
             ours.set_epoch(epoch)
@@ -126,7 +127,7 @@ def test_epoch_sampler_is_distributed_samplers_permutation(n, world):
 
 
 def test_epoch_sampler_skips_what_a_stopped_epoch_already_did():
-    s = D.EpochSampler(10, seed=1, rank_=0, world=1)
+    s = S.EpochSampler(10, seed=1, rank_=0, world=1)
     whole = list(s.indices(2))
     s.set_epoch(2)
     s.skip(4)
@@ -239,9 +240,9 @@ def _collectives(ctx: D.DistContext, out: Path) -> None:
     decision = D.broadcast_object({"stop": True, "from": r} if r == 0 else None)
     anyflag = D.any_rank(r == 1)
     # eval sampler shards of 5 samples
-    shard = list(D.eval_sampler(5))
+    shard = list(S.eval_sampler(5))
     # train sampler: disjoint shards that change with the epoch
-    ts = D.train_sampler(10, seed=7)
+    ts = S.train_sampler(10, seed=7)
     ts_e0 = [i for _, i in ts]
     ts.set_epoch(1)
     ts_e1 = [i for _, i in ts]
