@@ -1,17 +1,21 @@
-"""How long a task's process took to get ready to work: interpreter start, the runner's own
-set-up (kfp's executor) and the task's imports, up to the call of :func:`record_startup`.
+"""How long a task's process spends starting and importing.
 
-A task calls :func:`record_startup` right after its imports. The figure is logged, and
-appended as one JSON line to the file that ``DEPTH_STARTUP_LOG`` names (``make run`` points
-it into the pipeline root, and its summary shows one row per task). Linux only (the process
-start time comes from ``/proc``); elsewhere it records nothing.
+A task calls :func:`record_startup` right after its imports. It measures the start-up: from
+the process's start (``/proc``) to that call (interpreter, the runner's own set-up, the task's
+imports). With ``DEPTH_STARTUP_LOG`` set (``make run`` points it into the pipeline root) it
+also times the imports the task makes later (deferred to the code that needs them) and, at
+exit, appends one JSON line ``{"task", "startup_s", "later_imports_s", ...}`` to that file;
+the run summary shows one row per task. Linux only; elsewhere it records nothing.
 """
 
 from __future__ import annotations
 
+import atexit
+import builtins
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,20 +38,57 @@ def seconds_since_process_start(proc: Path = Path("/proc")) -> float | None:
     return max(0.0, uptime - started)
 
 
+class _ImportTimer:
+    """Wall time spent in outermost ``import`` statements from now on (nested ones are inside)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._depth = 0
+        self._real = builtins.__import__
+
+    def __call__(self, name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+        if self._depth or (name in sys.modules and not fromlist):
+            return self._real(name, globals, locals, fromlist, level)
+        self._depth += 1
+        t0 = time.perf_counter()
+        try:
+            return self._real(name, globals, locals, fromlist, level)
+        finally:
+            self._depth -= 1
+            self.seconds += time.perf_counter() - t0
+
+
+def _append(target: str, row: dict[str, Any]) -> None:
+    # One short append per task: atomic enough for tasks that run one after another.
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
 def record_startup(task: str) -> float | None:
-    """Log and (with ``DEPTH_STARTUP_LOG`` set) append ``{"task", "startup_s", "pid", "time"}``."""
+    """Log the start-up; with ``DEPTH_STARTUP_LOG`` set, time later imports and append the
+    task's row at exit. Returns the start-up seconds (``None`` off Linux)."""
     seconds = seconds_since_process_start()
     if seconds is None:
         return None
     log.info("%s: ready %.2f s after the process started (interpreter + imports)", task, seconds)
     target = os.environ.get(ENV)
     if target:
-        line = json.dumps(
-            {"task": task, "startup_s": round(seconds, 3), "pid": os.getpid(), "time": time.time()}
-        )
-        # One short append per task: atomic enough for tasks that run one after another.
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        timer = _ImportTimer()
+        builtins.__import__ = timer
+        row = {
+            "task": task,
+            "startup_s": round(seconds, 3),
+            "pid": os.getpid(),
+            "time": time.time(),
+        }
+
+        def at_exit() -> None:
+            builtins.__import__ = timer._real
+            row["later_imports_s"] = round(timer.seconds, 3)
+            row["run_s"] = round(time.time() - row["time"], 3)
+            _append(target, row)
+
+        atexit.register(at_exit)
     return seconds
 
 
@@ -69,10 +110,19 @@ def read_startup_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def format_startup(rows: list[dict[str, Any]]) -> list[str]:
-    """Summary lines: each task's start-up and the total."""
+    """Summary lines: each task's start-up, its later (deferred) imports, and the totals."""
     if not rows:
         return []
-    lines = ["", "task start-up (process start -> imports done):"]
-    lines += [f"  {r['task']:<22} {float(r['startup_s']):>6.2f}s" for r in rows]
-    lines.append(f"  {'total':<22} {sum(float(r['startup_s']) for r in rows):>6.2f}s")
+    lines = [
+        "",
+        f"{'task imports':<24} {'start-up':>9} {'later':>7}   (start-up: process start to the "
+        "task's imports done; later: imports deferred to where they are used)",
+    ]
+    total = [0.0, 0.0]
+    for r in rows:
+        start, later = float(r["startup_s"]), float(r.get("later_imports_s", 0.0))
+        total[0] += start
+        total[1] += later
+        lines.append(f"{r['task']:<24} {start:>8.2f}s {later:>6.2f}s")
+    lines.append(f"{'total':<24} {total[0]:>8.2f}s {total[1]:>6.2f}s")
     return lines

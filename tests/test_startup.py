@@ -17,19 +17,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_a_task_records_its_start_up(tmp_path) -> None:
-    """A child that spends 0.6 s before it is ready records at least that, and less than the
-    whole child's life; the summary lists it with a total."""
+    """A child that spends 0.6 s before it is ready records at least that, the 0.4 s of its
+    deferred import as a later import; the summary lists both with totals."""
     log = tmp_path / "startup.jsonl"
+    # A module that takes 0.4 s to import, imported after start-up (a deferred import).
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(0.4)\n")
     code = (
         "import time; time.sleep(0.6);"
-        "from depth_common.startup import record_startup; record_startup('slow-task')"
+        "from depth_common.startup import record_startup; record_startup('slow-task');"
+        "import slow_module"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DEPTH_STARTUP_LOG": str(log)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+        "DEPTH_STARTUP_LOG": str(log),
+    }
     for _ in range(2):
         subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     rows = read_startup_log(log)
     assert [r["task"] for r in rows] == ["slow-task", "slow-task"]
     assert all(0.6 <= r["startup_s"] < 60 for r in rows)
+    assert all(0.4 <= r["later_imports_s"] < 60 for r in rows)
     lines = format_startup(rows)
     assert lines[-1].split()[0] == "total"
     total = float(lines[-1].split()[1].rstrip("s"))

@@ -55,6 +55,7 @@ def test_epochs_zero_saves_initial_model_and_logs(processed_data, tiny_params, t
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["training.epochs"] == "0"
+    assert run.data.tags["threads"].startswith("intra-op ")
     assert (
         run.data.tags["encoder"] == "vit_tiny_patch16_224" and run.data.tags["img_size"] == "64x128"
     )
