@@ -44,7 +44,10 @@ def _worker(args: argparse.Namespace) -> None:
         D.seed_everything(D.rank_seed(params.training.seed, ctx.rank))
         plan = D.plan_batches(params.data.batch_size, ctx.world_size)
         model = D.wrap_ddp(
-            build_model(params), ctx, params.training.sync_batchnorm, find_unused_parameters=True
+            build_model(params),
+            ctx,
+            params.training.sync_batchnorm,
+            find_unused_parameters=args.find_unused == "on",
         )
         opt = torch.optim.AdamW(
             D.unwrap(model).param_groups(params.training.encoder_lr, params.training.decoder_lr)
@@ -115,6 +118,15 @@ def main() -> None:
         default=None,
         help="OMP threads per process (default: the cores split evenly between the processes)",
     )
+    parser.add_argument(
+        "--find-unused",
+        choices=("off", "on", "both"),
+        default="off",
+        help="DDP find_unused_parameters (the DPT needs none); both: each multi-process row twice",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over the rows, alternating their order"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -127,11 +139,21 @@ def main() -> None:
         _worker(args)
         return
 
-    import torch
-
     cores = os.cpu_count() or 1
+    cells = [
+        (n, flag)
+        for n in args.nprocs
+        for flag in (("off", "on") if args.find_unused == "both" and n > 1 else (args.find_unused,))
+    ]
     rows = []
-    for n in args.nprocs:
+    for r in range(args.repeat):
+        rows += _run_round(args, cells if r % 2 == 0 else cells[::-1], cores, r)
+    _report(args, rows, cores)
+
+
+def _run_round(args: argparse.Namespace, cells: list, cores: int, round_: int) -> list[dict]:
+    rows = []
+    for n, flag in cells:
         # Split the cores between the processes (torchrun's own default is 1 thread each).
         threads = args.threads or max(1, cores // n)
         with tempfile.TemporaryDirectory() as tmp:
@@ -150,20 +172,29 @@ def main() -> None:
                 str(args.steps),
                 "--warmup",
                 str(args.warmup),
+                "--find-unused",
+                flag,
             ]
             for s in args.set:
                 cmd += ["--set", s]
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             subprocess.run(cmd, check=True, env=env)
             row = json.loads(result.read_text())
-        row["omp_threads_per_process"] = threads
+        row.update(omp_threads_per_process=threads, find_unused_parameters=flag, round=round_)
+        row["load1"] = round(os.getloadavg()[0], 2)
         rows.append(row)
         print(
             f"{n} process(es) on {row['device']}: {row['samples_per_s']:.2f} samples/s "
             f"(median step {row['median_step_s'] * 1e3:.0f} ms) "
             f"(global batch {row['global_batch']}, {row['micro_batch_per_rank']} per rank, "
-            f"{threads} thread(s) each)"
+            f"{threads} thread(s) each, find_unused_parameters {flag})"
         )
+    return rows
+
+
+def _report(args: argparse.Namespace, rows: list[dict], cores: int) -> None:
+    import torch
+
     base = rows[0]["samples_per_s"]
     for row in rows:
         row["speedup_vs_first"] = row["samples_per_s"] / base

@@ -98,9 +98,10 @@ def run_training(
     memory (MiB, torch's allocator), GradScaler's final scale and skipped steps, and
     :func:`loss_trend`. ``status`` is ``ok`` when every loss is finite and the trend decreases.
     """
+    from depth_common.distributed import seed_everything as seed_all
     from depth_common.losses import DepthLoss
     from depth_common.model import build_model
-    from depth_common.train import _autocast, seed_all
+    from depth_common.train_state import amp_mode
 
     if steps < 2:
         raise ValueError(f"--train-steps: got {steps}, expected >= 2 (a trend needs two points)")
@@ -112,7 +113,7 @@ def run_training(
     optimizer = torch.optim.AdamW(
         model.param_groups(t_cfg.encoder_lr, t_cfg.decoder_lr), weight_decay=t_cfg.weight_decay
     )
-    autocast, scaler, amp_desc = _autocast(device, amp)
+    autocast, scaler, amp_desc = amp_mode(device, amp)
     criterion = DepthLoss.from_params(params)
     cuda = device.type == "cuda"
     if cuda:

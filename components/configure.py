@@ -22,6 +22,9 @@ def configure(base_params: str, keys: dict, values: dict, overrides: list) -> Na
     import yaml
 
     from depth_common.config import ConfigError, params_from_dict
+    from depth_common.startup import record_startup
+
+    record_startup("configure")
 
     base = json.loads(base_params)
 

@@ -16,6 +16,9 @@ def decide(run_id: str, params: str, decision: Output[Markdown]) -> NamedTuple(
 
     from depth_common.config import params_from_dict
     from depth_common.promotion import decide_promotion, format_decision
+    from depth_common.startup import record_startup
+
+    record_startup("decide")
 
     p = params_from_dict(json.loads(params))
     d = decide_promotion(run_id, p)

@@ -23,6 +23,9 @@ def deploy(
     from depth_common.config import params_from_dict
     from depth_common.deploy.report import DeployError, write_deploy_report
     from depth_common.deploy.rollout import deploy_model
+    from depth_common.startup import record_startup
+
+    record_startup("deploy")
 
     p = params_from_dict(json.loads(params))
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")

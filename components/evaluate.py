@@ -20,6 +20,9 @@ def evaluate(
 
     from depth_common.config import params_from_dict
     from depth_common.evaluate import evaluate as evaluate_model
+    from depth_common.startup import record_startup
+
+    record_startup("evaluate")
 
     p = params_from_dict(json.loads(params))
     with tempfile.TemporaryDirectory() as tmp:  # logs test_* and the report to run_id

@@ -13,6 +13,9 @@ def export_onnx(model: Input[Model], params: str, run_id: str, onnx_model: Outpu
 
     from depth_common.config import params_from_dict
     from depth_common.export.onnx import export_onnx as export
+    from depth_common.startup import record_startup
+
+    record_startup("export_onnx")
 
     p = params_from_dict(json.loads(params))
     result = export(

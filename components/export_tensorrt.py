@@ -15,6 +15,9 @@ def export_tensorrt(onnx_model: Input[Model], params: str, plan: Output[Model]):
 
     from depth_common.config import params_from_dict
     from depth_common.export.tensorrt import export_tensorrt as export
+    from depth_common.startup import record_startup
+
+    record_startup("export_tensorrt")
 
     p = params_from_dict(json.loads(params))
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")

@@ -13,6 +13,9 @@ def preprocess(raw: Input[Dataset], data_params: str, processed: Output[Dataset]
 
     from depth_common.config import data_config_from_dict
     from depth_common.data.preprocess import counts_line, preprocess_dataset
+    from depth_common.startup import record_startup
+
+    record_startup("preprocess")
 
     if not os.path.isdir(raw.path):  # an importer cannot check; this is the first task that can
         raise FileNotFoundError(

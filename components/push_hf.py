@@ -21,6 +21,9 @@ def push_hf(
 
     from depth_common.config import params_from_dict
     from depth_common.deploy.hf import ModelCardInfo, push_to_hub
+    from depth_common.startup import record_startup
+
+    record_startup("push_hf")
 
     p = params_from_dict(json.loads(params))
     h, w = p.data.img_size

@@ -15,6 +15,9 @@ def register(run_id: str, params: str, pipeline_run: str) -> NamedTuple(
 
     from depth_common.config import params_from_dict
     from depth_common.promotion import register_model
+    from depth_common.startup import record_startup
+
+    record_startup("register")
 
     p = params_from_dict(json.loads(params))
     reg = register_model(run_id, p, pipeline_run=pipeline_run)

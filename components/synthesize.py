@@ -9,7 +9,10 @@ from components.image import depth_component
 def synthesize(options: dict, raw: Output[Dataset]):
     """``options``: keyword arguments of ``depth_common.synthetic.generate_cityscapes``
     (cities, per_split, size [H, W] pixels, seed); empty = its defaults."""
+    from depth_common.startup import record_startup
     from depth_common.synthetic import generate_cityscapes
+
+    record_startup("synthesize")
 
     # KFP numbers arrive as floats; the generator counts in integers.
     kwargs = {k: [int(x) for x in v] if isinstance(v, list) else int(v) for k, v in options.items()}

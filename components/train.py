@@ -15,9 +15,11 @@ def train(
     from pathlib import Path
 
     from depth_common.config import params_from_dict
+    from depth_common.startup import record_startup
     from depth_common.train import train as train_model
     from depth_common.trainjob import job_name_for, needs_cluster, run_scaled_training
 
+    record_startup("train")
     p = params_from_dict(json.loads(params))
     # Scratch next to the artifact (not uploaded); only the best checkpoint becomes the Model.
     work = Path(model.path).parent / "train-work"
@@ -25,7 +27,8 @@ def train(
         run_name = job_name_for(os.environ.get("HOSTNAME", "depth-train"))
         result = run_scaled_training(p, processed.path, work, run_name=run_name)
     else:
-        result = train_model(p, processed.path, work, tracking=True)
+        # resume: a retried task whose scratch survived (SIGTERM saved last.pt) continues it.
+        result = train_model(p, processed.path, work, resume=True, tracking=True)
     if not result.mlflow_run_id:
         raise RuntimeError("train: no MLflow run was created; promotion needs one")
     shutil.move(str(result.checkpoint_path), model.path)

@@ -19,6 +19,9 @@ def triton_repository(
 
     from depth_common.config import params_from_dict
     from depth_common.export.triton import build_triton_repository
+    from depth_common.startup import record_startup
+
+    record_startup("triton_repository")
 
     p = params_from_dict(json.loads(params))
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")

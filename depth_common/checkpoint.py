@@ -17,6 +17,7 @@ from torch import nn
 
 from depth_common.atomic import atomic_write
 from depth_common.config import Params
+from depth_common.distributed import unwrap
 from depth_common.errors import DataError
 
 FORMAT = "depth_common.checkpoint/v1"
@@ -27,13 +28,6 @@ _MODEL_CONFIG_KEYS = ("encoder", "decoder_features", "img_size", "hooks")
 class CheckpointError(DataError):
     """A checkpoint file is unreadable or not in this project's format (a DataError, so the CLI
     reports it as a one-line error)."""
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / torch.compile wrappers keep the real model in .module / ._orig_mod
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 def save_checkpoint(
@@ -55,7 +49,7 @@ def save_checkpoint(
     types/tensors (e.g. early-stopping state). Returns ``path``.
     """
     path = Path(path)
-    model = _unwrap(model)
+    model = unwrap(model)
     state: dict[str, Any] = {
         "format": FORMAT,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},

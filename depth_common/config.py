@@ -216,6 +216,9 @@ class TrainingConfig:
     device: str = "auto"
     checkpoint_dir: str = "saved_models"
     max_train_batches: int | None = None
+    val_every: int = 1
+    checkpoint_every: int = 1
+    threads: int = 0
     num_nodes: int = 1
     procs_per_node: int = 1
     sync_batchnorm: bool = False
@@ -263,6 +266,19 @@ class TrainingConfig:
             f"{p}.max_train_batches",
             self.max_train_batches,
             "null or an integer >= 1",
+        )
+        _check(self.val_every >= 1, f"{p}.val_every", self.val_every, "an integer >= 1 (epochs)")
+        _check(
+            self.checkpoint_every >= 1,
+            f"{p}.checkpoint_every",
+            self.checkpoint_every,
+            "an integer >= 1 (epochs)",
+        )
+        _check(
+            0 <= self.threads <= 1024,
+            f"{p}.threads",
+            self.threads,
+            "0 (from the CPUs the process may use) or a thread count in [1, 1024]",
         )
         _check(self.num_nodes >= 1, f"{p}.num_nodes", self.num_nodes, "an integer >= 1")
         _check(

@@ -22,23 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import os
 import random
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
-from torch.utils.data.distributed import DistributedSampler
 
 from depth_common.config import ConfigError
 
 # torchrun's environment contract (torch.distributed.run): these are set for every worker.
-_ENV_INT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT")
+# (MASTER_ADDR / MASTER_PORT are read by torch's env:// rendezvous itself.)
+_ENV_INT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 DEFAULT_TIMEOUT_S = 1800.0
 """Collective timeout (seconds): a rank that waits longer for its peers fails instead of hanging."""
@@ -50,15 +48,13 @@ class TorchrunEnv:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    local_rank: int = 0  # picks the GPU of this rank
+    local_world_size: int = 1  # ranks sharing this node's CPUs (the thread policy divides them)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TorchrunEnv:
-        """Parse ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
-        ``MASTER_PORT``; absent ``WORLD_SIZE`` means a plain single process."""
+        """Parse ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``; absent
+        ``WORLD_SIZE`` means a plain single process."""
         env = os.environ if environ is None else environ
         if "WORLD_SIZE" not in env:
             return cls()
@@ -93,8 +89,6 @@ class TorchrunEnv:
             world_size=world,
             local_rank=local_rank,
             local_world_size=local_world,
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=values.get("MASTER_PORT", 29500),
         )
 
 
@@ -213,42 +207,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return work.to(tensor.device)
 
 
-def all_reduce_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Sum a mapping of additive statistics over ranks (e.g. ``DepthMetricsAccumulator.state()``).
-
-    Values may be Python numbers, numpy arrays or tensors; each comes back in its own kind
-    (numbers as float, or int where every rank's value was an int). Summation is in float64 so
-    metric sums over millions of pixels stay exact enough to equal the single-process numbers.
-    """
-    keys = sorted(state)
-    if not _group_active():
-        return dict(state)
-    flat: list[torch.Tensor] = []
-    shapes: list[tuple[int, ...]] = []
-    for k in keys:
-        v = state[k]
-        t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-        shapes.append(tuple(t.shape))
-        flat.append(t.to(torch.float64).reshape(-1))
-    summed = all_reduce_sum(torch.cat(flat)) if flat else torch.zeros(0, dtype=torch.float64)
-    out: dict[str, Any] = {}
-    offset = 0
-    for k, shape in zip(keys, shapes, strict=True):
-        n = math.prod(shape)
-        part = summed[offset : offset + n].reshape(shape)
-        offset += n
-        v = state[k]
-        if isinstance(v, torch.Tensor):
-            out[k] = part.to(dtype=v.dtype, device=v.device)
-        elif isinstance(v, np.ndarray):
-            out[k] = part.numpy().astype(v.dtype)
-        elif isinstance(v, int | np.integer) and not isinstance(v, bool):
-            out[k] = int(round(part.item()))
-        else:
-            out[k] = float(part.item())
-    return out
-
-
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (picklable objects: decisions, run ids, paths)."""
     if not _group_active():
@@ -274,60 +232,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# -- samplers ------------------------------------------------------------------------------------
-
-
-class ShardSampler(Sampler[int]):
-    """Evaluation sampler: rank ``r`` of ``w`` gets the contiguous indices
-    ``[r*n//w, (r+1)*n//w)`` of a dataset of ``n`` samples, in order.
-
-    Unlike :class:`DistributedSampler` it never pads (no sample is seen twice) and never drops
-    (``drop_last``): the shards partition ``range(n)`` exactly, so sums all-reduced over ranks
-    equal the single-process sums. Shards differ in length by at most one sample; a rank may
-    get none (``n < w``), which is fine for sum-based metrics.
-    """
-
-    def __init__(self, num_samples: int, rank_: int | None = None, world: int | None = None):
-        self.world = world_size() if world is None else world
-        self.rank = rank() if rank_ is None else rank_
-        if num_samples < 0 or not 0 <= self.rank < self.world:
-            raise ValueError(
-                f"ShardSampler: need num_samples >= 0 and 0 <= rank < world, got "
-                f"num_samples={num_samples}, rank={self.rank}, world={self.world}"
-            )
-        self.start = self.rank * num_samples // self.world
-        self.stop = (self.rank + 1) * num_samples // self.world
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-def train_sampler(dataset: Sized, *, seed: int, shuffle: bool = True) -> DistributedSampler | None:
-    """The training sampler: a :class:`DistributedSampler` under a process group (call
-    :func:`set_epoch` every epoch so the shuffle changes), ``None`` in a single process (the
-    DataLoader shuffles itself). ``seed`` must be the same on every rank (the *base* seed, not
-    :func:`rank_seed`): the ranks must agree on one permutation to split it without overlap."""
-    if not _group_active():
-        return None
-    return DistributedSampler(
-        dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed
-    )
-
-
-def eval_sampler(dataset: Sized) -> ShardSampler:
-    """The evaluation sampler of this rank (the whole split, in order, in a single process)."""
-    return ShardSampler(len(dataset))
-
-
-def set_epoch(sampler: Any, epoch: int) -> None:
-    """Forward ``epoch`` to samplers that reshuffle per epoch; ignore the others (and None)."""
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-
-
 # -- batch plan ----------------------------------------------------------------------------------
 
 
@@ -339,12 +243,6 @@ class BatchPlan:
     world_size: int
     micro_batch_size: int  # samples per forward/backward on one rank
     accumulation_steps: int  # micro-steps per optimiser step on one rank
-
-    @property
-    def loss_scale(self) -> float:
-        """Multiply each micro-batch loss by this before ``backward`` (full accumulation groups;
-        see :meth:`micro_scale` for an epoch's shorter tail)."""
-        return 1.0 / self.accumulation_steps
 
     def micro_scale(self, micro_index: int, num_micro: int) -> float:
         """Loss scale of micro-batch ``micro_index`` of ``num_micro``: ``1 / (micro-batches in
@@ -398,8 +296,7 @@ def wrap_ddp(
     when a rank's micro-batch is small. DDP broadcasts rank 0's parameters and buffers at
     construction, so every rank starts from the same weights whatever its seed.
     ``find_unused_parameters``: let DDP skip parameters that get no gradient (costs one graph
-    traversal per step); needed while the model holds such parameters (the timm encoder's
-    final ``norm``, which the DPT taps bypass).
+    traversal per step); the DPT needs none (its encoder is pruned to what the taps use).
     Without a process group the model is returned unwrapped (on the device).
     """
     model = model.to(ctx.device)
@@ -420,8 +317,11 @@ def wrap_ddp(
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DDP (what checkpoints store: no ``module.`` key prefix)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The plain module inside DDP and ``torch.compile`` wrappers (``.module`` /
+    ``._orig_mod``): what checkpoints store, with no ``module.`` key prefix."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
 
 
 def no_sync_unless(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:

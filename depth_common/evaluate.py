@@ -119,9 +119,11 @@ def evaluate(
     """
     from depth_common.checkpoint import model_from_checkpoint
     from depth_common.data import build_dataloader, read_manifest
-    from depth_common.train import resolve_device
+    from depth_common.distributed import resolve_device
+    from depth_common.threads import apply_torch_threads
 
     processed_dir, out_dir = Path(processed_dir), Path(out_dir)
+    apply_torch_threads(params.training.threads, role="evaluate")
     device = resolve_device(params.training.device)
     model, ckpt = model_from_checkpoint(checkpoint_path, map_location=device)
     loader = build_dataloader(processed_dir, split, params, train=False)

@@ -167,12 +167,13 @@ class DPT(nn.Module):
             if "Unknown model" in str(exc):
                 raise ValueError(f"model.encoder: {encoder!r} is not a timm model") from exc
             raise
-        if not hasattr(self.encoder, "forward_intermediates") or not hasattr(
-            self.encoder, "blocks"
+        if not all(
+            hasattr(self.encoder, a)
+            for a in ("blocks", "forward_intermediates", "prune_intermediate_layers")
         ):
             raise ValueError(
                 f"model.encoder: {encoder!r} is not a ViT-style timm model "
-                "(expected blocks and forward_intermediates)"
+                "(expected blocks, forward_intermediates and prune_intermediate_layers)"
             )
         patch = self.encoder.patch_embed.patch_size
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
@@ -186,6 +187,16 @@ class DPT(nn.Module):
                 f"hooks: got {list(hooks)}, expected four increasing indices in [0, {depth - 1}] "
                 f"({encoder} has {depth} blocks)"
             )
+
+        # Keep only what the taps use: the blocks after the last hook, the final norm and the
+        # classifier head would get no gradient (DDP would then need find_unused_parameters)
+        # and cost time for nothing. Checkpoints that still hold them load (see the hook).
+        full = set(self.encoder.state_dict())
+        self.encoder.prune_intermediate_layers(list(hooks), prune_norm=True, prune_head=True)
+        self._pruned_keys = frozenset(
+            f"encoder.{k}" for k in full.difference(self.encoder.state_dict())
+        )
+        self.register_load_state_dict_pre_hook(_drop_pruned_keys)
 
         self.encoder_name = encoder
         self.img_size = (h, w)
@@ -229,6 +240,13 @@ class DPT(nn.Module):
             {"name": "encoder", "params": list(self.encoder.parameters()), "lr": encoder_lr},
             {"name": "decoder", "params": decoder, "lr": decoder_lr},
         ]
+
+
+def _drop_pruned_keys(module: DPT, state_dict: dict, prefix: str, *_: object) -> None:
+    """``load_state_dict`` pre-hook: ignore the encoder parts the DPT pruned (a checkpoint
+    written before pruning, or a full timm state dict, still loads strictly otherwise)."""
+    for key in [k for k in state_dict if k[len(prefix) :] in module._pruned_keys]:
+        del state_dict[key]
 
 
 def build_model(params: Params, *, init_depth: float = 10.0) -> DPT:

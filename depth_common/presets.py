@@ -3,7 +3,10 @@
 The full seed configuration stays the default of ``params.yaml`` for real runs; the demo
 swaps in a ``vit_tiny`` encoder from random weights (nothing is downloaded here), small
 images and a few epochs, with the encoder LR raised to the decoder's because an encoder from
-random weights needs it (see docs/training-notes).
+random weights needs it (see docs/training-notes). It validates every third epoch (and after
+the last; patience counts validations) and writes last.pt at the end only: on a run this short
+that bookkeeping was about a quarter of the training time (validation 5 s and last.pt 2.3 s
+of 29 s).
 """
 
 DEMO: tuple[str, ...] = (
@@ -17,7 +20,9 @@ DEMO: tuple[str, ...] = (
     "training.encoder_lr=3.0e-4",
     "training.decoder_lr=3.0e-4",
     "training.warmup_epochs=1",
-    "training.patience=6",
+    "training.val_every=3",
+    "training.checkpoint_every=12",
+    "training.patience=2",
     "training.amp=false",
 )
 

@@ -1,45 +1,50 @@
-"""Training loop: AdamW + warmup/cosine, AMP, grad clipping, per-epoch validation, best/last
-checkpoints, early stopping, ``--resume`` and MLflow logging.
+"""Training loop: AdamW + warmup/cosine, AMP, grad clipping, validation every
+``training.val_every`` epochs, best/last checkpoints, early stopping, resume, MLflow logging.
 
 Layout of ``out_dir``: ``best.pt`` (lowest val RMSE so far: what evaluation and export use)
-and ``last.pt`` (the end of the latest epoch, with optimizer/scheduler/scaler and
-early-stopping state: what ``resume=True`` continues from). Both are written atomically.
+and ``last.pt`` (with optimizer/scheduler/scaler and early-stopping state: what
+``resume=True`` continues from), written every ``training.checkpoint_every`` epochs, at the
+end, and on SIGTERM (Kubernetes sends it before killing a pod: the loop stops at the next
+optimiser step and saves where it is in the epoch). Both are written atomically.
 
-Runs as one process or data-parallel under ``torchrun`` (``depth_common.distributed``): the
-spots that differ are marked ``# DDP:``. Side effects (checkpoints, MLflow, progress bars) happen
-only on rank 0, validation metrics are summed over ranks through the accumulator's state vector
-(padding-free shards, so they equal the single-process numbers), the early-stopping decision is
-rank 0's, and one optimiser step always sees ``data.batch_size`` samples in total
-(``world_size x micro_batch_size x accumulation_steps``).
+Resume is exact: shuffling and augmentation are functions of (seed, epoch, index) (see
+:class:`~depth_common.samplers.EpochSampler`), torch's generator is reseeded from
+(seed, epoch, rank, micro-batch) before every forward, and a run stopped in mid-epoch skips
+the samples it already trained on.
+
+Runs as one process or data-parallel under ``torchrun`` (``depth_common.distributed``): side
+effects (checkpoints, MLflow, progress bars) happen only on rank 0, validation metrics are
+summed over ranks (padding-free shards, so they equal the single-process numbers), the
+early-stopping decision is rank 0's, and one optimiser step always sees ``data.batch_size``
+samples in total (``world_size x micro_batch_size x accumulation_steps``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from depth_common import distributed as dist_
-from depth_common.checkpoint import load_checkpoint, save_checkpoint
 from depth_common.config import ConfigError, Params
 from depth_common.losses import DepthLoss
-from depth_common.metrics import DepthMetricsAccumulator
-from depth_common.model import DPT, build_model
+from depth_common.samplers import eval_sampler, train_sampler
+from depth_common.threads import apply_torch_threads
+from depth_common.train_control import StopRequest, TrainingError, TrainingInterrupted, tracked_run
+from depth_common.train_loop import Loop, train_one_epoch, validate
+from depth_common.train_state import TrainState, amp_mode, new_train_state
 
 log = logging.getLogger(__name__)
 
 BEST = "best.pt"
 LAST = "last.pt"
+
+__all__ = ["TrainResult", "TrainingError", "TrainingInterrupted", "train"]
 
 
 @dataclass(frozen=True)
@@ -53,98 +58,134 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- process helpers
-is_main_process = dist_.is_main_process  # True in a single process and on rank 0
+# --------------------------------------------------------------------------- epochs
+def _record(state: TrainState, loop: Loop, entry: dict[str, float]) -> None:
+    state.history.append(entry)
+    if loop.log_metrics and state.run_id is not None:
+        from depth_common import tracking as mlt
 
-# DDP: sums the accumulator state over ranks; identity in a single process.
-_all_reduce_sum = dist_.all_reduce_sum
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device: got 'cuda', but no CUDA device is available")
-    return torch.device(device)
+        metrics = {k: v for k, v in entry.items() if k != "epoch"}
+        mlt.log_metrics(state.run_id, metrics, int(entry["epoch"]))
 
 
-def seed_all(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str = "cosine") -> float:
-    """Multiplier of the base LR at optimizer step ``step`` (0-based).
-
-    Linear warmup from ``1/warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine decay
-    to 0 at ``total_steps`` (``kind="cosine"``) or constant 1 (``kind="constant"``).
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if kind == "constant":
-        return 1.0
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _autocast(device: torch.device, amp: bool):
-    """(context, scaler, description). CUDA: fp16 + GradScaler; CPU: bfloat16, no scaler."""
-    if not amp:
-        return contextlib.nullcontext, torch.amp.GradScaler("cpu", enabled=False), "off (fp32)"
-    if device.type == "cuda":
-        return (
-            lambda: torch.autocast("cuda", dtype=torch.float16),
-            torch.amp.GradScaler("cuda"),
-            "CUDA float16 autocast + GradScaler",
-        )
-    return (
-        lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-        torch.amp.GradScaler("cpu", enabled=False),
-        "CPU bfloat16 autocast (no GradScaler needed)",
+def _validate_epoch(
+    state: TrainState, val_loader: Any, loop: Loop, out_dir: Path
+) -> tuple[dict[str, float], bool]:
+    """Validate, keep ``best.pt`` and the early-stopping count → (val metrics, improved)."""
+    dist_.sync_buffers(state.model)  # DDP: rank 0's BatchNorm statistics: what it checkpoints
+    metrics = validate(
+        state.model, val_loader, loop.device, loop.params, loop.autocast, loop.is_main
     )
+    val = {f"val_{k}": v for k, v in metrics.items()}
+    improved = math.isfinite(metrics["rmse"]) and metrics["rmse"] < state.best_rmse
+    if improved:
+        state.best_rmse, state.bad_epochs, state.best_val = metrics["rmse"], 0, val
+        if loop.is_main:
+            state.to_checkpoint(out_dir / BEST, loop.params, val, full=False)
+    else:
+        state.bad_epochs += 1
+    # DDP: rank 0 decides, so all ranks stop after the same epoch.
+    state.stopped = dist_.broadcast_object(state.bad_epochs >= loop.params.training.patience)
+    return val, improved
 
 
-# --------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def validate(
+def _end_epoch(
+    state: TrainState, val_loader: Any, loop: Loop, out_dir: Path, epoch: int, train_loss: float
+) -> bool:
+    """Validation (when due), history, checkpoints, the epoch's log line → last.pt written?"""
+    t_cfg, t0 = loop.params.training, time.perf_counter()
+    entry: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss}
+    state.epoch = epoch + 1  # what best.pt / last.pt record: epochs completed
+    val, improved = {}, False
+    if (epoch + 1) % t_cfg.val_every == 0 or epoch + 1 == t_cfg.epochs:
+        val, improved = _validate_epoch(state, val_loader, loop, out_dir)
+    entry.update(val)
+    entry["learning_rate"] = state.optimizer.param_groups[-1]["lr"]  # the decoder's
+    _record(state, loop, entry)
+    due = state.epoch % t_cfg.checkpoint_every == 0 or state.epoch == t_cfg.epochs
+    if loop.is_main and (due or state.stopped):
+        state.to_checkpoint(out_dir / LAST, loop.params, val, full=True)
+    if loop.is_main:
+        shown = "  ".join(f"{k} {val[k]:.4f}" for k in ("val_rmse", "val_abs_rel") if k in val)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  %s  lr %.2e  val %.1fs%s%s",
+            epoch + 1,
+            t_cfg.epochs,
+            train_loss,
+            shown or "(no validation)",
+            entry["learning_rate"],
+            time.perf_counter() - t0,
+            "  (best)" if improved else "",
+            f"  early stop: {state.bad_epochs} validations without gain" if state.stopped else "",
+        )
+    return due or state.stopped
+
+
+def _run_epochs(
     model: torch.nn.Module,
-    loader: Any,
-    device: torch.device,
-    params: Params,
-    autocast: Any = contextlib.nullcontext,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Metrics (``val_``-less keys: ``abs_rel``, ``rmse``, ...) of ``model`` over ``loader``."""
-    model.eval()
-    acc = DepthMetricsAccumulator(params.data.min_depth, params.data.max_depth)
-    for image, depth in tqdm(loader, desc="val", leave=False, disable=not progress):
-        with autocast():
-            pred = model(image.to(device, non_blocking=True))
-        acc.update(pred.float(), depth)
-    # DDP: each rank saw its shard; sum (metric sums, image count) over ranks.
-    acc = DepthMetricsAccumulator.from_state(
-        _all_reduce_sum(acc.state().to(device)), params.data.min_depth, params.data.max_depth
-    )
-    return acc.compute()
-
-
-# --------------------------------------------------------------------------- training
-def _check_resumable(ckpt: dict, model: DPT, path: Path) -> None:
-    if dict(ckpt["model_config"]) != model.config:
-        raise ConfigError(
-            f"{path}: model_config {ckpt['model_config']} does not match the params' model "
-            f"{model.config}; resume with the same model.* and data.img_size"
+    state: TrainState,
+    loaders: tuple[Any, Any],
+    loop: Loop,
+    out_dir: Path,
+    stop: StopRequest,
+) -> None:
+    train_loader, val_loader = loaders
+    for epoch in range(state.epoch, loop.params.training.epochs):
+        if state.stopped:
+            break
+        train_loss = train_one_epoch(model, state, train_loader, loop, epoch, stop)
+        saved = train_loss is not None and _end_epoch(
+            state, val_loader, loop, out_dir, epoch, train_loss
         )
-    for key in ("optimizer_state", "scheduler_state", "early_stop"):
-        if key not in ckpt:
-            raise ConfigError(f"{path}: no {key!r}; only a last.pt written by train() resumes")
+        if train_loss is None or stop.check():
+            if loop.is_main and not saved:
+                state.to_checkpoint(out_dir / LAST, loop.params, {}, full=True)
+            where = f"{state.epoch} epochs"
+            if state.progress:
+                where += f" + {int(state.progress['micro_batches'])} micro-batches"
+            raise TrainingInterrupted(f"SIGTERM after {where}; {out_dir / LAST} resumes from there")
 
 
+# --------------------------------------------------------------------------- set-up
+def _loaders(params: Params, processed_dir: Path, micro: int) -> tuple[Any, Any]:
+    """Train and val loaders of this rank (DDP: disjoint shards), each dataset built once."""
+    from depth_common.data.dataset import dataset_for, loader_for
+
+    if micro != params.data.batch_size:
+        params = params.with_overrides((f"data.batch_size={micro}",))
+    train_set = dataset_for(processed_dir, "train", params, train=True)
+    val_set = dataset_for(processed_dir, "val", params, train=False)
+    sampler = train_sampler(len(train_set), seed=params.training.seed)
+    return (
+        loader_for(train_set, params, train=True, sampler=sampler),
+        loader_for(val_set, params, train=False, sampler=eval_sampler(len(val_set))),
+    )
+
+
+def _describe(state: TrainState, loop: Loop, ctx: dist_.DistContext, amp: str) -> None:
+    p, plan = loop.params, loop.plan
+    log.info(
+        "training %s (%.1fM params) at %s on %s; AMP: %s; %d steps/epoch; head starts at %.2f m",
+        p.model.encoder,
+        sum(t.numel() for t in state.model.parameters()) / 1e6,
+        "x".join(map(str, p.data.img_size)),
+        loop.device,
+        amp,
+        loop.steps_per_epoch,
+        float(state.model.head.conv3.bias.item()),
+    )
+    if ctx.distributed:
+        log.info(
+            "DDP (%s): %d processes x micro-batch %d x %d accumulation step(s) = batch %d",
+            ctx.backend,
+            ctx.world_size,
+            plan.micro_batch_size,
+            plan.accumulation_steps,
+            plan.batch_size,
+        )
+
+
+# --------------------------------------------------------------------------- entry point
 def train(
     params: Params,
     processed_dir: str | Path,
@@ -157,18 +198,25 @@ def train(
 
     ``training.epochs = 0`` evaluates the initial model on val and saves it as ``best.pt``.
     ``resume=True`` continues from ``out_dir/last.pt`` (same MLflow run, optimizer,
-    scheduler, scaler and early-stopping state); with no ``last.pt`` it starts from scratch,
-    so a retried job is idempotent. ``tracking=False`` skips MLflow.
+    scheduler, scaler and early-stopping state, mid-epoch position); with no ``last.pt`` it
+    starts from scratch, so a retried job is idempotent. ``tracking=False`` skips MLflow.
+    Raises :class:`TrainingError` when no validation gave a finite RMSE (no usable model),
+    :class:`TrainingInterrupted` after saving ``last.pt`` on SIGTERM.
 
     Under ``torchrun`` every rank calls this; it joins (and afterwards leaves) the process
     group, and ``out_dir`` must be the same shared directory for all ranks.
     """
-    # DDP: join torchrun's process group (a no-op context in a single process).
     dist = torch.distributed
     group_existed = dist.is_available() and dist.is_initialized()
     ctx = dist_.init_distributed(params.training.device, params.training.dist_timeout_s)
     try:
-        return _train(params, Path(processed_dir), Path(out_dir), ctx, resume, tracking)
+        threads = apply_torch_threads(
+            params.training.threads, share=ctx.env.local_world_size, role="train"
+        )
+        # Results depend on the thread count in the last bits: the run records it (fix
+        # training.threads or OMP_NUM_THREADS for bit-identical runs on other machines).
+        tag = f"intra-op {threads.intra_op}, inter-op {threads.inter_op} ({threads.source})"
+        return _train(params, Path(processed_dir), Path(out_dir), ctx, resume, tracking, tag)
     finally:
         if ctx.distributed and not group_existed:
             dist_.cleanup_distributed()
@@ -181,289 +229,98 @@ def _train(
     ctx: dist_.DistContext,
     resume: bool,
     tracking: bool,
+    threads: str,
 ) -> TrainResult:
-    from depth_common.data import build_dataloader
-
-    t_cfg = params.training
-    main = ctx.is_main
-    device = ctx.device
-    seed_all(t_cfg.seed)  # the same initial weights on every rank
-
+    t_cfg, device = params.training, ctx.device
+    dist_.seed_everything(t_cfg.seed)  # the same initial weights on every rank
     # DDP: each rank feeds micro-batches of batch_size / (world x accumulation) samples.
     plan = dist_.plan_batches(params.data.batch_size, ctx.world_size, t_cfg.micro_batch_size)
-    loader_params = params
-    if plan.micro_batch_size != params.data.batch_size:
-        loader_params = params.with_overrides((f"data.batch_size={plan.micro_batch_size}",))
-    train_loader = build_dataloader(processed_dir, "train", loader_params, train=True)
-    val_loader = build_dataloader(processed_dir, "val", loader_params, train=False)
-    if ctx.distributed:
-        # DDP: a disjoint share of the shuffled train split, a padding-free shard of val.
-        train_loader = build_dataloader(
-            processed_dir,
-            "train",
-            loader_params,
-            train=True,
-            sampler=dist_.train_sampler(train_loader.dataset, seed=t_cfg.seed),
-        )
-        val_loader = build_dataloader(
-            processed_dir,
-            "val",
-            loader_params,
-            train=False,
-            sampler=dist_.eval_sampler(val_loader.dataset),
-        )
-    micro_per_epoch = len(train_loader)
+    loaders = _loaders(params, processed_dir, plan.micro_batch_size)
+    micro_per_epoch = len(loaders[0])
     if t_cfg.max_train_batches is not None:
         micro_per_epoch = min(micro_per_epoch, t_cfg.max_train_batches * plan.accumulation_steps)
     steps_per_epoch = math.ceil(micro_per_epoch / plan.accumulation_steps)  # optimiser steps
     if steps_per_epoch == 0 and t_cfg.epochs > 0:
         raise ConfigError(f"{processed_dir}: the train split gives no batch")
-
-    # Start the head at the training median depth (the manifest's statistics) so the ReLU is
-    # alive and the scale is right from step 0; 10 m if the manifest has no statistics.
-    from depth_common.data import read_manifest
-
-    stats = read_manifest(processed_dir).get("stats", {}).get("train", {})
-    init_depth = float(stats.get("depth_p50") or 10.0)
-    model = build_model(params, init_depth=init_depth).to(device)
-    optimizer = torch.optim.AdamW(
-        model.param_groups(t_cfg.encoder_lr, t_cfg.decoder_lr), weight_decay=t_cfg.weight_decay
+    state = new_train_state(params, processed_dir, device, steps_per_epoch)
+    autocast, _, amp_desc = amp_mode(device, t_cfg.amp)
+    loop = Loop(
+        params,
+        device,
+        ctx.rank,
+        ctx.is_main,
+        plan,
+        micro_per_epoch,
+        steps_per_epoch,
+        autocast,
+        DepthLoss.from_params(params),
+        log_metrics=tracking and ctx.is_main,
     )
-    warmup = t_cfg.warmup_epochs * steps_per_epoch
-    total = t_cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total, t_cfg.scheduler)
-    )
-    autocast, scaler, amp_desc = _autocast(device, t_cfg.amp)
-    criterion = DepthLoss.from_params(params)
-
-    start_epoch, best_rmse, bad_epochs, history, run_id = 0, math.inf, 0, [], None
-    best_val: dict[str, float] = {}
-    stopped = False
     last_path, best_path = out_dir / LAST, out_dir / BEST
     if resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path, map_location=device)
-        _check_resumable(ckpt, model, last_path)
-        model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        if "scaler_state" in ckpt:
-            scaler.load_state_dict(ckpt["scaler_state"])
-        es = ckpt["early_stop"]
-        start_epoch, best_rmse, bad_epochs = (
-            int(ckpt["epoch"]),
-            float(es["best_rmse"]),
-            int(es["bad_epochs"]),
-        )
-        stopped = bool(es["stopped"])
-        history = [dict(h) for h in ckpt.get("history", [])]
-        best_val = dict(es["best_val"])
-        run_id = ckpt.get("mlflow_run_id")
-        log.info("resuming from %s after epoch %d", last_path, start_epoch)
-    elif resume:
-        log.info("resume: no %s yet; starting from scratch", last_path)
+        state.restore(last_path, device)
+        log.info("resuming from %s after epoch %d", last_path, state.epoch)
+    elif ctx.is_main:
+        if resume:
+            log.info("resume: no %s yet; starting from scratch", last_path)
+        best_path.unlink(missing_ok=True)  # never report an earlier run's best model
+    if ctx.is_main:
+        _describe(state, loop, ctx, amp_desc)
+    tags = {
+        "amp": amp_desc,
+        "device": str(device),
+        "world_size": str(ctx.world_size),
+        "micro_batch_size": str(plan.micro_batch_size),
+        "accumulation_steps": str(plan.accumulation_steps),
+        "threads": threads,
+    }
+    tracked = tracked_run(params, state, tags, enabled=tracking and ctx.is_main)
+    with tracked, StopRequest(distributed=ctx.distributed) as stop:
+        _fit(state, loaders, loop, out_dir, ctx, stop)
+    return TrainResult(
+        best_path,
+        state.best_val,
+        state.run_id,
+        sum(1 for h in state.history if "train_loss" in h),
+        state.history,
+    )
 
-    if main and tracking:  # DDP: rank 0 only
+
+def _fit(
+    state: TrainState,
+    loaders: tuple[Any, Any],
+    loop: Loop,
+    out_dir: Path,
+    ctx: dist_.DistContext,
+    stop: StopRequest,
+) -> None:
+    """Train (or, for ``epochs = 0``, evaluate the initial model), then log the best model."""
+    params, best_path = loop.params, out_dir / BEST
+    if params.training.epochs == 0 and not (best_path.is_file() and state.history):
+        # The untrained model, evaluated and saved as "best" (the pipeline's worse model).
+        metrics = validate(state.model, loaders[1], loop.device, params, loop.autocast, ctx.is_main)
+        state.best_val = {f"val_{k}": v for k, v in metrics.items()}
+        state.best_rmse = metrics["rmse"] if math.isfinite(metrics["rmse"]) else math.inf
+        _record(state, loop, {"epoch": 0, **state.best_val})
+        if ctx.is_main and math.isfinite(state.best_rmse):
+            state.to_checkpoint(best_path, params, state.best_val, full=False)
+            state.to_checkpoint(out_dir / LAST, params, state.best_val, full=True)
+    # DDP: wrap after resuming (DDP broadcasts rank 0's weights); ``state.model`` stays the
+    # plain module that checkpoints and validation use (validation shards may differ in
+    # length, so it must not run DDP's per-forward collectives).
+    model = dist_.wrap_ddp(state.model, ctx, params.training.sync_batchnorm)
+    _run_epochs(model, state, loaders, loop, out_dir, stop)
+    if not math.isfinite(state.best_rmse):
+        raise TrainingError(
+            f"{out_dir}: every validation gave a non-finite val_rmse "
+            f"({[h.get('val_rmse') for h in state.history]}), so there is no usable model; "
+            "look at train_loss in the history (a learning rate too high, or bad data)"
+        )
+    if loop.log_metrics and state.run_id is not None:
         from depth_common import tracking as mlt
+        from depth_common.checkpoint import model_from_checkpoint
 
-        if run_id is not None:
-            mlt.configure(params.mlflow)
-            mlt.set_status(run_id, "RUNNING")
-        else:
-            run_id = mlt.start_training_run(params)
-        mlt.set_tags(
-            run_id,
-            {
-                "amp": amp_desc,
-                "device": str(device),
-                "world_size": str(ctx.world_size),
-                "micro_batch_size": str(plan.micro_batch_size),
-                "accumulation_steps": str(plan.accumulation_steps),
-            },
-        )
-    run_id = dist_.broadcast_object(run_id)  # DDP: every rank reports rank 0's run
-
-    if main:
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info(
-            "training %s (%.1fM params) at %s on %s; AMP: %s; %d steps/epoch; head starts at %.2f m",
-            params.model.encoder,
-            n_params / 1e6,
-            "x".join(map(str, params.data.img_size)),
-            device,
-            amp_desc,
-            steps_per_epoch,
-            init_depth,
-        )
-        if ctx.distributed:
-            log.info(
-                "DDP (%s): %d processes x micro-batch %d x %d accumulation step(s) = batch %d",
-                ctx.backend,
-                ctx.world_size,
-                plan.micro_batch_size,
-                plan.accumulation_steps,
-                plan.batch_size,
-            )
-
-    # DDP: wrap after resuming (DDP broadcasts rank 0's weights); ``model`` stays the plain
-    # module that checkpoints and validation use (validation shards may differ in length, so
-    # it must not run DDP's per-forward collectives). The timm encoder's final norm gets no
-    # gradient (the DPT taps bypass it), hence find_unused_parameters.
-    ddp_model = dist_.wrap_ddp(model, ctx, t_cfg.sync_batchnorm, find_unused_parameters=True)
-
-    def save(path: Path, epoch: int, metrics: dict[str, float], full: bool) -> None:
-        if not main:  # DDP: rank 0 writes
-            return
-        extra = None
-        if full:
-            extra = {
-                "early_stop": {
-                    "best_rmse": best_rmse,
-                    "bad_epochs": bad_epochs,
-                    "stopped": stopped,
-                    "best_val": best_val,
-                },
-                "history": history,
-            }
-        save_checkpoint(
-            path,
-            model,
-            params,
-            epoch=epoch,
-            metrics=metrics,
-            mlflow_run_id=run_id,
-            optimizer=optimizer if full else None,
-            scheduler=scheduler if full else None,
-            scaler=scaler if full and scaler.is_enabled() else None,
-            extra=extra,
-        )
-
-    def record(epoch: int, entry: dict[str, float]) -> None:
-        history.append(entry)
-        if main and run_id is not None:  # DDP: rank 0 only
-            from depth_common import tracking as mlt
-
-            mlt.log_metrics(run_id, {k: v for k, v in entry.items() if k != "epoch"}, epoch)
-
-    try:
-        if t_cfg.epochs == 0 and not (resume and best_path.is_file() and history):
-            # The untrained model, evaluated and saved as "best" (the pipeline's worse model).
-            metrics = validate(model, val_loader, device, params, autocast, progress=main)
-            best_val = {f"val_{k}": v for k, v in metrics.items()}
-            best_rmse = metrics["rmse"]
-            record(0, {"epoch": 0, **best_val})
-            save(best_path, 0, best_val, full=False)
-            save(last_path, 0, best_val, full=True)
-
-        for epoch in range(start_epoch, t_cfg.epochs):
-            if stopped:
-                break
-            # Reseed per epoch so that a resumed run replays the same shuffle and augmentation
-            # draws as an uninterrupted one (in-process loading; persistent workers keep theirs).
-            # DDP: per-rank seeds, so ranks draw different augmentations (rank 0: the seed).
-            epoch_seed = dist_.rank_seed(t_cfg.seed + epoch, ctx.rank)
-            seed_all(epoch_seed)
-            if isinstance(getattr(train_loader, "generator", None), torch.Generator):
-                train_loader.generator.manual_seed(epoch_seed)
-            if train_loader.num_workers == 0 and hasattr(train_loader.dataset, "reseed"):
-                train_loader.dataset.reseed(epoch_seed)
-            sampler = getattr(train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):  # DDP: DistributedSampler reshuffles per epoch
-                sampler.set_epoch(epoch)
-            ddp_model.train()
-            t0 = time.perf_counter()
-            loss_sum, n_batches = 0.0, 0
-            bar = tqdm(
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{t_cfg.epochs}",
-                leave=False,
-                disable=not main,
-                file=sys.stderr,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            for image, depth in train_loader:
-                if n_batches >= micro_per_epoch:
-                    break
-                image = image.to(device, non_blocking=True)
-                depth = depth.to(device, non_blocking=True)
-                # DDP: gradients are all-reduced only on the micro-batch that ends a step.
-                step_now = plan.is_step(n_batches, micro_per_epoch)
-                with dist_.no_sync_unless(ddp_model, step_now):
-                    with autocast():
-                        pred = ddp_model(image)
-                    loss = criterion(pred.float(), depth)
-                    scale = plan.micro_scale(n_batches, micro_per_epoch)
-                    scaler.scale(loss * scale).backward()
-                if step_now:
-                    if t_cfg.grad_clip > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    bar.update(1)
-                loss_sum += float(loss.detach())
-                n_batches += 1
-                bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
-            bar.close()
-            # DDP: average the epoch's loss over ranks for the log.
-            sums = _all_reduce_sum(torch.tensor([loss_sum, float(n_batches)], device=device))
-            train_loss = float(sums[0] / sums[1].clamp(min=1))
-            # DDP: rank 0's BatchNorm statistics everywhere: the model rank 0 checkpoints.
-            dist_.sync_buffers(model)
-            metrics = validate(model, val_loader, device, params, autocast, progress=main)
-            val = {f"val_{k}": v for k, v in metrics.items()}
-            lr = optimizer.param_groups[-1]["lr"]  # the decoder's (the encoder's scales alike)
-            entry = {"epoch": epoch + 1, "train_loss": train_loss, **val, "learning_rate": lr}
-            record(epoch + 1, entry)
-
-            improved = math.isfinite(metrics["rmse"]) and metrics["rmse"] < best_rmse
-            if improved:
-                best_rmse, bad_epochs, best_val = metrics["rmse"], 0, val
-                save(best_path, epoch + 1, val, full=False)
-            else:
-                bad_epochs += 1
-            # DDP: rank 0 decides, so all ranks stop after the same epoch.
-            stopped = dist_.broadcast_object(bad_epochs >= t_cfg.patience)
-            save(last_path, epoch + 1, val, full=True)
-            if main:
-                log.info(
-                    "epoch %d/%d  train_loss %.4f  val_rmse %.3f m  val_abs_rel %.4f  "
-                    "val_delta_1 %.3f  lr %.2e  %.1fs%s%s",
-                    epoch + 1,
-                    t_cfg.epochs,
-                    train_loss,
-                    val["val_rmse"],
-                    val["val_abs_rel"],
-                    val["val_delta_1"],
-                    lr,
-                    time.perf_counter() - t0,
-                    "  (best)" if improved else "",
-                    f"  early stop: no val_rmse gain for {bad_epochs} epochs" if stopped else "",
-                )
-
-        if not best_path.is_file() and main:
-            # Every epoch gave a non-finite RMSE: keep the last state as "best" so that the
-            # stages downstream still find a checkpoint, with its metrics saying what happened.
-            save(best_path, len([h for h in history if "train_loss" in h]), best_val, full=False)
-
-        if main and run_id is not None:  # DDP: rank 0 only
-            from depth_common import tracking as mlt
-            from depth_common.checkpoint import model_from_checkpoint
-
-            best_model, _ = model_from_checkpoint(best_path)
-            mlt.log_pytorch_model(run_id, best_model, params.data.img_size)
-            mlt.log_artifact(run_id, best_path, "checkpoint")
-            mlt.set_tags(run_id, {"best_checkpoint": str(best_path.resolve())})
-            mlt.set_status(run_id, "FINISHED")
-    except BaseException:
-        if main and run_id is not None:
-            from depth_common import tracking as mlt
-
-            with contextlib.suppress(Exception):
-                mlt.set_status(run_id, "FAILED")
-        raise
-
-    epochs_run = sum(1 for h in history if "train_loss" in h)
-    return TrainResult(best_path, best_val, run_id, epochs_run, history)
+        best_model, _ = model_from_checkpoint(best_path)
+        mlt.log_pytorch_model(state.run_id, best_model, params.data.img_size)
+        mlt.log_artifact(state.run_id, best_path, "checkpoint")
+        mlt.set_tags(state.run_id, {"best_checkpoint": str(best_path.resolve())})

@@ -85,6 +85,8 @@ PARAM_KEYS: dict[str, str] = {
 }
 
 #: Requests of the train task on a cluster (CPU cores, memory); GPUs from training.train_gpu.
+#: The CPU limit equals the request: the cgroup quota it sets is what the thread policy
+#: (depth_common.threads) sizes torch's pools by, so the task runs TRAIN_CPU threads.
 TRAIN_CPU = "4"
 TRAIN_MEMORY = "16G"
 #: The Secret holding the Hugging Face token (key HF_TOKEN), mounted on push_hf only.
@@ -171,6 +173,7 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
         trained.set_display_name("train").set_cpu_request(TRAIN_CPU).set_memory_request(
             TRAIN_MEMORY
         )
+        trained.set_cpu_limit(TRAIN_CPU)
         if train_gpu > 0:
             trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpu)
             trained.set_container_image(COMPONENT_CUDA_IMAGE)

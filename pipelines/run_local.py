@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -38,6 +39,8 @@ import yaml
 from depth_common.cli import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
 from depth_common.presets import DEMO, DEMO_SYNTHETIC
+from depth_common.startup import ENV as STARTUP_ENV
+from depth_common.startup import format_startup, read_startup_log
 from pipelines.docker_run import ContainerError
 from pipelines.task_logs import TaskLogRouter
 
@@ -193,6 +196,8 @@ def run_local(
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     pipeline_root = (Path(root) / stamp).resolve()
     log_dir = pipeline_root / "logs" if quiet else None
+    # Each task appends its start-up time (process start -> imports done) here.
+    os.environ[STARTUP_ENV] = str(pipeline_root / "startup.jsonl")
     events = StageEvents()
     root_logger = logging.getLogger()
     root_logger.addFilter(events.filter)
@@ -254,6 +259,8 @@ def _runner(kind: str, pipeline_root: Path, params: Params, console: Any) -> Ite
     shared = docker_run.shared_dirs(params.mlflow.tracking_uri, params.export.repository_dir)
     user = docker_run.hand_over([pipeline_root, *shared], image.user)
     options = docker_run.runner_options(user, image, shared)
+    # The tasks' start-up rows go to the (mounted) pipeline root from inside the containers too.
+    options["environment"][STARTUP_ENV] = os.environ[STARTUP_ENV]
     local.init(
         runner=local.DockerRunner(**options),
         pipeline_root=str(pipeline_root),
@@ -292,6 +299,7 @@ def format_summary(run: LocalRun) -> str:
     for task, status, seconds in run.stages:
         lines.append(f"{task:<24} {status:<8} {seconds:>7.1f}s")
     lines.append(f"{'total':<33} {run.wall_s:>7.1f}s")
+    lines += format_startup(read_startup_log(run.run_dir.parent / "startup.jsonl"))
     metrics = run.test_metrics
     if metrics:
         lines += ["", "test metrics:"]

@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from depth_common import distributed as D
+from depth_common import samplers as S
 from depth_common.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_env_parsed_from_torchrun_variables():
             "MASTER_PORT": "23456",
         }
     )
-    assert env == D.TorchrunEnv(3, 4, 1, 2, "trainer-node-0-0.job", 23456)
+    assert env == D.TorchrunEnv(rank=3, world_size=4, local_rank=1, local_world_size=2)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_single_process_context_and_identity_collectives():
     t = torch.tensor([1.5, 2.0])
     assert torch.equal(D.all_reduce_sum(t), t)
     assert D.broadcast_object({"stop": True}) == {"stop": True}
-    assert D.all_reduce_state({"n": 3, "s": 2.5}) == {"n": 3, "s": 2.5}
+    assert D.any_rank(True) and not D.any_rank(False)
     model = torch.nn.Linear(2, 2)
     assert D.wrap_ddp(model, ctx) is model
 
@@ -83,14 +83,14 @@ def test_sync_batchnorm_on_cpu_is_a_clear_config_error():
 @pytest.mark.parametrize("n", [0, 1, 5, 7, 16])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shard_sampler_partitions_without_padding(n, world):
-    shards = [list(D.ShardSampler(n, r, world)) for r in range(world)]
+    shards = [list(S.ShardSampler(n, r, world)) for r in range(world)]
     assert [i for s in shards for i in s] == list(range(n))  # every sample once, in order
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_plan_batches_is_exact():
     p = D.plan_batches(8, 2)
-    assert (p.micro_batch_size, p.accumulation_steps, p.loss_scale) == (4, 1, 1.0)
+    assert (p.micro_batch_size, p.accumulation_steps, p.micro_scale(0, 4)) == (4, 1, 1.0)
     p = D.plan_batches(8, 2, micro_batch_size=1)
     assert (p.micro_batch_size, p.accumulation_steps) == (1, 4)
     assert p.world_size * p.micro_batch_size * p.accumulation_steps == 8
@@ -104,6 +104,36 @@ def test_plan_batches_is_exact():
         D.plan_batches(6, 4)
     with pytest.raises(ConfigError, match="training.micro_batch_size: got 3"):
         D.plan_batches(8, 2, micro_batch_size=3)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 10])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_epoch_sampler_is_distributed_samplers_permutation(n, world):
+    """Same indices as torch's DistributedSampler (the reference) for every rank and epoch,
+    keyed by the epoch; set_epoch picks it, iterating again moves to the next one."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    for r in range(world):
+        ours = S.EpochSampler(n, seed=7, rank_=r, world=world)
+        ref = DistributedSampler(range(n), num_replicas=world, rank=r, seed=7) if n else None
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            keys = list(ours)
+            assert {e for e, _ in keys} <= {epoch}
+            if ref is not None:
+                ref.set_epoch(epoch)
+                assert [i for _, i in keys] == list(ref)
+        assert [e for e, _ in ours][:1] == ([4] if n else [])  # the next epoch after 3
+
+
+def test_epoch_sampler_skips_what_a_stopped_epoch_already_did():
+    s = S.EpochSampler(10, seed=1, rank_=0, world=1)
+    whole = list(s.indices(2))
+    s.set_epoch(2)
+    s.skip(4)
+    assert len(s) == 6 and [i for _, i in s] == whole[4:]
+    s.set_epoch(2)
+    assert [i for _, i in s] == whole  # the skip applied to one pass only
 
 
 def test_rank_seeds_differ_and_are_reproducible():
@@ -160,7 +190,7 @@ def _one_step(model, x, y, plan: D.BatchPlan, bn_eval: bool) -> None:
     for i in range(n_micro):
         xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
         with D.no_sync_unless(model, plan.is_step(i, n_micro)):
-            loss = torch.nn.functional.mse_loss(model(xs), ys) * plan.loss_scale
+            loss = torch.nn.functional.mse_loss(model(xs), ys) * plan.micro_scale(i, n_micro)
             loss.backward()
     opt.step()
 
@@ -207,28 +237,21 @@ def _collectives(ctx: D.DistContext, out: Path) -> None:
     r = ctx.rank
     assert ctx.world_size == 2 and D.world_size() == 2 and D.is_main_process() == (r == 0)
     s = D.all_reduce_sum(torch.tensor([1.0 + r, 10.0 * r]))
-    # per-rank statistics as a metrics accumulator would hold them (sums and counts)
-    state = {"count": 3 + r, "sq": np.array([0.5, 1.5]) * (r + 1), "t": torch.tensor(2.0 * r)}
-    merged = D.all_reduce_state(state)
     decision = D.broadcast_object({"stop": True, "from": r} if r == 0 else None)
     anyflag = D.any_rank(r == 1)
     # eval sampler shards of 5 samples
-    shard = list(D.eval_sampler(list(range(5))))
+    shard = list(S.eval_sampler(5))
     # train sampler: disjoint shards that change with the epoch
-    ts = D.train_sampler(list(range(10)), seed=7)
-    ts_e0 = list(ts)
-    D.set_epoch(ts, 1)
-    ts_e1 = list(ts)
+    ts = S.train_sampler(10, seed=7)
+    ts_e0 = [i for _, i in ts]
+    ts.set_epoch(1)
+    ts_e1 = [i for _, i in ts]
     bn = torch.nn.BatchNorm1d(2)
     bn.running_mean.fill_(float(r + 1))  # as after each rank's own last training forward
     D.sync_buffers(bn)
     results = {
         "bn_mean": bn.running_mean.tolist(),
         "sum": s.tolist(),
-        "count": merged["count"],
-        "count_type": type(merged["count"]).__name__,
-        "sq": merged["sq"].tolist(),
-        "t": float(merged["t"]),
         "decision": decision,
         "any": anyflag,
         "shard": shard,
@@ -259,9 +282,6 @@ def test_collectives_under_torchrun(collectives_run):
     _, (r0, r1) = collectives_run
     for res in (r0, r1):
         assert res["sum"] == [3.0, 10.0]
-        assert res["count"] == 7 and res["count_type"] == "int"
-        assert res["sq"] == [1.5, 4.5]
-        assert res["t"] == 2.0
         assert res["decision"] == {"stop": True, "from": 0}  # rank 0's object everywhere
         assert res["any"] is True
         assert res["bn_mean"] == [1.0, 1.0]  # rank 0's running statistics everywhere
@@ -370,7 +390,7 @@ def test_ddp_validation_equals_single_process_evaluation(ddp_training, processed
     """The 2-process job's all-reduced val metrics == one process evaluating the checkpoint."""
     from depth_common.checkpoint import model_from_checkpoint
     from depth_common.data import build_dataloader
-    from depth_common.train import validate
+    from depth_common.train_loop import validate
 
     params, out, _ = ddp_training
     model, ckpt = model_from_checkpoint(out / "best.pt")

@@ -196,9 +196,9 @@ def test_gpu_mode_without_a_gpu_points_at_dry_run(tmp_path: Path, capsys) -> Non
 
 
 def test_training_step_matches_a_reference_loss_and_decreases() -> None:
+    from depth_common.distributed import seed_everything as seed_all
     from depth_common.losses import DepthLoss
     from depth_common.model import build_model
-    from depth_common.train import seed_all
 
     params = small_params("training.decoder_lr=1.0e-3", "training.encoder_lr=1.0e-3")
     result = run_training(params, torch.device("cpu"), steps=6, batch=2, amp=False, n_batches=2)

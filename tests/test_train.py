@@ -1,9 +1,14 @@
-"""Training loop: schedule, epochs=0, resume, MLflow logging, and the learning test."""
+"""Training loop: schedule, epochs=0, resume (after SIGTERM, with workers), validation and
+checkpoint cadence, non-finite runs, MLflow logging, and the learning test."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +16,8 @@ import torch
 from depth_common.checkpoint import load_checkpoint
 from depth_common.config import Params, load_params
 from depth_common.presets import DEMO
-from depth_common.train import lr_factor, train
+from depth_common.train import TrainingError, TrainingInterrupted, train
+from depth_common.train_state import lr_factor
 
 
 def assert_same_history(a: list[dict], b: list[dict]) -> None:
@@ -49,6 +55,7 @@ def test_epochs_zero_saves_initial_model_and_logs(processed_data, tiny_params, t
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["training.epochs"] == "0"
+    assert run.data.tags["threads"].startswith("intra-op ")
     assert (
         run.data.tags["encoder"] == "vit_tiny_patch16_224" and run.data.tags["img_size"] == "64x128"
     )
@@ -63,7 +70,9 @@ def test_epochs_zero_saves_initial_model_and_logs(processed_data, tiny_params, t
 def test_mlflow_per_epoch_metrics(processed_data, tiny_params, tmp_path) -> None:
     from depth_common import tracking
 
-    params = with_mlflow(tiny_params, tmp_path).with_overrides(["training.max_train_batches=1"])
+    params = with_mlflow(tiny_params, tmp_path).with_overrides(
+        ["training.max_train_batches=1", "training.val_every=1", "training.checkpoint_every=1"]
+    )
     result = train(params, processed_data, tmp_path / "ckpt")
     assert result.epochs_run == 2 and len(result.history) == 2
     for key in ("train_loss", "val_rmse", "val_abs_rel", "val_delta_1", "learning_rate"):
@@ -77,47 +86,131 @@ def test_mlflow_per_epoch_metrics(processed_data, tiny_params, tmp_path) -> None
     assert last["epoch"] == 2 and {"optimizer_state", "scheduler_state"} <= set(last)
 
 
-def test_resume_continues_exactly(processed_data, tiny_params, tmp_path) -> None:
-    """A job killed after epoch 1 and resumed ends with the uninterrupted run's weights."""
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Bit-identical model weights in two checkpoints."""
+    wa, wb = load_checkpoint(a)["model_state"], load_checkpoint(b)["model_state"]
+    assert wa.keys() == wb.keys()
+    for k in wb:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _sigterm_after_epoch_1(out: Path) -> threading.Thread:
+    """SIGTERM to this process once ``out/last.pt`` holds epoch 1: a pod being stopped."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if load_checkpoint(out / "last.pt")["epoch"] >= 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+            except Exception:  # not written yet (or being replaced)
+                pass
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_then_resume_is_bit_identical(processed_data, tiny_params, tmp_path, workers):
+    """SIGTERM in epoch 2 saves a resumable last.pt; resuming ends bit-identical to a run
+    that was never stopped, with DataLoader workers too (their draws are keyed by epoch)."""
+    params = tiny_params.with_overrides(
+        (
+            "training.max_train_batches=3",
+            "training.epochs=3",
+            "training.val_every=1",
+            "training.checkpoint_every=1",
+            "data.batch_size=2",
+            f"data.num_workers={workers}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        )
+    )
+    full = train(params, processed_data, tmp_path / "full", tracking=False)
+    out = tmp_path / "stopped"
+    watcher = _sigterm_after_epoch_1(out)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM after [12] epochs"):
+        train(params, processed_data, out)
+    watcher.join(5)
+    stopped = load_checkpoint(out / "last.pt")
+    assert {"optimizer_state", "scheduler_state", "early_stop"} <= set(stopped)
+    if "epoch_progress" in stopped:  # stopped inside an epoch: it resumes from that step
+        assert 0 < stopped["epoch_progress"]["micro_batches"] < 3
+    import mlflow
+
+    run = mlflow.MlflowClient(params.mlflow.tracking_uri).get_run(stopped["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    resumed = train(params, processed_data, out, resume=True, tracking=False)
+    assert resumed.history == full.history  # exact, not approximate
+    assert resumed.mlflow_run_id == stopped["mlflow_run_id"]
+    assert_same_weights(out / "last.pt", tmp_path / "full" / "last.pt")
+    assert_same_weights(out / "best.pt", tmp_path / "full" / "best.pt")
+
+
+def test_workers_do_not_change_the_batches(processed_data, tiny_params, tmp_path):
+    """Augmentation keyed by (seed, epoch, index): 0 and 2 workers train the same model."""
+    runs = {}
+    for workers in (0, 2):
+        params = tiny_params.with_overrides(
+            ("training.max_train_batches=2", f"data.num_workers={workers}")
+        )
+        runs[workers] = train(params, processed_data, tmp_path / f"w{workers}", tracking=False)
+    assert runs[0].history == runs[2].history
+    assert_same_weights(tmp_path / "w0" / "last.pt", tmp_path / "w2" / "last.pt")
+
+
+def test_resume_of_a_finished_run_trains_nothing(processed_data, tiny_params, tmp_path) -> None:
     params = tiny_params.with_overrides(["training.max_train_batches=2", "training.epochs=2"])
     full = train(params, processed_data, tmp_path / "full", tracking=False)
-    out = tmp_path / "killed"
-    _train_one_epoch_of(params, processed_data, out)
-    resumed = train(params, processed_data, out, resume=True, tracking=False)
-    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.epochs_run == 2
-    assert_same_history(resumed.history, full.history)
-    a = load_checkpoint(out / "last.pt")["model_state"]
-    b = load_checkpoint(tmp_path / "full" / "last.pt")["model_state"]
-    for k in b:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
-    # resuming a finished run trains nothing more; no last.pt at all starts from scratch
-    again = train(params, processed_data, out, resume=True, tracking=False)
-    assert again.history == resumed.history
+    again = train(params, processed_data, tmp_path / "full", resume=True, tracking=False)
+    assert again.history == full.history
+    # no last.pt at all: resume starts from scratch
     fresh = train(params, processed_data, tmp_path / "fresh", resume=True, tracking=False)
     assert_same_history(fresh.history, full.history)
 
 
-def _train_one_epoch_of(params: Params, data, out) -> None:
-    """Run ``params`` but stop after epoch 1, as a kill would (patience cannot do this)."""
-    import depth_common.train as train_mod
+def test_validation_and_checkpoint_cadence(processed_data, tiny_params, tmp_path) -> None:
+    from depth_common import tracking
 
-    calls = {"n": 0}
-    real = train_mod.validate
+    params = with_mlflow(tiny_params, tmp_path).with_overrides(
+        (
+            "training.max_train_batches=1",
+            "training.epochs=3",
+            "training.val_every=2",
+            "training.checkpoint_every=2",
+        )
+    )
+    result = train(params, processed_data, tmp_path / "ckpt")
+    # validation after epoch 2 and after the last epoch; train_loss every epoch
+    assert [("val_rmse" in h) for h in result.history] == [False, True, True]
+    assert [s for s, _ in tracking.metric_history(result.mlflow_run_id, "val_rmse")] == [2, 3]
+    assert [s for s, _ in tracking.metric_history(result.mlflow_run_id, "train_loss")] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["epoch"] == 3  # always at the end
+    # the same run with validation every epoch trains the same weights (validation is pure)
+    every = params.with_overrides(("training.val_every=1", "training.checkpoint_every=1"))
+    train(every, processed_data, tmp_path / "every", tracking=False)
+    assert_same_weights(tmp_path / "ckpt" / "last.pt", tmp_path / "every" / "last.pt")
 
-    def validate_then_die(*args, **kwargs):
-        calls["n"] += 1
-        metrics = real(*args, **kwargs)
-        if calls["n"] == 2:  # after epoch 1's last.pt was saved, epoch 2's validation dies
-            raise KeyboardInterrupt
-        return metrics
 
-    train_mod.validate = validate_then_die
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(params, data, out, tracking=False)
-    finally:
-        train_mod.validate = real
-    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+def test_a_run_with_no_finite_validation_fails(processed_data, tiny_params, tmp_path) -> None:
+    """Every validation non-finite: an error, not an earlier run's best.pt reported as this one's."""
+    import mlflow
+
+    out = tmp_path / "ckpt"
+    params = with_mlflow(tiny_params, tmp_path).with_overrides(["training.max_train_batches=1"])
+    train(params, processed_data, out)
+    assert (out / "best.pt").is_file()  # an earlier, healthy run's model
+    diverging = params.with_overrides(
+        ["training.encoder_lr=1.0e+30", "training.decoder_lr=1.0e+30", "training.grad_clip=0"]
+    )
+    with pytest.raises(TrainingError, match=r"every validation gave a non-finite val_rmse"):
+        train(diverging, processed_data, out)
+    assert not (out / "best.pt").exists()
+    run_id = load_checkpoint(out / "last.pt")["mlflow_run_id"]  # the diverging run's
+    run = mlflow.MlflowClient(params.mlflow.tracking_uri).get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.params["training.encoder_lr"] == "1e+30"
 
 
 def test_resume_refuses_a_different_model(processed_data, tiny_params, tmp_path) -> None:

@@ -122,9 +122,11 @@ class DepthDataset(Dataset):
     """``(image float32 3xHxW normalised, depth float32 1xHxW metres)`` for one split.
 
     ``augmentation=None`` gives the stored pixels (deterministic: validation, test). With an
-    ``AugmentationConfig`` the random draws come from a numpy generator seeded with ``seed``;
-    each DataLoader worker reseeds it (see :func:`seed_worker`), so workers never repeat each
-    other's augmentations.
+    ``AugmentationConfig`` each item's random draws come from a generator seeded with
+    (``seed``, epoch, index): the dataset takes ``(epoch, index)`` keys (what
+    :class:`~depth_common.samplers.EpochSampler` yields) or a plain index (epoch 0). No
+    generator state is carried from item to item, so an item's augmentation is the same in
+    any DataLoader worker, with any number of workers, and after a resume.
     """
 
     def __init__(
@@ -151,11 +153,11 @@ class DepthDataset(Dataset):
                         "preprocessed set; rerun preprocessing)"
                     )
         self.augmentation = augmentation
-        self._rng = np.random.default_rng(seed)
+        self.seed = int(seed) % 2**63  # SeedSequence entropy must be >= 0
 
-    def reseed(self, seed: int) -> None:
-        """Restart the augmentation generator (called once in each DataLoader worker)."""
-        self._rng = np.random.default_rng(seed)
+    def item_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """The augmentation generator of item ``index`` in ``epoch``."""
+        return np.random.default_rng([self.seed, int(epoch), int(index)])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -173,27 +175,60 @@ class DepthDataset(Dataset):
             )
         return rgb, depth
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         rgb, depth = self.load(index)
         if self.augmentation is not None:
-            rgb, depth = augment_pair(rgb, depth, self.augmentation, self._rng)
+            rgb, depth = augment_pair(rgb, depth, self.augmentation, self.item_rng(epoch, index))
         image = prepare_image(rgb, self.size)
         return torch.from_numpy(image), torch.from_numpy(np.ascontiguousarray(depth)[None])
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy/random and the dataset's generator per worker.
-
-    ``torch`` gives each worker ``base_seed + worker_id`` where ``base_seed`` comes from the
-    loader's seeded generator, so the streams are distinct and reproducible.
-    """
+    """DataLoader ``worker_init_fn``: seed the worker's global numpy/random generators from
+    torch's per-worker seed (distinct and reproducible), for code that draws from them; the
+    dataset's own augmentation is keyed by (seed, epoch, index) instead."""
     info = get_worker_info()
     seed = info.seed if info is not None else torch.initial_seed()
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    dataset = info.dataset if info is not None else None
-    if hasattr(dataset, "reseed"):
-        dataset.reseed(seed)
+
+
+def dataset_for(processed_dir: str | Path, split: str, params: Params, train: bool) -> DepthDataset:
+    """The split's dataset (augmented when ``train``), after checking its ``img_size``."""
+    check_img_size(processed_dir, params.data.img_size)
+    augmentation = params.augmentation if train else None
+    return DepthDataset(processed_dir, split, augmentation, seed=params.training.seed)
+
+
+def loader_for(
+    dataset: DepthDataset, params: Params, train: bool, sampler: Sampler | None = None
+) -> DataLoader:
+    """A DataLoader over ``dataset`` with ``data.batch_size`` / ``data.num_workers``.
+
+    ``train`` without a ``sampler`` shuffles with :func:`~depth_common.samplers.
+    train_sampler` (a permutation of (``training.seed``, epoch), this rank's share of it).
+    Workers persist across epochs (the epoch travels with each sampled key); memory is pinned
+    when batches go to CUDA.
+    """
+    if train and sampler is None:
+        from depth_common.samplers import train_sampler
+
+        sampler = train_sampler(len(dataset), seed=params.training.seed)
+    workers = params.data.num_workers
+    generator = torch.Generator()
+    generator.manual_seed(params.training.seed)
+    return DataLoader(
+        dataset,
+        batch_size=params.data.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=False,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available() and params.training.device != "cpu",
+        worker_init_fn=seed_worker if workers > 0 else None,
+        generator=generator,
+    )
 
 
 def build_dataloader(
@@ -203,28 +238,6 @@ def build_dataloader(
     train: bool,
     sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader over ``split`` with ``data.batch_size`` / ``data.num_workers``.
-
-    ``train`` turns on augmentation (``params.augmentation``) and shuffling (unless a
-    ``sampler``, e.g. a DistributedSampler, is given). Shuffling, worker seeds and augmentation
-    all derive from ``training.seed``. Workers persist across epochs; memory is pinned when
-    batches go to CUDA.
-    """
-    check_img_size(processed_dir, params.data.img_size)
-    seed = params.training.seed
-    dataset = DepthDataset(processed_dir, split, params.augmentation if train else None, seed=seed)
-    workers = params.data.num_workers
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=params.data.batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        drop_last=False,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available() and params.training.device != "cpu",
-        worker_init_fn=seed_worker if workers > 0 else None,
-        generator=generator,
-    )
+    """:func:`loader_for` over :func:`dataset_for`: ``train`` turns on augmentation
+    (``params.augmentation``) and shuffling (unless a ``sampler`` is given)."""
+    return loader_for(dataset_for(processed_dir, split, params, train), params, train, sampler)

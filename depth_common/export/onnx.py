@@ -18,10 +18,12 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads in the functions that run a model, not for the constants
+    import torch
 
 from depth_common.atomic import atomic_path
 
@@ -124,7 +126,10 @@ def parity_inputs(batch: int, img_size: tuple[int, int], seed: int = 0) -> np.nd
 def _ort_session(path: Path) -> Any:
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from depth_common.threads import ort_session_options
+
+    options = ort_session_options(role="export parity")  # threads that fit this process's CPUs
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def check_onnx_parity(
@@ -143,7 +148,12 @@ def check_onnx_parity(
     differs by ``atol`` or more, and ``ValueError`` when the output is not ``[B, 1, H, W]``.
     ``label`` names the file in messages (default: ``onnx_path``).
     """
+    import torch
+
+    from depth_common.threads import apply_torch_threads
+
     label = label or onnx_path
+    apply_torch_threads(role="export parity")
     session = _ort_session(Path(onnx_path))
     parity: dict[str, float] = {}
     model.eval()
@@ -205,6 +215,7 @@ def export_model(
     file appears at ``out_path``; on any failure the temporary file is removed.
     """
     import onnx
+    import torch
 
     out_path = Path(out_path)
     img_size = (int(img_size[0]), int(img_size[1]))

@@ -48,8 +48,10 @@ class OnnxPredictor:
             if self._session is None:
                 import onnxruntime as ort
 
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = self.threads
+                from depth_common.threads import ort_session_options
+
+                # threads > 0 fixes the count; 0: what fits this process's CPUs (env wins)
+                options = ort_session_options(self.threads, role="demo")
                 self._session = ort.InferenceSession(
                     str(self.onnx_path), options, providers=["CPUExecutionProvider"]
                 )

@@ -92,12 +92,18 @@ def _copy_warmup(config: mc.ModelConfig, local: mc.ModelConfig, where: Path) -> 
                 target.zero_data = True
 
 
-def _threads_parameter(config: mc.ModelConfig, intra_op_threads: int) -> str | None:
+def _threads_parameter(config: mc.ModelConfig, intra_op_threads: int) -> str:
     if intra_op_threads > 0:
         return str(intra_op_threads)
     param = config.parameters.get(THREADS_PARAMETER)
     value = param.string_value if param is not None else ""
-    return value if value.isdigit() else None
+    if value.isdigit():
+        return value
+    # None set: the CPUs this server may use, shared by the model's instances (thread policy).
+    from depth_common.threads import decide_threads
+
+    instances = sum(g.count or 1 for g in config.instance_group) or 1
+    return str(decide_threads(share=instances).intra_op)
 
 
 def localize_model_config(
@@ -107,7 +113,8 @@ def localize_model_config(
 
     ``onnx_file`` is the checked model file name (a ``parameters`` entry for ``model.py``).
     ``intra_op_threads`` > 0 sets ``intra_op_thread_count`` (the parameter Triton's ONNX Runtime
-    backend reads); 0 keeps the repository's own value when it is an integer.
+    backend reads); 0 keeps the repository's own value when it is an integer, and where it has
+    none sets the thread policy's count for this process's CPUs over the model's instances.
     """
     local = mc.ModelConfig(name=config.name, backend="python")
     local.max_batch_size = config.max_batch_size
@@ -123,9 +130,7 @@ def localize_model_config(
         local.version_policy.CopyFrom(config.version_policy)
     _copy_warmup(config, local, Path(config.name))
     local.parameters["onnx_file"].string_value = onnx_file
-    threads = _threads_parameter(config, intra_op_threads)
-    if threads is not None:
-        local.parameters[THREADS_PARAMETER].string_value = threads
+    local.parameters[THREADS_PARAMETER].string_value = _threads_parameter(config, intra_op_threads)
     return local
 
 
