@@ -23,7 +23,7 @@ help:
 	@echo "make compile  compile every pipeline to pipelines/<name>.yaml"
 	@echo "make images   build the images of images/images.env (IMAGES=\"component cuda transformer\","
 	@echo "              IMAGE_ARGS=\"--ca-bundle F --wheels DIR --offline --push ...\": images/build.sh --help)"
-	@echo "make lock     regenerate images/requirements*.lock from pyproject.toml"
+	@echo "make lock     regenerate images/requirements*.lock and images/transformer/requirements.lock"
 	@echo "make engine-stop  stop the private dockerd that images/engine.sh started"
 	@echo "make bench-containers  containerized vs subprocess \`make run\` wall time, side by side"
 	@echo "make mlflow-ui  the MLflow UI on mlflow.db (runs, registry: ViT+Decoder@champion)"
@@ -116,8 +116,8 @@ images:
 	HOST_PYTHON=$(abspath $(PY)) bash images/build.sh $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) \
 	  $(IMAGE_ARGS) $(IMAGES)
 
-# Pin what the images install: images/requirements*.lock from pyproject.toml (and the venv's
-# versions), with hashes.
+# Pin what the images install: images/requirements*.lock and images/transformer/requirements.lock
+# from pyproject.toml (and the venv's versions), with hashes.
 lock: $(STAMP)
 	$(PY) images/lock.py
 

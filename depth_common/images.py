@@ -34,11 +34,19 @@ def read_images_env(path: str | Path = IMAGES_ENV) -> dict[str, str]:
     return env
 
 
-def component_image(cuda: bool = False, path: str | Path = IMAGES_ENV) -> str:
-    """``REGISTRY/COMPONENT_IMAGE:TAG`` (``COMPONENT_CUDA_TAG`` when ``cuda``)."""
+def _reference(path: str | Path, name_key: str, tag_key: str) -> str:
     env = read_images_env(path)
-    tag_key = "COMPONENT_CUDA_TAG" if cuda else "COMPONENT_TAG"
-    missing = [k for k in ("REGISTRY", "COMPONENT_IMAGE", tag_key) if not env.get(k)]
+    missing = [k for k in ("REGISTRY", name_key, tag_key) if not env.get(k)]
     if missing:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
-    return f"{env['REGISTRY']}/{env['COMPONENT_IMAGE']}:{env[tag_key]}"
+    return f"{env['REGISTRY']}/{env[name_key]}:{env[tag_key]}"
+
+
+def component_image(cuda: bool = False, path: str | Path = IMAGES_ENV) -> str:
+    """``REGISTRY/COMPONENT_IMAGE:TAG`` (``COMPONENT_CUDA_TAG`` when ``cuda``)."""
+    return _reference(path, "COMPONENT_IMAGE", "COMPONENT_CUDA_TAG" if cuda else "COMPONENT_TAG")
+
+
+def transformer_image(path: str | Path = IMAGES_ENV) -> str:
+    """``REGISTRY/TRANSFORMER_IMAGE:TRANSFORMER_TAG``: the KServe transformer's image."""
+    return _reference(path, "TRANSFORMER_IMAGE", "TRANSFORMER_TAG")

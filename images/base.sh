@@ -1,4 +1,4 @@
-# Sourced by images/build.sh: the base image of the component images.
+# Sourced by images/build.sh: the base image of the CPU component and transformer images.
 # resolve_base IMAGE prints the reference to build FROM: IMAGE when the engine has it or can pull
 # it, else the local Debian base (made once per package list, then reused by its tag).
 

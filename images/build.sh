@@ -5,8 +5,8 @@
 #   images/build.sh [options] [component] [cuda] [transformer]   (default: every image whose
 #                                                                 Dockerfile exists)
 # Options (each also an environment variable):
-#   --base IMAGE        base of the component images (BASE_IMAGE; default python:3.11.9-slim-
-#                       bookworm). Used when present or pullable; otherwise a Debian bookworm
+#   --base IMAGE        base of the CPU and transformer images (BASE_IMAGE; default python:3.11.9-
+#                       slim-bookworm). Used when present or pullable; otherwise a Debian bookworm
 #                       base made with debootstrap from this machine's apt mirror, cached as
 #                       depth-base:bookworm-py311-<hash> and made only when that tag is missing.
 #   --ca-bundle FILE    an extra CA bundle pip trusts during the build (BUILD_CA_BUNDLE), e.g.

@@ -1,8 +1,8 @@
-"""Shared set-up of the tests that need a Docker Engine and the built component image.
+"""Shared set-up of the tests that need a Docker Engine and the built images.
 
 ``images/engine.sh start`` finds or starts the engine (and says why there is none: those tests
-then skip with that reason, never pass silently). The component image is the one
-``make images`` builds; where it is not built the tests skip saying so.
+then skip with that reason, never pass silently). The component and transformer images are
+the ones ``make images`` builds; where one is not built its tests skip saying so.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from components.image import COMPONENT_IMAGE
+from depth_common.images import transformer_image as transformer_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "images" / "engine.sh"
@@ -68,3 +69,8 @@ def engine() -> str:
 @pytest.fixture(scope="session")
 def component_image(engine: str) -> str:
     return require_image()
+
+
+@pytest.fixture(scope="session")
+def transformer_image(engine: str) -> str:
+    return require_image(transformer_reference())

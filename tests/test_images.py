@@ -18,6 +18,8 @@ from depth_common.images import read_images_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENT_DOCKERFILES = sorted((ROOT / "images" / "component").glob("Dockerfile*"))
+TRANSFORMER_DOCKERFILE = ROOT / "images" / "transformer" / "Dockerfile"
+DOCKERFILES = [*COMPONENT_DOCKERFILES, TRANSFORMER_DOCKERFILE]
 ENV = read_images_env(ROOT / "images" / "images.env")
 SECRETISH = re.compile(
     r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|CREDENTIAL|AUTH|CERT|CA_?BUNDLE", re.I
@@ -28,6 +30,7 @@ TOKEN_LITERAL = re.compile(r"hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|ghp_[A-Za-z0-9
 TRITON_TENSORRT = {"24.08": "10.3", "24.09": "10.4", "24.10": "10.5", "24.12": "10.7"}
 CPU = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_TAG']}"
 CUDA = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_CUDA_TAG']}"
+TRANSFORMER = f"{ENV['REGISTRY']}/{ENV['TRANSFORMER_IMAGE']}:{ENV['TRANSFORMER_TAG']}"
 
 
 def _lock_module():
@@ -61,11 +64,16 @@ def _args(instrs: list[tuple[str, str]]) -> dict[str, str]:
     return args
 
 
+def _dockerfile_id(path: Path) -> str:
+    return str(path.relative_to(ROOT / "images"))
+
+
 def test_there_is_a_cpu_and_a_cuda_image() -> None:
     assert [p.name for p in COMPONENT_DOCKERFILES] == ["Dockerfile", "Dockerfile.cuda"]
+    assert TRANSFORMER_DOCKERFILE.is_file()
 
 
-@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", DOCKERFILES, ids=_dockerfile_id)
 def test_base_image_is_pinned(path: Path) -> None:
     instrs = parse(path)
     args = _args(instrs)
@@ -84,7 +92,7 @@ def test_cuda_image_is_the_component_image_plus_tensorrt() -> None:
     assert args["TENSORRT_VERSION"] == ENV["TENSORRT_VERSION"]
 
 
-@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", DOCKERFILES, ids=_dockerfile_id)
 def test_runs_as_a_numeric_non_root_user(path: Path) -> None:
     instrs = parse(path)
     users = [(i, rest) for i, (word, rest) in enumerate(instrs) if word == "USER"]
@@ -96,6 +104,9 @@ def test_runs_as_a_numeric_non_root_user(path: Path) -> None:
     assert "RUN" not in later and "USER" not in later  # nothing after it runs as someone else
     cpu = parse(ROOT / "images" / "component" / "Dockerfile")
     assert any(f"--uid {uid}" in rest for word, rest in cpu if word == "RUN")
+    # The user is made in the image's own Dockerfile (the CUDA image inherits the CPU one's).
+    made_here = [r for w, r in instrs[:last_index] if w == "RUN" and f"--uid {uid}" in r]
+    assert made_here or path.name == "Dockerfile.cuda", f"{path}: no user {uid} is made"
 
 
 def test_component_image_installs_the_lock_before_the_code() -> None:
@@ -119,7 +130,44 @@ def test_component_image_installs_the_lock_before_the_code() -> None:
     assert ("ENV", "DEPTH_MANIFESTS_DIR=/app/manifests") in instrs
 
 
-@pytest.mark.parametrize("path", COMPONENT_DOCKERFILES, ids=lambda p: p.name)
+def test_transformer_image_installs_its_lock_before_the_code() -> None:
+    instrs = parse(TRANSFORMER_DOCKERFILE)
+    copy_lock = _first(
+        instrs, lambda w, r: w == "COPY" and "images/transformer/requirements.lock" in r
+    )
+    deps = _first(instrs, lambda w, r: w == "RUN" and "-r images/requirements.lock" in r)
+    copy_code = _first(instrs, lambda w, r: w == "COPY" and r.startswith("depth_common"))
+    assert copy_lock < deps < copy_code
+    assert "images/component/pip-install.sh" in instrs[copy_lock][1]  # the same pip script
+    assert instrs[deps][1].startswith("sh images/pip-install.sh --require-hashes --no-deps")
+    assert "ENTRYPOINT" in [w for w, _ in instrs]
+    # The import guard: the transformer imports without torch, tritonclient and ONNX Runtime.
+    guard = [r for w, r in instrs if w == "RUN" and "sys.modules.update" in r]
+    assert guard and all(m in guard[0] for m in ("'torch'", "'tritonclient'", "'onnxruntime'"))
+
+
+def _first(instrs: list[tuple[str, str]], pred) -> int:
+    found = [i for i, ins in enumerate(instrs) if pred(*ins)]
+    assert found, "expected instruction not found"
+    return found[0]
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=_dockerfile_id)
+def test_every_install_is_the_pip_script_and_every_copy_exists(path: Path) -> None:
+    instrs = parse(path)
+    args = _args(instrs)
+    assert "BASE_IMAGE" in args or "COMPONENT_BASE" in args  # images/build.sh picks the base
+    for word, rest in instrs:
+        if word == "RUN":  # no pip of its own: offline, retries and the CA come from the script
+            assert not re.search(r"\bpip3? install\b", rest), f"{path}: RUN {rest[:60]}"
+            if "-r images/" in rest:
+                assert "--require-hashes" in rest, f"{path}: a lock installed without hashes"
+        if word == "COPY" and not rest.startswith("--from"):
+            for src in rest.split()[:-1]:
+                assert (ROOT / src).exists(), f"{path}: COPY {src}: no such file"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=_dockerfile_id)
 def test_no_secrets_baked_in(path: Path) -> None:
     for word, rest in parse(path):
         if word in ("ENV", "ARG", "LABEL"):
@@ -148,6 +196,45 @@ def test_the_locks_satisfy_pyproject_and_pin_every_file() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{64}", h) for _, hashes in pins.values() for h in hashes)
 
 
+def test_the_transformer_lock_holds_the_extra_and_no_torch() -> None:
+    pins = lock.parse_lock(lock.TRANSFORMER_LOCK)
+    for name in ("kserve", "pillow", "numpy", "grpcio", "protobuf"):
+        assert name in pins, name
+    assert not set(lock.NOT_IN_TRANSFORMER) & set(pins)
+    base = lock.parse_lock(lock.LOCK)
+    assert all(base[n][0] == v for n, (v, _) in pins.items() if n in base)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for _, hashes in pins.values() for h in hashes)
+    # images/build.sh installs (and prefetches) every lock of images/transformer/.
+    assert "images/transformer/*.lock" in (ROOT / "images" / "build.sh").read_text()
+
+
+def test_the_transformer_lock_check_names_what_disagrees(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    text = (ROOT / "pyproject.toml").read_text()
+    extra = 'transformer = ["kserve>=0.15,<0.22",'
+    assert extra in text
+    pyproject.write_text(text.replace(extra, 'transformer = ["kserve>=0.22", "aiofiles>=1",', 1))
+    kserve = lock.parse_lock(lock.TRANSFORMER_LOCK)["kserve"][0]
+    numpy = lock.parse_lock(lock.LOCK)["numpy"][0]
+    bad = tmp_path / "requirements.lock"
+    bad.write_text(
+        "".join(
+            ln + "\n"
+            for ln in lock.TRANSFORMER_LOCK.read_text().splitlines()
+            if not ln.startswith("numpy==")
+        )
+        + f"numpy=={numpy}.1 --hash=sha256:{'0' * 64}\n"
+        + f"torch==2.14.1 --hash=sha256:{'1' * 64}\n"
+    )
+    problems = lock.check_locks(pyproject=pyproject, transformer_lock=bad)
+    assert problems == [
+        f"kserve>=0.22: {bad} pins {kserve}",
+        f"aiofiles>=1: not in {bad}",
+        f"{bad} holds torch: the transformer image must not install it",
+        f"{bad} pins numpy=={numpy}.1, requirements.lock {numpy}",
+    ]
+
+
 def test_the_lock_check_names_what_disagrees(tmp_path: Path) -> None:
     pyproject = tmp_path / "pyproject.toml"
     text = (ROOT / "pyproject.toml").read_text()
@@ -174,11 +261,14 @@ def test_build_context_is_the_sources_only() -> None:
     ]
     assert lines[0] == "**"  # exclude everything, then allow the sources
     allowed = {ln[1:].removesuffix("/**") for ln in lines if ln.startswith("!")}
-    for path in COMPONENT_DOCKERFILES:
+    trees = {ln[1:].removesuffix("/**") for ln in lines if ln.startswith("!") and "/**" in ln}
+    for path in DOCKERFILES:
         for word, rest in parse(path):
             if word == "COPY" and not rest.startswith("--from"):
                 for src in rest.split()[:-1]:
-                    assert src.rstrip("/") in allowed, f".dockerignore keeps out COPY {src}"
+                    src = src.rstrip("/")
+                    inside = any(src.startswith(f"{tree}/") for tree in trees)
+                    assert src in allowed or inside, f".dockerignore keeps out COPY {src}"
     for private in (".venv", ".git", "data", "saved_models", "mlflow.db", "runs"):
         assert private not in allowed
 
@@ -334,3 +424,21 @@ def test_the_transformer_image_is_built_when_images_env_names_it_and_its_dockerf
     if "TRANSFORMER_IMAGE" not in ENV:
         out = _build(fake, "transformer")
         assert out.returncode == 2 and "names no such image" in out.stderr
+
+
+def test_the_transformer_image_is_built_on_the_component_images_base_with_labels(
+    tmp_path: Path,
+) -> None:
+    fake = _fake_docker(tmp_path)
+    out = _build(fake, "--base", "python:3.11.9-slim-bookworm", "component", "transformer")
+    assert out.returncode == 0, out.stderr
+    builds = _calls(fake, "build")
+    assert [t.split()[-1] for t in _calls(fake, "tag")] == [CPU, TRANSFORMER]
+    assert "-f images/transformer/Dockerfile " in builds[1]
+    bases = [re.search(r"BASE_IMAGE=(\S+)", b).group(1) for b in builds]
+    assert bases == ["python:3.11.9-slim-bookworm"] * 2
+    assert f"org.opencontainers.image.version={ENV['TRANSFORMER_TAG']}" in builds[1]
+    assert (
+        f"org.opencontainers.image.title={ENV['REGISTRY']}/{ENV['TRANSFORMER_IMAGE']}" in builds[1]
+    )
+    assert "org.opencontainers.image.revision=" in builds[1]

@@ -86,14 +86,18 @@ def test_ci_tests_compiles_and_submits_on_main() -> None:
     assert submit and "refs/heads/main" in submit[0]["if"]
 
 
-def test_images_workflow_builds_both_images_on_tags_from_images_env() -> None:
+def test_images_workflow_builds_every_image_on_tags_from_images_env() -> None:
     doc = _load(ROOT / ".github" / "workflows" / "images.yml")
     assert doc["on"]["push"]["tags"] == ["v*"]
     (job,) = doc["jobs"].values()
     runs = [s.get("run", "") for s in job["steps"]]
     # The same build script as `make images`, which reads the names from images/images.env.
     builds = [r for r in runs if "images/build.sh" in r]
-    assert [r.split("--push ")[1].split()[0] for r in builds] == ["component", "cuda"]
+    assert [r.split("--push ")[1].split()[0] for r in builds] == [
+        "component",
+        "cuda",
+        "transformer",
+    ]
     assert (
         'images_env="${IMAGES_ENV:-images/images.env}"'
         in (ROOT / "images" / "build.sh").read_text()
