@@ -216,6 +216,7 @@ class TrainingConfig:
     device: str = "auto"
     checkpoint_dir: str = "saved_models"
     max_train_batches: int | None = None
+    init_from: str = ""
     val_every: int = 1
     checkpoint_every: int = 1
     threads: int = 0

@@ -24,6 +24,9 @@ DEMO: tuple[str, ...] = (
     "training.checkpoint_every=12",
     "training.patience=2",
     "training.amp=false",
+    # Continuous training: each run fine-tunes the model that serves (none yet: from scratch),
+    # so a second `make run` brings a better challenger through the canary.
+    "training.init_from=champion",
 )
 
 #: Options of ``depth_common.synthetic.generate_cityscapes`` for the demo run: 2 cities x 24

@@ -38,6 +38,7 @@ from depth_common.threads import apply_torch_threads
 from depth_common.train_control import StopRequest, TrainingError, TrainingInterrupted, tracked_run
 from depth_common.train_loop import Loop, train_one_epoch, validate
 from depth_common.train_state import TrainState, amp_mode, new_train_state
+from depth_common.warm_start import apply_init
 
 log = logging.getLogger(__name__)
 
@@ -257,13 +258,16 @@ def _train(
         log_metrics=tracking and ctx.is_main,
     )
     last_path, best_path = out_dir / LAST, out_dir / BEST
+    init = "resumed"
     if resume and last_path.is_file():
         state.restore(last_path, device)
         log.info("resuming from %s after epoch %d", last_path, state.epoch)
-    elif ctx.is_main:
-        if resume:
+    else:
+        if resume and ctx.is_main:
             log.info("resume: no %s yet; starting from scratch", last_path)
-        best_path.unlink(missing_ok=True)  # never report an earlier run's best model
+        init = apply_init(state.model, params)  # training.init_from (every rank, same weights)
+        if ctx.is_main:
+            best_path.unlink(missing_ok=True)  # never report an earlier run's best model
     if ctx.is_main:
         _describe(state, loop, ctx, amp_desc)
     tags = {
@@ -273,6 +277,7 @@ def _train(
         "micro_batch_size": str(plan.micro_batch_size),
         "accumulation_steps": str(plan.accumulation_steps),
         "threads": threads,
+        "init_from": init,
     }
     tracked = tracked_run(params, state, tags, enabled=tracking and ctx.is_main)
     with tracked, StopRequest(distributed=ctx.distributed) as stop:
