@@ -32,6 +32,7 @@ from depth_common.registry import (
     crown,
     format_aliases,
     is_missing,
+    process_uris,
     registry_client,
     set_challenger,
     version_by_alias,
@@ -206,11 +207,10 @@ def _register_version(client, params: Params, run_id: str, pipeline_run: str) ->
             ):
                 raise
         # mlflow.register_model resolves runs:/ URIs to the run's logged model (MLflow 3
-        # LoggedModel or an MLmodel directory); it uses the process-wide URIs, so set them.
-        mlflow.set_tracking_uri(params.mlflow.tracking_uri)
-        mlflow.set_registry_uri(params.mlflow.tracking_uri)
+        # LoggedModel or an MLmodel directory); it reads only the process-wide URIs.
         try:
-            mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", name)
+            with process_uris(params.mlflow.tracking_uri):
+                mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", name)
         except MlflowException as exc:
             raise PromotionError(
                 f"run {run_id!r} has no model logged at {MODEL_ARTIFACT_PATH!r} "

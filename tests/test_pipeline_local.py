@@ -92,11 +92,12 @@ def test_promote_then_keep_champion(tmp_path):
     assert (tmp_path / "serving" / "depth" / "1" / "model.onnx").is_file()  # installed
     assert "push-hf" not in first.tasks  # export.hf_repo_id "" skips the Hub push
 
-    # Second run: same data through the importer branch, no training at all → worse.
+    # Second run: same data through the importer branch, the untrained model (no fine-tuning
+    # of the champion, no epochs) → worse.
     raw = first.tasks["synthesize"]["artifacts"]["raw"]["artifacts"][0]["uri"]
     second = run_local(
         PARAMS_FILE,
-        _tiny(tmp_path, "training.epochs=0"),
+        _tiny(tmp_path, "training.epochs=0", "training.init_from=''"),
         data_uri=raw,
         root=tmp_path / "runs",
     )

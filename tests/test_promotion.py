@@ -8,6 +8,7 @@ model name so tests stay independent.
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -107,6 +108,16 @@ def test_first_model_is_promoted_and_registered(params):
     assert float(mv.tags["test_rmse"]) == 3.0
     assert float(mv.tags["test_abs_rel"]) == pytest.approx(0.3)
     assert "| challenger test_rmse | 3.0000 m |" in format_decision(d, params.mlflow.model_name)
+
+
+def test_registering_leaves_the_process_wide_mlflow_uris_as_they_were(params, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    assert register_champion(_run(3.0), params) == 1
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+    assert "MLFLOW_REGISTRY_URI" not in os.environ  # nor exported to subprocesses
 
 
 def test_better_challenger_moves_champion_and_keeps_previous(params):

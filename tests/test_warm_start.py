@@ -10,6 +10,7 @@ import torch
 
 from depth_common.checkpoint import load_checkpoint
 from depth_common.config import ConfigError, Params
+from depth_common.registry import registry_client
 from depth_common.train import train
 
 
@@ -28,9 +29,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _tags(params: Params, run_id: str) -> dict[str, str]:
-    import mlflow
-
-    return mlflow.MlflowClient(params.mlflow.tracking_uri).get_run(run_id).data.tags
+    return registry_client(params.mlflow.tracking_uri).get_run(run_id).data.tags
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,6 @@ def test_a_checkpoint_file_is_where_training_starts(
 def test_the_champion_is_fine_tuned_and_no_champion_means_scratch(
     processed_data, tiny_params, tmp_path
 ) -> None:
-    import mlflow
-
     params = _params(tiny_params, tmp_path, "training.init_from=champion")
     # No store yet: no champion, and the look does not create one.
     no_store = params.with_overrides([f"mlflow.tracking_uri=sqlite:///{tmp_path}/none.db"])
@@ -71,7 +68,7 @@ def test_the_champion_is_fine_tuned_and_no_champion_means_scratch(
     assert _tags(params, first.mlflow_run_id)["init_from"] == "scratch (no champion yet)"
 
     # The first run becomes the champion (what register + deploy do), from its logged best.pt.
-    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    client = registry_client(params.mlflow.tracking_uri)  # registry on the same store
     name = params.mlflow.model_name
     client.create_registered_model(name)
     version = client.create_model_version(
