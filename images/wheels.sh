@@ -64,10 +64,13 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 handler = functools.partial(Quiet, directory=sys.argv[1])
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+try:  # the same port every build: the URL is a build argument, so the layer cache holds
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[3])), handler)
+except OSError:  # taken: any free port (this build then reinstalls the dependency layer)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 open(sys.argv[2], "w").write(str(server.server_address[1]))
 server.serve_forever()
-' "$files/root" "$files/port" &
+' "$files/root" "$files/port" "${BUILD_FILES_PORT:-47613}" &
   server_pid=$!
   local waited=0
   until [[ -s "$files/port" ]]; do
