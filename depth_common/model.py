@@ -99,7 +99,7 @@ class DepthHead(nn.Module):
 
     The last conv's bias starts at ``init_depth`` metres: with a random head the ReLU output
     is 0 for most pixels at step 0 and a log-depth loss is then flat, so training never
-    starts (observed; see docs/training-notes).
+    starts (observed: docs/training-notes.md).
     """
 
     def __init__(self, features: int, out_size: tuple[int, int], init_depth: float) -> None:

@@ -1,12 +1,12 @@
 """Named override sets. ``DEMO`` is the small configuration `make run` and the tests use.
 
-The full seed configuration stays the default of ``params.yaml`` for real runs; the demo
-swaps in a ``vit_tiny`` encoder from random weights (nothing is downloaded here), small
-images and a few epochs, with the encoder LR raised to the decoder's because an encoder from
-random weights needs it (see docs/training-notes). It validates every third epoch (and after
-the last; patience counts validations) and writes last.pt at the end only: on a run this short
-that bookkeeping was about a quarter of the training time (validation 5 s and last.pt 2.3 s
-of 29 s).
+The full reference configuration (ViT-Base/16 at 224, 50 epochs) stays the default of
+``params.yaml`` for real runs; the demo swaps in a ``vit_tiny`` encoder from random weights
+(nothing is downloaded here), small images and a few epochs, with the encoder LR raised to the
+decoder's because an encoder from random weights needs it (docs/training-notes.md). It
+validates every third epoch (and after the last; patience counts validations) and writes
+last.pt at the end only: on a run this short that bookkeeping was about a quarter of the
+training time (validation 5 s and last.pt 2.3 s of 29 s).
 """
 
 DEMO: tuple[str, ...] = (

@@ -49,7 +49,7 @@ def test_initial_output_near_init_depth() -> None:
     m = tiny(init_depth=7.0).eval()
     with torch.no_grad():
         y = m(torch.randn(2, 3, 32, 64))
-    # the head's bias starts the ReLU alive around init_depth (training-notes)
+    # the head's bias starts the ReLU alive around init_depth (docs/training-notes.md)
     assert (y > 0).float().mean() > 0.99
     assert 3.0 < y.median().item() < 11.0
     assert m.head.conv3.bias.item() == pytest.approx(7.0)
