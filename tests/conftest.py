@@ -53,3 +53,18 @@ def demo_params(synthetic_raw: Path, processed_data: Path) -> Params:
 def tiny_params(demo_params: Params) -> Params:
     """``demo_params`` with training.epochs=2 (smoke runs)."""
     return demo_params.with_overrides(("training.epochs=2",))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Triton repository of the tiny depth model (``helpers.build_tiny_repository``), one
+    per test module: the serving, hardening, transformer and local-deploy tests start from it."""
+    from helpers import build_tiny_repository
+
+    return build_tiny_repository(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tiny: Path) -> Path:
+    """The ONNX model of :func:`tiny`'s repository (the reference the servers must match)."""
+    return tiny / "depth" / "1" / "model.onnx"

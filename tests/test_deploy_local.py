@@ -32,13 +32,6 @@ def _nothing_listens(port: int) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from helpers import build_tiny_repository
-
-    return build_tiny_repository(tmp_path_factory.mktemp("local_tiny"))
-
-
 def test_install_replaces_the_tree_whole(tmp_path: Path) -> None:
     src, dest = tmp_path / "src", tmp_path / "serve" / "repo"
     (src / "depth" / "2").mkdir(parents=True)

@@ -48,7 +48,7 @@ class Scaled(torch.nn.Module):
 
 
 def _onnx(root: Path, name: str, factor: float) -> Path:
-    from test_serving_server import TinyDepthNet
+    from helpers import TinyDepthNet
 
     torch.manual_seed(0)  # the same weights every time: only the factor differs
     return export_model(Scaled(TinyDepthNet(), factor), root / f"{name}.onnx", img_size=(H, W)).path

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import MAX_BATCH, H, W, build_tiny_repository, ort_reference
+from helpers import MAX_BATCH, H, W, ort_reference
 from PIL import Image
 
 from depth_common.data.transforms import prepare_image
@@ -24,16 +24,6 @@ from depth_common.serving.server import LocalTritonServer
 pytestmark = pytest.mark.slow
 
 PROTOCOLS = ("http", "grpc")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_repository(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def onnx_path(tiny: Path) -> Path:
-    return tiny / "depth" / "1" / "model.onnx"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serving_server import H, W, build_tiny_repository
+from helpers import H, W
 
 from depth_common.export.triton import parse_model_config, write_model_config
 from depth_common.serving.client import DepthClient, DepthServingError
@@ -31,11 +31,6 @@ from depth_common.serving.supervisor import group_members
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_repository(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MAX_BATCH, H, TinyDepthNet, W, build_tiny_repository, ort_reference
+from helpers import MAX_BATCH, H, TinyDepthNet, W, ort_reference
 
 from depth_common.config import ExportConfig
 from depth_common.export.onnx import export_model
@@ -75,11 +75,6 @@ def _infer_json(shape: list[int], datatype: str = "FP32", data: list | None = No
             ]
         }
     ).encode()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_repository(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_serving_server import build_tiny_repository
 
 from depth_common.deploy.smoke import image_reference, smoke_test_v2
 from depth_common.serving.client import DepthClient, DepthServingError
@@ -33,16 +32,6 @@ pytestmark = pytest.mark.slow
 skimage_data = pytest.importorskip("skimage.data")
 PHOTOS = Path(skimage_data.__file__).parent
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_repository(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def onnx_path(tiny: Path) -> Path:
-    return tiny / "depth" / "1" / "model.onnx"
 
 
 @pytest.fixture(scope="module")
