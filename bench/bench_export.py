@@ -3,11 +3,11 @@
     python bench/bench_export.py                 # both models, prints a table
     python bench/bench_export.py --runs 10 --out bench/results_export.json
 
-Models (random weights: nothing is downloaded): the seed's ``vit_base_patch16_224`` DPT at
-224x224 with 256 decoder features, and the demo model (``depth_common.presets.DEMO``). Each is
-exported with the real exporter (:func:`depth_common.export.onnx.export_model`, parity gate
-included) into a temporary directory; then each runtime runs the same float32 input, and the
-median of ``--runs`` timed calls after ``--warmup`` untimed ones is reported.
+Models (random weights: nothing is downloaded): params.yaml's default ``vit_base_patch16_224``
+DPT at 224x224 with 256 decoder features, and the demo model (``depth_common.presets.DEMO``).
+Each is exported with the real exporter (:func:`depth_common.export.onnx.export_model`, parity
+gate included) into a temporary directory; then each runtime runs the same float32 input, and
+the median of ``--runs`` timed calls after ``--warmup`` untimed ones is reported.
 
 ``ratio`` is ONNX Runtime's latency as a multiple of PyTorch eager's (< 1: ONNX Runtime is
 faster). Both use all cores of this machine with their default thread pools.
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BATCHES: tuple[int, ...] = (1, 8)
-#: name → params overrides (applied to params.yaml). vit_base: the seed's model at 224.
+#: name → params overrides (applied to params.yaml). vit_base: params.yaml's default model.
 MODELS: dict[str, tuple[str, ...]] = {
     "vit_base_224": (
         "model.encoder=vit_base_patch16_224",

@@ -19,7 +19,7 @@ from depth_common.cli import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The measured model: the seed's vit_base_patch16_224 DPT at 224x224, random weights.
+#: The measured model: params.yaml's default vit_base_patch16_224 DPT at 224x224, random weights.
 DEFAULT_MODEL: tuple[str, ...] = MODELS["vit_base_224"]
 LATENCY_BATCHES: tuple[int, ...] = (1, 8)
 GPU_OUT = ROOT / "bench" / "results_gpu.json"

@@ -1,7 +1,7 @@
 """Depth colour maps (inferno) and a labelled colour bar, shared by reports, predict and demos.
 
-Only numpy and PIL at call time plus matplotlib's inferno table, read once (about 0.3 s to
-import matplotlib; it is already installed as an MLflow dependency).
+Only numpy and PIL at call time plus matplotlib's inferno table, read once (importing
+matplotlib takes about 0.3 s).
 """
 
 from __future__ import annotations

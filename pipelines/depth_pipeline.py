@@ -154,12 +154,74 @@ def _export_and_serve(
     _with_secrets(served, settings)  # it moves the registry's aliases and logs the analysis
 
 
-def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
-    """Build the pipeline function with its defaults and compile-time settings from ``params``."""
-    base_params = json.dumps(params.to_dict(), sort_keys=True)
-    train_gpu = params.training.train_gpu
-    use_trt = params.export.tensorrt
-    settings = params  # the inner pipelines' `params` is the resolved JSON string
+def _train_task(prep: dsl.PipelineTask, params: str, settings: Params) -> dsl.PipelineTask:
+    """The train task with its resources, GPU request, credentials and scale-out volume."""
+    trained = train(processed=prep.outputs["processed"], params=params)
+    trained.set_display_name("train").set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
+    trained.set_cpu_limit(TRAIN_CPU)
+    train_gpu = settings.training.train_gpu
+    if train_gpu > 0:
+        trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpu)
+        trained.set_container_image(COMPONENT_CUDA_IMAGE)
+    _with_secrets(trained, settings)
+    if settings.training.shared_pvc:  # scale-out: data and checkpoints move through it
+        kubernetes.mount_pvc(
+            trained, pvc_name=settings.training.shared_pvc, mount_path=SHARED_MOUNT
+        )
+    return trained
+
+
+def _evaluate_and_decide(
+    trained: dsl.PipelineTask, prep: dsl.PipelineTask, params: str, settings: Params
+) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
+    """evaluate the trained model on the test split, then decide against the champion."""
+    run_id = trained.outputs["Output"]
+    evaluated = evaluate(
+        model=trained.outputs["model"],
+        processed=prep.outputs["processed"],
+        params=params,
+        run_id=run_id,
+    ).set_display_name("evaluate")
+    _with_secrets(evaluated, settings)
+
+    decided = decide(run_id=run_id, params=params).set_display_name("decide")
+    decided.after(evaluated)  # reads the test_rmse that evaluate logs to MLflow
+    decided.set_caching_options(False)  # the registry changes between runs
+    _with_secrets(decided, settings)
+    return evaluated, decided
+
+
+def _register_and_serve(
+    trained: dsl.PipelineTask,
+    evaluated: dsl.PipelineTask,
+    params: str,
+    hf_repo_id: str,
+    settings: Params,
+) -> None:
+    """register the challenger; when it still wins under the lock, export and serve it, else
+    record why it stood down."""
+    run_id = trained.outputs["Output"]
+    registered = register(
+        run_id=run_id, params=params, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+    ).set_display_name("register challenger")
+    registered.set_caching_options(False)
+    _with_secrets(registered, settings)
+    version = registered.outputs["version"]
+    use_trt = settings.export.tensorrt
+    # register re-decides under the registry lock: a run crowned meanwhile may win.
+    with dsl.If(registered.outputs["promoted"] == True, name="registered"):  # noqa: E712
+        _export_and_serve(
+            trained, evaluated, params, version, run_id, hf_repo_id, use_trt, settings
+        )
+    with dsl.Else(name="stood-down"):
+        record_no_promotion(run_id=run_id, reason=registered.outputs["reason"]).set_display_name(
+            "record why not"
+        ).set_caching_options(False)
+
+
+def _train_and_promote_pipeline(settings: Params) -> Any:
+    """The sub-pipeline each data branch runs; its compile-time settings from ``settings``
+    (its own ``params`` input is the resolved JSON string)."""
 
     @dsl.pipeline(
         name="train-and-promote",
@@ -168,55 +230,43 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
     def train_and_promote(raw: Input[Dataset], params: str, data_params: str, hf_repo_id: str):
         prep = preprocess(raw=raw, data_params=data_params).set_display_name("preprocess")
         prep.set_caching_options(True)  # the slow, deterministic step: reuse when inputs match
-
-        trained = train(processed=prep.outputs["processed"], params=params)
-        trained.set_display_name("train").set_cpu_request(TRAIN_CPU).set_memory_request(
-            TRAIN_MEMORY
-        )
-        trained.set_cpu_limit(TRAIN_CPU)
-        if train_gpu > 0:
-            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpu)
-            trained.set_container_image(COMPONENT_CUDA_IMAGE)
-        _with_secrets(trained, settings)
-        if settings.training.shared_pvc:  # scale-out: data and checkpoints move through it
-            kubernetes.mount_pvc(
-                trained, pvc_name=settings.training.shared_pvc, mount_path=SHARED_MOUNT
-            )
-        run_id = trained.outputs["Output"]
-
-        evaluated = evaluate(
-            model=trained.outputs["model"],
-            processed=prep.outputs["processed"],
-            params=params,
-            run_id=run_id,
-        ).set_display_name("evaluate")
-        _with_secrets(evaluated, settings)
-
-        decided = decide(run_id=run_id, params=params).set_display_name("decide")
-        decided.after(evaluated)  # reads the test_rmse that evaluate logs to MLflow
-        decided.set_caching_options(False)  # the registry changes between runs
-        _with_secrets(decided, settings)
-
+        trained = _train_task(prep, params, settings)
+        evaluated, decided = _evaluate_and_decide(trained, prep, params, settings)
         with dsl.If(decided.outputs["promote"] == True, name="promote"):  # noqa: E712
-            registered = register(
-                run_id=run_id, params=params, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-            ).set_display_name("register challenger")
-            registered.set_caching_options(False)
-            _with_secrets(registered, settings)
-            version = registered.outputs["version"]
-            # register re-decides under the registry lock: a run crowned meanwhile may win.
-            with dsl.If(registered.outputs["promoted"] == True, name="registered"):  # noqa: E712
-                _export_and_serve(
-                    trained, evaluated, params, version, run_id, hf_repo_id, use_trt, settings
-                )
-            with dsl.Else(name="stood-down"):
-                record_no_promotion(
-                    run_id=run_id, reason=registered.outputs["reason"]
-                ).set_display_name("record why not").set_caching_options(False)
+            _register_and_serve(trained, evaluated, params, hf_repo_id, settings)
         with dsl.Else(name="keep-champion"):
-            record_no_promotion(run_id=run_id, reason=decided.outputs["reason"]).set_display_name(
-                "record why not"
-            ).set_caching_options(False)
+            record_no_promotion(
+                run_id=trained.outputs["Output"], reason=decided.outputs["reason"]
+            ).set_display_name("record why not").set_caching_options(False)
+
+    return train_and_promote
+
+
+def _train_on_data(
+    train_and_promote: Any, cfg: dsl.PipelineTask, data_uri: str, synthetic: dict
+) -> None:
+    """The data branches: generate a synthetic dataset, or import ``data_uri``; each runs the
+    same ``train_and_promote`` sub-pipeline on its raw Dataset."""
+    resolved, data_params = cfg.outputs["params"], cfg.outputs["data_params"]
+    hub = cfg.outputs["hf_repo_id"]
+    with dsl.If(data_uri == "synthetic", name="synthetic-data"):
+        raw = synthesize(options=synthetic).set_display_name("synthesize data")
+        train_and_promote(
+            raw=raw.outputs["raw"], params=resolved, data_params=data_params, hf_repo_id=hub
+        ).set_display_name("train and promote")
+    with dsl.Else(name="imported-data"):
+        imported = dsl.importer(
+            artifact_uri=data_uri, artifact_class=Dataset, reimport=False
+        ).set_display_name("import data")
+        train_and_promote(
+            raw=imported.output, params=resolved, data_params=data_params, hf_repo_id=hub
+        ).set_display_name("train and promote")
+
+
+def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
+    """Build the pipeline function with its defaults and compile-time settings from ``params``."""
+    base_params = json.dumps(params.to_dict(), sort_keys=True)
+    train_and_promote = _train_and_promote_pipeline(params)
 
     @dsl.pipeline(
         name=name,
@@ -262,20 +312,7 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
             },
             overrides=params_overrides,
         ).set_display_name("configure")
-        resolved, data_params = cfg.outputs["params"], cfg.outputs["data_params"]
-        hub = cfg.outputs["hf_repo_id"]
-        with dsl.If(data_uri == "synthetic", name="synthetic-data"):
-            raw = synthesize(options=synthetic).set_display_name("synthesize data")
-            train_and_promote(
-                raw=raw.outputs["raw"], params=resolved, data_params=data_params, hf_repo_id=hub
-            ).set_display_name("train and promote")
-        with dsl.Else(name="imported-data"):
-            imported = dsl.importer(
-                artifact_uri=data_uri, artifact_class=Dataset, reimport=False
-            ).set_display_name("import data")
-            train_and_promote(
-                raw=imported.output, params=resolved, data_params=data_params, hf_repo_id=hub
-            ).set_display_name("train and promote")
+        _train_on_data(train_and_promote, cfg, data_uri, synthetic)
 
     return depth_pipeline
 

@@ -1,7 +1,8 @@
 """Fixtures shared by several test files (test files import from here, never from each other).
 
 - a tiny depth network and the Triton repository built from it (serving, deploy, export tests);
-- the scale-out job description every cluster-path test starts from.
+- the scale-out job description every cluster-path test starts from;
+- the image references images/images.env names (the image and build-script tests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from depth_common.config import ExportConfig, load_params
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import build_triton_repository
+from depth_common.images import read_images_env
 from depth_common.scaleout.job import ScaleOutJob, job_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +82,15 @@ def scaleout_job(overrides: Sequence[str] = CLUSTER, **kw: str) -> ScaleOutJob:
         out_dir="/mnt/shared/run1/out",
         **kw,
     )
+
+
+# -- the images images/images.env names ---------------------------------------------------------
+
+IMAGES_ENV = read_images_env(ROOT / "images" / "images.env")
+"""images/images.env as the build reads it (registry, image names, tags, versions)."""
+CPU_IMAGE = (
+    f"{IMAGES_ENV['REGISTRY']}/{IMAGES_ENV['COMPONENT_IMAGE']}:{IMAGES_ENV['COMPONENT_TAG']}"
+)
+CUDA_IMAGE = (
+    f"{IMAGES_ENV['REGISTRY']}/{IMAGES_ENV['COMPONENT_IMAGE']}:{IMAGES_ENV['COMPONENT_CUDA_TAG']}"
+)

@@ -61,6 +61,14 @@ _ITEM = re.compile(
 _COLLECTION = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices$"
 )
+#: HTTP method → the Kubernetes verb RBAC names it by.
+_RBAC_VERBS = {
+    "GET": "get",
+    "POST": "create",
+    "PATCH": "patch",
+    "PUT": "update",
+    "DELETE": "delete",
+}
 
 
 @functools.cache
@@ -181,142 +189,141 @@ class KServeApiDouble(LoopbackServer):
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        double = self
+        return type("Handler", (_IsvcHandler,), {"double": self})
 
-        class Handler(JsonHandler):
-            def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(
-                    code,
-                    {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "metadata": {},
-                        "status": "Failure",
-                        "message": message,
-                        "reason": reason,
-                        "code": code,
-                    },
+
+class _IsvcHandler(JsonHandler):
+    """The double's HTTP side: RBAC check, then one method per verb (get, create, patch)."""
+
+    double: KServeApiDouble  # set on the per-server subclass (see KServeApiDouble._handler)
+
+    def _status(self, code: int, reason: str, message: str) -> None:
+        self._send(
+            code,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": reason,
+                "code": code,
+            },
+        )
+
+    def _body(self) -> Any:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n)) if n else None
+
+    def _handle(self, method: str) -> None:
+        double = self.double
+        path = self.path.split("?", 1)[0]
+        body = self._body() if method in ("POST", "PATCH", "PUT") else None
+        with double._lock:
+            double.requests.append(Recorded(method, path, self.headers.get("Content-Type"), body))
+            verb = _RBAC_VERBS[method]
+            if verb not in double.verbs:
+                return self._status(
+                    403, "Forbidden", f'inferenceservices is forbidden: cannot "{verb}" (RBAC)'
                 )
+            item, coll = _ITEM.match(path), _COLLECTION.match(path)
+            if method == "POST" and coll:
+                return self._create(coll.group(1), body)
+            if item and method in ("GET", "PATCH"):
+                return self._on_item(method, (item.group(1), item.group(2)), body)
+            return self._status(404, "NotFound", f"the test double does not serve {path}")
 
-            def _body(self) -> Any:
-                n = int(self.headers.get("Content-Length") or 0)
-                return json.loads(self.rfile.read(n)) if n else None
+    def _on_item(self, method: str, key: tuple[str, str], body: Any) -> None:
+        """GET or PATCH of one stored InferenceService (404 when there is none)."""
+        live = self.double.objects.get(key)
+        if live is None:
+            return self._status(
+                404, "NotFound", f'inferenceservices.serving.kserve.io "{key[1]}" not found'
+            )
+        if method == "GET":
+            return self._get(live)
+        return self._patch(live, body)
 
-            def _handle(self, method: str) -> None:
-                path = self.path.split("?", 1)[0]
-                body = self._body() if method in ("POST", "PATCH", "PUT") else None
-                with double._lock:
-                    double.requests.append(
-                        Recorded(method, path, self.headers.get("Content-Type"), body)
-                    )
-                    verb = {
-                        "GET": "get",
-                        "POST": "create",
-                        "PATCH": "patch",
-                        "PUT": "update",
-                        "DELETE": "delete",
-                    }[method]
-                    if verb not in double.verbs:
-                        return self._status(
-                            403,
-                            "Forbidden",
-                            f'inferenceservices is forbidden: cannot "{verb}" (RBAC)',
-                        )
-                    item, coll = _ITEM.match(path), _COLLECTION.match(path)
-                    if method == "POST" and coll:
-                        return self._create(coll.group(1), body)
-                    if item and method in ("GET", "PATCH"):
-                        key = (item.group(1), item.group(2))
-                        live = double.objects.get(key)
-                        if live is None:
-                            return self._status(
-                                404,
-                                "NotFound",
-                                f'inferenceservices.serving.kserve.io "{key[1]}" not found',
-                            )
-                        if method == "GET" and double._unavailable > 0:
-                            double._unavailable -= 1
-                            return self._status(
-                                503, "ServiceUnavailable", "etcdserver: leader changed"
-                            )
-                        if method == "GET":
-                            view = double._view(live)
-                            live.polls += 1
-                            double.views.append(view)
-                            return self._send(200, view)
-                        return self._patch(live, body)
-                    return self._status(404, "NotFound", f"the test double does not serve {path}")
+    def _get(self, live: LiveObject) -> None:
+        double = self.double
+        if double._unavailable > 0:
+            double._unavailable -= 1
+            return self._status(503, "ServiceUnavailable", "etcdserver: leader changed")
+        view = double._view(live)
+        live.polls += 1
+        double.views.append(view)
+        return self._send(200, view)
 
-            def _invalid(self, obj: dict[str, Any]) -> str | None:
-                try:
-                    double.validator.validate(obj)
-                except jsonschema.ValidationError as exc:
-                    where = ".".join(str(p) for p in exc.absolute_path)
-                    return f"InferenceService is invalid: {where}: {exc.message}"
-                return None
+    def _invalid(self, obj: dict[str, Any]) -> str | None:
+        try:
+            self.double.validator.validate(obj)
+        except jsonschema.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.absolute_path)
+            return f"InferenceService is invalid: {where}: {exc.message}"
+        return None
 
-            def _create(self, ns: str, obj: dict[str, Any]) -> None:
-                meta = obj.get("metadata", {})
-                key = (meta.get("namespace", ns), meta.get("name"))
-                if key in double.objects:
-                    return self._status(409, "AlreadyExists", f'"{key[1]}" already exists')
-                if meta.get("namespace", ns) != ns:
-                    return self._status(400, "BadRequest", "namespace does not match the path")
-                error = self._invalid(obj)
-                if error:
-                    return self._status(422, "Invalid", error)
-                obj = copy.deepcopy(obj)
-                obj.pop("status", None)  # a subresource: ignored on create
-                obj["metadata"].update(
-                    namespace=ns, generation=1, resourceVersion="1", uid="uid-1",
-                    creationTimestamp=TS,
-                )  # fmt: skip
-                live = LiveObject(obj)
-                add_revision_if_changed(live, None)
-                double.objects[key] = live
-                return self._send(201, double._view(live))
+    def _create(self, ns: str, obj: dict[str, Any]) -> None:
+        double = self.double
+        meta = obj.get("metadata", {})
+        key = (meta.get("namespace", ns), meta.get("name"))
+        if key in double.objects:
+            return self._status(409, "AlreadyExists", f'"{key[1]}" already exists')
+        if meta.get("namespace", ns) != ns:
+            return self._status(400, "BadRequest", "namespace does not match the path")
+        error = self._invalid(obj)
+        if error:
+            return self._status(422, "Invalid", error)
+        obj = copy.deepcopy(obj)
+        obj.pop("status", None)  # a subresource: ignored on create
+        obj["metadata"].update(
+            namespace=ns, generation=1, resourceVersion="1", uid="uid-1",
+            creationTimestamp=TS,
+        )  # fmt: skip
+        live = LiveObject(obj)
+        add_revision_if_changed(live, None)
+        double.objects[key] = live
+        return self._send(201, double._view(live))
 
-            def _patch(self, live: LiveObject, patch: Any) -> None:
-                if self.headers.get("Content-Type") != "application/merge-patch+json":
-                    return self._status(
-                        415, "UnsupportedMediaType", "this double accepts merge patches only"
-                    )
-                double._patch_count += 1
-                failure = double.fail_patches.pop(double._patch_count, None)
-                if failure is not None:
-                    return self._status(failure, "InternalError", "injected failure")
-                patch = {k: v for k, v in (patch or {}).items() if k != "status"}
-                # RFC 7386 by a third-party implementation, not the code under test.
-                new = json_merge_patch.merge(copy.deepcopy(live.obj), copy.deepcopy(patch))
-                error = self._invalid(new)
-                if error:
-                    return self._status(422, "Invalid", error)
-                meta = new["metadata"]
-                meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
-                before = live.obj
-                if new.get("spec") != before.get("spec"):
-                    live.old_status = double._view(live).get("status", {})
-                    meta["generation"] += 1
-                    live.polls = 0
-                live.obj = new
-                add_revision_if_changed(live, before)
-                double.snapshots.append(copy.deepcopy(new))
-                double._unavailable = double.unavailable_after_patch
-                return self._send(200, double._view(live))
+    def _patch(self, live: LiveObject, patch: Any) -> None:
+        double = self.double
+        if self.headers.get("Content-Type") != "application/merge-patch+json":
+            return self._status(
+                415, "UnsupportedMediaType", "this double accepts merge patches only"
+            )
+        double._patch_count += 1
+        failure = double.fail_patches.pop(double._patch_count, None)
+        if failure is not None:
+            return self._status(failure, "InternalError", "injected failure")
+        patch = {k: v for k, v in (patch or {}).items() if k != "status"}
+        # RFC 7386 by a third-party implementation, not the code under test.
+        new = json_merge_patch.merge(copy.deepcopy(live.obj), copy.deepcopy(patch))
+        error = self._invalid(new)
+        if error:
+            return self._status(422, "Invalid", error)
+        meta = new["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        before = live.obj
+        if new.get("spec") != before.get("spec"):
+            live.old_status = double._view(live).get("status", {})
+            meta["generation"] += 1
+            live.polls = 0
+        live.obj = new
+        add_revision_if_changed(live, before)
+        double.snapshots.append(copy.deepcopy(new))
+        double._unavailable = double.unavailable_after_patch
+        return self._send(200, double._view(live))
 
-            def do_GET(self) -> None:  # noqa: N802
-                self._handle("GET")
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
 
-            def do_POST(self) -> None:  # noqa: N802
-                self._handle("POST")
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
 
-            def do_PATCH(self) -> None:  # noqa: N802
-                self._handle("PATCH")
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._handle("PATCH")
 
-            def do_PUT(self) -> None:  # noqa: N802
-                self._handle("PUT")
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle("PUT")
 
-            def do_DELETE(self) -> None:  # noqa: N802
-                self._handle("DELETE")
-
-        return Handler
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")

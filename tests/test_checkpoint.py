@@ -90,7 +90,7 @@ def test_pickled_object_is_refused(tmp_path) -> None:
 def test_wrong_format(tmp_path, trained) -> None:
     model, _ = trained
     plain = tmp_path / "state_dict.pt"
-    torch.save(model.state_dict(), plain)  # a bare state dict (the seed's model.pth)
+    torch.save(model.state_dict(), plain)  # a bare state dict: a plain torch.save of the weights
     with pytest.raises(CheckpointError, match=r"state_dict.pt: format None, expected"):
         load_checkpoint(plain)
     partial = tmp_path / "partial.pt"

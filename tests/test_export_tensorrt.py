@@ -113,98 +113,119 @@ def test_missing_tensorrt_is_a_clear_error(
 # --- CPU: builder call sequence against a recording stand-in --------------------------------
 
 
-def _fake_tensorrt(version: int, *, parse_ok: bool = True, build_ok: bool = True):
-    """A stand-in ``tensorrt`` module recording what build_engine asks of it."""
-    calls: dict = {"flags_set": [], "flags_cleared": []}
-    mod = types.ModuleType("tensorrt")
-    mod.__version__ = f"{version}.0.0"
+class _FakeLogger:
+    WARNING = 2
+    trt: _FakeTensorRT  # set on the per-module subclass
 
-    class Logger:
-        WARNING = 2
+    def __init__(self, severity: int) -> None:
+        self.trt.calls["logger"] = severity
 
-        def __init__(self, severity: int) -> None:
-            calls["logger"] = severity
 
-    class Cache:
-        def __init__(self, blob: bytes) -> None:
-            self.blob = blob
+class _FakeTimingCache:
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
 
-        def serialize(self) -> bytes:
-            return self.blob + b"|timed"
+    def serialize(self) -> bytes:
+        return self.blob + b"|timed"
 
-    class Config:
-        def set_memory_pool_limit(self, pool, size) -> None:
-            calls["pool"] = (pool, size)
 
-        def set_flag(self, flag) -> None:
-            calls["flags_set"].append(flag)
+class _FakeProfile:
+    def set_shape(self, name, lo, opt, hi) -> None:
+        self.shapes = {name: (tuple(lo), tuple(opt), tuple(hi))}
 
-        def clear_flag(self, flag) -> None:
-            calls["flags_cleared"].append(flag)
 
-        def add_optimization_profile(self, profile) -> None:
-            calls["profile"] = profile.shapes
+class _FakeBuilderConfig:
+    def __init__(self, calls: dict) -> None:
+        self.calls = calls
 
-        def create_timing_cache(self, blob: bytes) -> Cache:
-            calls["cache_in"] = bytes(blob)
-            self.cache = Cache(bytes(blob))
-            return self.cache
+    def set_memory_pool_limit(self, pool, size) -> None:
+        self.calls["pool"] = (pool, size)
 
-        def set_timing_cache(self, cache, ignore_mismatch: bool) -> None:
-            calls["ignore_mismatch"] = ignore_mismatch
+    def set_flag(self, flag) -> None:
+        self.calls["flags_set"].append(flag)
 
-        def get_timing_cache(self) -> Cache:
-            return self.cache
+    def clear_flag(self, flag) -> None:
+        self.calls["flags_cleared"].append(flag)
 
-    class Profile:
-        def set_shape(self, name, lo, opt, hi) -> None:
-            self.shapes = {name: (tuple(lo), tuple(opt), tuple(hi))}
+    def add_optimization_profile(self, profile: _FakeProfile) -> None:
+        self.calls["profile"] = profile.shapes
 
-    class Builder:
-        def __init__(self, logger) -> None:
-            pass
+    def create_timing_cache(self, blob: bytes) -> _FakeTimingCache:
+        self.calls["cache_in"] = bytes(blob)
+        self.cache = _FakeTimingCache(bytes(blob))
+        return self.cache
 
-        def create_network(self, flags: int) -> str:
-            calls["network_flags"] = flags
-            return "network"
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> None:
+        self.calls["ignore_mismatch"] = ignore_mismatch
 
-        def create_builder_config(self) -> Config:
-            return Config()
+    def get_timing_cache(self) -> _FakeTimingCache:
+        return self.cache
 
-        def create_optimization_profile(self) -> Profile:
-            return Profile()
 
-        def build_serialized_network(self, network, config):
-            return b"PLAN-BYTES" if build_ok else None
+class _FakeBuilder:
+    trt: _FakeTensorRT
 
-    class OnnxParser:
-        num_errors = 0 if parse_ok else 1
+    def __init__(self, logger) -> None:
+        pass
 
-        def __init__(self, network, logger) -> None:
-            pass
+    def create_network(self, flags: int) -> str:
+        self.trt.calls["network_flags"] = flags
+        return "network"
 
-        def parse_from_file(self, path: str) -> bool:
-            calls["parsed"] = path
-            return parse_ok
+    def create_builder_config(self) -> _FakeBuilderConfig:
+        return _FakeBuilderConfig(self.trt.calls)
 
-        def get_error(self, i: int) -> str:
-            return "node Resize_7: unsupported coordinate transformation"
+    def create_optimization_profile(self) -> _FakeProfile:
+        return _FakeProfile()
 
-    mod.Logger, mod.Builder, mod.OnnxParser = Logger, Builder, OnnxParser
-    mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    if version >= 11:  # weak typing removed: no FP16 flag, no EXPLICIT_BATCH
-        mod.BuilderFlag = types.SimpleNamespace(TF32="TF32")
-        mod.NetworkDefinitionCreationFlag = types.SimpleNamespace()
-    else:
-        mod.BuilderFlag = types.SimpleNamespace(FP16="FP16", TF32="TF32")
-        mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
-    return mod, calls
+    def build_serialized_network(self, network, config) -> bytes | None:
+        return b"PLAN-BYTES" if self.trt.build_ok else None
+
+
+class _FakeOnnxParser:
+    trt: _FakeTensorRT
+
+    def __init__(self, network, logger) -> None:
+        self.num_errors = 0 if self.trt.parse_ok else 1
+
+    def parse_from_file(self, path: str) -> bool:
+        self.trt.calls["parsed"] = path
+        return self.trt.parse_ok
+
+    def get_error(self, i: int) -> str:
+        return "node Resize_7: unsupported coordinate transformation"
+
+
+class _FakeTensorRT(types.ModuleType):
+    """A stand-in ``tensorrt`` module recording in ``calls`` what build_engine asks of it.
+
+    ``version`` 11 and later has no FP16 flag and no EXPLICIT_BATCH (weak typing removed);
+    ``parse_ok`` / ``build_ok`` False make the ONNX parser / the engine build fail.
+    """
+
+    def __init__(self, version: int, *, parse_ok: bool = True, build_ok: bool = True) -> None:
+        super().__init__("tensorrt")
+        self.__version__ = f"{version}.0.0"
+        self.calls: dict = {"flags_set": [], "flags_cleared": []}
+        self.parse_ok, self.build_ok = parse_ok, build_ok
+        # build_engine constructs these itself: each subclass knows the module it belongs to.
+        self.Logger = type("Logger", (_FakeLogger,), {"trt": self})
+        self.Builder = type("Builder", (_FakeBuilder,), {"trt": self})
+        self.OnnxParser = type("OnnxParser", (_FakeOnnxParser,), {"trt": self})
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        if version >= 11:
+            self.BuilderFlag = types.SimpleNamespace(TF32="TF32")
+            self.NetworkDefinitionCreationFlag = types.SimpleNamespace()
+        else:
+            self.BuilderFlag = types.SimpleNamespace(FP16="FP16", TF32="TF32")
+            self.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
 
 
 def test_build_engine_tensorrt10_fp16(
     tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake, calls = _fake_tensorrt(10)
+    fake = _FakeTensorRT(10)
+    calls = fake.calls
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     cfg = params_from_dict({}, ["export.trt_opt_batch=2", "export.trt_max_batch=6"]).export
     plan = build_engine(tiny_onnx, tmp_path / "out" / "model.plan", cfg)
@@ -229,7 +250,8 @@ def test_build_engine_tensorrt10_fp16(
 def test_build_engine_fp32_clears_tf32(
     tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake, calls = _fake_tensorrt(10)
+    fake = _FakeTensorRT(10)
+    calls = fake.calls
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     cfg = params_from_dict({}, ["export.trt_fp16=false"]).export
     build_engine(tiny_onnx, tmp_path / "model.plan", cfg, timing_cache_path=tmp_path / "tc.bin")
@@ -240,7 +262,8 @@ def test_build_engine_fp32_clears_tf32(
 def test_tensorrt11_fp16_without_modelopt_says_what_to_do(
     tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake, calls = _fake_tensorrt(11)
+    fake = _FakeTensorRT(11)
+    calls = fake.calls
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setitem(sys.modules, "modelopt", None)
     monkeypatch.setitem(sys.modules, "modelopt.onnx", None)
@@ -254,11 +277,11 @@ def test_tensorrt11_fp16_without_modelopt_says_what_to_do(
 def test_parser_and_build_failures_leave_no_plan(
     tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake, _ = _fake_tensorrt(10, parse_ok=False)
+    fake = _FakeTensorRT(10, parse_ok=False)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     with pytest.raises(RuntimeError, match="ONNX parser failed: node Resize_7"):
         build_engine(tiny_onnx, tmp_path / "model.plan", ExportConfig())
-    fake, _ = _fake_tensorrt(10, build_ok=False)
+    fake = _FakeTensorRT(10, build_ok=False)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     with pytest.raises(RuntimeError, match="engine build failed"):
         build_engine(tiny_onnx, tmp_path / "model.plan", ExportConfig())

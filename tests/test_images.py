@@ -1,26 +1,20 @@
 """The images, reviewed without an engine: each Dockerfile parsed and checked for a pinned base,
 a numeric non-root USER, hash-locked dependencies installed before the code, no secrets; the
-lock files against pyproject.toml; the build context; and ``images/build.sh`` /
-``images/engine.sh`` run against a fake ``docker`` (one with no engine, one that records what it
-is asked and can fail a build)."""
+lock files against pyproject.toml; the build context. (``images/build.sh`` and
+``images/engine.sh`` against a fake ``docker``: ``test_images_build_script.py``.)"""
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import CPU_IMAGE, IMAGES_ENV, ROOT
 
-from depth_common.images import read_images_env
-
-ROOT = Path(__file__).resolve().parents[1]
 COMPONENT_DOCKERFILES = sorted((ROOT / "images" / "component").glob("Dockerfile*"))
 TRANSFORMER_DOCKERFILE = ROOT / "images" / "transformer" / "Dockerfile"
 DOCKERFILES = [*COMPONENT_DOCKERFILES, TRANSFORMER_DOCKERFILE]
-ENV = read_images_env(ROOT / "images" / "images.env")
 SECRETISH = re.compile(
     r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|CREDENTIAL|AUTH|CERT|CA_?BUNDLE", re.I
 )
@@ -28,9 +22,6 @@ TOKEN_LITERAL = re.compile(r"hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|ghp_[A-Za-z0-9
 # TensorRT inside NVIDIA's Triton images (release notes): a plan only loads on the TensorRT that
 # built it, so the CUDA image's TensorRT must follow the Triton tag.
 TRITON_TENSORRT = {"24.08": "10.3", "24.09": "10.4", "24.10": "10.5", "24.12": "10.7"}
-CPU = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_TAG']}"
-CUDA = f"{ENV['REGISTRY']}/{ENV['COMPONENT_IMAGE']}:{ENV['COMPONENT_CUDA_TAG']}"
-TRANSFORMER = f"{ENV['REGISTRY']}/{ENV['TRANSFORMER_IMAGE']}:{ENV['TRANSFORMER_TAG']}"
 
 
 def _lock_module():
@@ -88,8 +79,8 @@ def test_base_image_is_pinned(path: Path) -> None:
 
 def test_cuda_image_is_the_component_image_plus_tensorrt() -> None:
     args = _args(parse(ROOT / "images" / "component" / "Dockerfile.cuda"))
-    assert args["COMPONENT_BASE"] == CPU
-    assert args["TENSORRT_VERSION"] == ENV["TENSORRT_VERSION"]
+    assert args["COMPONENT_BASE"] == CPU_IMAGE
+    assert args["TENSORRT_VERSION"] == IMAGES_ENV["TENSORRT_VERSION"]
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=_dockerfile_id)
@@ -181,11 +172,11 @@ def test_no_secrets_baked_in(path: Path) -> None:
 
 
 def test_tensorrt_matches_the_serving_triton() -> None:
-    release = ENV["TRITON_TAG"].split("-")[0]
+    release = IMAGES_ENV["TRITON_TAG"].split("-")[0]
     assert release in TRITON_TENSORRT, f"add Triton {release}'s TensorRT version to this table"
-    assert ENV["TENSORRT_VERSION"].startswith(TRITON_TENSORRT[release] + ".")
+    assert IMAGES_ENV["TENSORRT_VERSION"].startswith(TRITON_TENSORRT[release] + ".")
     pins = lock.parse_lock(lock.CUDA_LOCK)
-    assert pins["tensorrt-cu12-bindings"][0] == ENV["TENSORRT_VERSION"]
+    assert pins["tensorrt-cu12-bindings"][0] == IMAGES_ENV["TENSORRT_VERSION"]
 
 
 def test_the_locks_satisfy_pyproject_and_pin_every_file() -> None:
@@ -271,174 +262,3 @@ def test_build_context_is_the_sources_only() -> None:
                     assert src in allowed or inside, f".dockerignore keeps out COPY {src}"
     for private in (".venv", ".git", "data", "saved_models", "mlflow.db", "runs"):
         assert private not in allowed
-
-
-# -- images/build.sh and images/engine.sh against a fake docker -----------------------------
-
-
-def _fake_docker(tmp_path: Path, *, engine: bool = True, fail_build: bool = False) -> dict:
-    log = tmp_path / "calls.log"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "docker"
-    fake.write_text(
-        "#!/bin/sh\n"
-        f'echo "docker $*" >> "{log}"\n'
-        f'if [ "$1" = version ]; then exit {0 if engine else 1}; fi\n'
-        f'if [ "$1" = build ]; then exit {1 if fail_build else 0}; fi\n'
-        'if [ "$1" = image ] && [ "$2" = inspect ]; then echo 1234000000; fi\n'
-        "exit 0\n"
-    )
-    fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "BUILD_", "WHEEL"))}
-    env.update(
-        PATH=f"{bin_dir}:{env['PATH']}",
-        DOCKER_HOST=f"unix://{tmp_path}/fake.sock",
-        DEPTH_ENGINE_DIR=str(tmp_path / "engine"),
-        DEPTH_ENGINE_RUN=str(tmp_path / "run"),
-        PREFETCH="0",
-    )
-    return {"env": env, "log": log}
-
-
-def _build(fake: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(ROOT / "images" / "build.sh"), *args],
-        env=fake["env"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _calls(fake: dict, verb: str) -> list[str]:
-    if not fake["log"].exists():  # docker was never called
-        return []
-    return [c for c in fake["log"].read_text().splitlines() if c.startswith(f"docker {verb} ")]
-
-
-def test_build_without_an_engine_says_why_and_builds_nothing(tmp_path: Path) -> None:
-    fake = _fake_docker(tmp_path, engine=False)
-    # Nothing answers, and the engine script may not set one up (its state directory cannot
-    # be made): it must say so and build.sh must stop there.
-    fake["env"]["DEPTH_ENGINE_DIR"] = "/proc/no-such-dir"
-    out = _build(fake, "component")
-    assert out.returncode == 3, out.stderr
-    assert "no Docker Engine: cannot create /proc/no-such-dir" in out.stderr
-    assert _calls(fake, "build") == []
-
-
-def test_build_goes_to_a_temporary_tag_then_the_real_one(tmp_path: Path) -> None:
-    fake = _fake_docker(tmp_path)
-    out = _build(fake, "component", "cuda")
-    assert out.returncode == 0, out.stderr
-    builds = _calls(fake, "build")
-    temporary = [b.split(" -t ")[1].split()[0] for b in builds]
-    assert [re.sub(r"-building-\d+$", "", t) for t in temporary] == [CPU, CUDA]
-    assert all(re.search(r"-building-\d+$", t) for t in temporary)
-    assert "-f images/component/Dockerfile " in builds[0] and "Dockerfile.cuda" in builds[1]
-    assert f"COMPONENT_BASE={CPU}" in builds[1]
-    assert "org.opencontainers.image.revision=" in builds[0]
-    assert f"org.opencontainers.image.version={ENV['COMPONENT_TAG']}" in builds[0]
-    tags = _calls(fake, "tag")
-    assert [t.split()[-1] for t in tags] == [CPU, CUDA]
-    assert _calls(fake, "push") == []  # pushing is asked for, never implied
-
-
-def test_a_failed_build_leaves_the_tag_alone(tmp_path: Path) -> None:
-    fake = _fake_docker(tmp_path, fail_build=True)
-    out = _build(fake, "component")
-    assert out.returncode == 1
-    assert f"building {CPU} failed" in out.stderr and "left as it was" in out.stderr
-    assert _calls(fake, "tag") == []
-    assert any("-building-" in c for c in _calls(fake, "rmi"))
-
-
-def test_the_ca_bundle_never_reaches_the_build_command(tmp_path: Path) -> None:
-    fake = _fake_docker(tmp_path)
-    ca = tmp_path / "proxy-ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIBfakefakefake\n-----END CERTIFICATE-----\n")
-    out = _build(fake, "--ca-bundle", str(ca), "--pip-retries", "9", "--offline", "component")
-    assert out.returncode == 0, out.stderr
-    (build,) = _calls(fake, "build")
-    assert str(ca) not in build and "MIIB" not in build
-    assert re.search(r"BUILD_FILES_URL=http://127\.0\.0\.1:\d+ ", build)
-    assert "PIP_RETRIES=9" in build and "PIP_OFFLINE=1" in build
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--ca-bundle", "/no/such.pem"], "--ca-bundle /no/such.pem: not a readable file"),
-        (["--wheels", "/no/such/dir"], "--wheels /no/such/dir: not a directory"),
-        (["--pip-retries", "many"], "whole numbers expected"),
-        (["gpu"], "unknown argument 'gpu'"),
-    ],
-)
-def test_bad_build_options_are_named(tmp_path: Path, args: list[str], message: str) -> None:
-    fake = _fake_docker(tmp_path)
-    out = _build(fake, *args)
-    assert out.returncode == 2 and message in out.stderr
-    assert _calls(fake, "build") == []
-
-
-def test_engine_script_uses_a_running_engine_and_stops_nothing_it_did_not_start(
-    tmp_path: Path,
-) -> None:
-    fake = _fake_docker(tmp_path)
-    engine = ["bash", str(ROOT / "images" / "engine.sh")]
-    out = subprocess.run([*engine, "start"], env=fake["env"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [
-        f"DOCKER_HOST={fake['env']['DOCKER_HOST']}",
-        "DEPTH_ENGINE_STARTED=0",
-    ]
-    out = subprocess.run([*engine, "stop"], env=fake["env"], capture_output=True, text=True)
-    assert out.returncode == 0 and "nothing to stop" in out.stderr
-
-
-def test_the_transformer_image_is_built_when_images_env_names_it_and_its_dockerfile_exists(
-    tmp_path: Path,
-) -> None:
-    fake = _fake_docker(tmp_path)
-    env_file = tmp_path / "images.env"
-    env_file.write_text(
-        (ROOT / "images" / "images.env").read_text()
-        + "TRANSFORMER_IMAGE=depth-transformer\nTRANSFORMER_TAG=0.1.0\n"
-    )
-    fake["env"]["IMAGES_ENV"] = str(env_file)
-    has_dockerfile = (ROOT / "images" / "transformer" / "Dockerfile").is_file()
-    out = _build(fake, "transformer")
-    image = f"{ENV['REGISTRY']}/depth-transformer:0.1.0"
-    if has_dockerfile:
-        assert out.returncode == 0, out.stderr
-        assert [t.split()[-1] for t in _calls(fake, "tag")] == [image]
-        assert "-f images/transformer/Dockerfile " in _calls(fake, "build")[0]
-    else:
-        assert out.returncode == 2 and "images/transformer/Dockerfile does not exist" in out.stderr
-        # By default only the images whose Dockerfile exists are built.
-        out = _build(fake)
-        assert out.returncode == 0, out.stderr
-        assert [t.split()[-1] for t in _calls(fake, "tag")] == [CPU, CUDA]
-    fake["env"]["IMAGES_ENV"] = str(ROOT / "images" / "images.env")
-    if "TRANSFORMER_IMAGE" not in ENV:
-        out = _build(fake, "transformer")
-        assert out.returncode == 2 and "names no such image" in out.stderr
-
-
-def test_the_transformer_image_is_built_on_the_component_images_base_with_labels(
-    tmp_path: Path,
-) -> None:
-    fake = _fake_docker(tmp_path)
-    out = _build(fake, "--base", "python:3.11.9-slim-bookworm", "component", "transformer")
-    assert out.returncode == 0, out.stderr
-    builds = _calls(fake, "build")
-    assert [t.split()[-1] for t in _calls(fake, "tag")] == [CPU, TRANSFORMER]
-    assert "-f images/transformer/Dockerfile " in builds[1]
-    bases = [re.search(r"BASE_IMAGE=(\S+)", b).group(1) for b in builds]
-    assert bases == ["python:3.11.9-slim-bookworm"] * 2
-    assert f"org.opencontainers.image.version={ENV['TRANSFORMER_TAG']}" in builds[1]
-    assert (
-        f"org.opencontainers.image.title={ENV['REGISTRY']}/{ENV['TRANSFORMER_IMAGE']}" in builds[1]
-    )
-    assert "org.opencontainers.image.revision=" in builds[1]

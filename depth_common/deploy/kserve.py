@@ -217,6 +217,32 @@ def endpoint_of(isvc: dict[str, Any]) -> str:
     return url
 
 
+#: (storageUri, model version, MLflow annotations) a failed deploy patches back.
+_RollbackTarget = tuple[str | None, str | int | None, dict[str, str] | None]
+
+
+def _rollback_target(
+    live: dict[str, Any] | None, storage_uri: str, given: _RollbackTarget
+) -> _RollbackTarget:
+    """What a failed deploy returns to: (storageUri, model version, MLflow annotations).
+
+    Each part not ``given`` comes from the ``live`` InferenceService (its storageUri,
+    model-version label and MLflow annotations); no storageUri when it is ``storage_uri``.
+    """
+    previous_storage_uri, previous_model_version, previous_annotations = given
+    if previous_storage_uri is None and live is not None:
+        previous_storage_uri = storage_uri_of(live)
+        labels = live.get("metadata", {}).get("labels") or {}
+        previous_model_version = previous_model_version or labels.get(MODEL_VERSION_LABEL)
+    if previous_annotations is None and live is not None:
+        known = (MLFLOW_MODEL_ANNOTATION, MLFLOW_VERSION_ANNOTATION, MLFLOW_RUN_ANNOTATION)
+        live_ann = live.get("metadata", {}).get("annotations") or {}
+        previous_annotations = {k: live_ann[k] for k in known if k in live_ann}
+    if previous_storage_uri == storage_uri:
+        previous_storage_uri = None  # redeploying the same model: nothing else to return to
+    return previous_storage_uri, previous_model_version, previous_annotations
+
+
 def deploy_kserve(
     storage_uri: str,
     model_version: str | int,
@@ -268,18 +294,11 @@ def deploy_kserve(
     ns, name = cfg.namespace, cfg.name
     resource = f"{ns}/{name}"
 
-    live = get_inferenceservice(api, ns, name)
-    if previous_storage_uri is None and live is not None:
-        previous_storage_uri = storage_uri_of(live)
-        labels = live.get("metadata", {}).get("labels") or {}
-        previous_model_version = previous_model_version or labels.get(MODEL_VERSION_LABEL)
-    if previous_annotations is None and live is not None:
-        known = (MLFLOW_MODEL_ANNOTATION, MLFLOW_VERSION_ANNOTATION, MLFLOW_RUN_ANNOTATION)
-        live_ann = live.get("metadata", {}).get("annotations") or {}
-        previous_annotations = {k: live_ann[k] for k in known if k in live_ann}
-    if previous_storage_uri == storage_uri:
-        previous_storage_uri = None  # redeploying the same model: nothing else to return to
-
+    previous = _rollback_target(
+        get_inferenceservice(api, ns, name),
+        storage_uri,
+        (previous_storage_uri, previous_model_version, previous_annotations),
+    )
     applied = apply_inferenceservice(api, isvc)
     generation = applied.get("metadata", {}).get("generation")
     url = endpoint or ""
@@ -294,14 +313,7 @@ def deploy_kserve(
             raise DeployError(f"smoke test failed on {url}: {smoke.detail}")
     except DeployError as exc:
         failed = DeployResult("kserve", url, model_name, version, storage_uri, smoke, resource)
-        raise _roll_back(
-            api,
-            exc,
-            failed,
-            (previous_storage_uri, previous_model_version, previous_annotations),
-            cfg.timeout_s,
-            poll_s,
-        ) from exc
+        raise _roll_back(api, exc, failed, previous, cfg.timeout_s, poll_s) from exc
     log.info("InferenceService %s serves %s (model version %s)", resource, storage_uri, version)
     return DeployResult("kserve", url, model_name, version, storage_uri, smoke, resource)
 
@@ -310,7 +322,7 @@ def _roll_back(
     api: Any,
     cause: DeployError,
     failed: DeployResult,
-    previous: tuple[str | None, str | int | None, dict[str, str] | None],
+    previous: _RollbackTarget,
     timeout_s: float,
     poll_s: float,
 ) -> DeployError:
