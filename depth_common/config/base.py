@@ -150,6 +150,9 @@ def config_error(exc: ValidationError, model: type[BaseModel], prefix: str = "")
         expected = f"no such key; known keys: {known}"
     elif kind in ("too_long", "too_short"):
         expected = f"a list of {ctx.get('max_length', ctx.get('min_length'))} values"
+    elif kind == "missing" and item and info is not None:  # a fixed-length list, too short
+        key = key.rsplit("[", 1)[0]
+        expected = f"a list of {len(typing.get_args(info.annotation))} values"
     elif kind in _TYPE_TEXT:
         expected = _TYPE_TEXT[kind]
     else:
