@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 import warnings
 from typing import Any, Literal
@@ -55,7 +56,7 @@ class DataConfig(ConfigModel):
     num_workers: Int = spec(2, f"an integer in [0, {MAX_NUM_WORKERS}]", ge=0, le=MAX_NUM_WORKERS)
     num_cities: Int | None = spec(None, "null or an integer >= 1", ge=1)
     min_depth: Float = spec(1e-3, "a finite number > 0 (metres)", gt=0, allow_inf_nan=False)
-    max_depth: Float = spec(80.0, "a finite number (metres)", allow_inf_nan=False)
+    max_depth: Float = 80.0  # finite and > min_depth: checked with min_depth below
     baseline: Float = spec(0.209313, "a number > 0 (metres)", gt=0)
     focal_length: Float = spec(2262.52, "a number > 0 (pixels)", gt=0)
 
@@ -77,7 +78,7 @@ class DataConfig(ConfigModel):
     @classmethod
     def _positive_sizes(cls, value: tuple[int, int]) -> tuple[int, int]:
         if not all(s > 0 for s in value):
-            reject("", list(value), "positive sizes")
+            reject("", value, "positive sizes")
         return value
 
     @field_validator("splits")
@@ -92,7 +93,7 @@ class DataConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _depth_range_and_train_splits(self) -> DataConfig:
-        if not self.max_depth > self.min_depth:
+        if not (math.isfinite(self.max_depth) and self.max_depth > self.min_depth):
             reject(
                 "max_depth", self.max_depth,
                 f"a finite number > data.min_depth ({self.min_depth}) (metres)",
