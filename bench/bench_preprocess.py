@@ -9,7 +9,6 @@ the best (least disturbed) time counts; all times are kept in the results.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -50,7 +49,7 @@ def run(
         )
         rows = []
         for n in workers:
-            cfg = dataclasses.replace(data_cfg, num_workers=n)
+            cfg = data_cfg.model_copy(update={"num_workers": n})
             times = []
             for k in range(repeats):
                 out = work / f"processed-{n}-{k}"  # fresh: up-to-date outputs would be skipped

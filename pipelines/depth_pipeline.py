@@ -11,7 +11,7 @@ How the configuration reaches the components (one source of truth, ``params.yaml
   ``depth_common.config`` (an unknown encoder or a bad value fails here, naming the pipeline
   parameter), and hands the resolved Params to every later task as one JSON string.
 * Compile-time settings (resources, the train GPU request from ``training.train_gpu``, the
-  Secret names from ``training.mlflow_secret`` / ``training.storage_secret``) come from the
+  Secret names from ``cluster.mlflow_secret`` / ``cluster.storage_secret``) come from the
   same params, so changing ``params.yaml`` makes ``python compile.py --check`` fail until the
   YAML is regenerated.
 
@@ -96,8 +96,8 @@ HF_SECRET = "hf-token"
 def _with_secrets(task: dsl.PipelineTask, params: Params) -> dsl.PipelineTask:
     """Mount the MLflow / object-store credentials (if their Secrets are configured)."""
     for name, keys in (
-        (params.training.mlflow_secret, MLFLOW_SECRET_KEYS),
-        (params.training.storage_secret, STORAGE_SECRET_KEYS),
+        (params.cluster.mlflow_secret, MLFLOW_SECRET_KEYS),
+        (params.cluster.storage_secret, STORAGE_SECRET_KEYS),
     ):
         if name:
             # optional: a Secret may hold only some of the keys (e.g. a token, no password).

@@ -41,7 +41,7 @@ class Submission:
     arguments: dict[str, Any]
     namespace: str | None = None
     token_set: bool = False
-    service_account: str | None = None  # deploy.service_account: may manage InferenceServices
+    service_account: str | None = None  # cluster.service_account: may manage InferenceServices
 
     def kfp_cli(self) -> str:
         """The equivalent ``kfp run create`` command line."""
@@ -119,7 +119,7 @@ def prepare(
     arguments = build_arguments(pipeline, args, overrides)
     package = compile_to(pipeline, Path(out_dir) / "depth_pipeline.yaml")
     name = run_name or f"{pipeline.name}-{params.model.encoder}"
-    account = params.deploy.service_account or None
+    account = params.cluster.service_account or None
     return Submission(host, experiment, name, package, arguments, namespace, token_set, account)
 
 

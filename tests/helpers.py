@@ -61,11 +61,11 @@ CLUSTER = (
     "training.num_nodes=2",
     "training.procs_per_node=4",
     "training.train_gpu=4",
-    'training.node_selector=["nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3"]',
-    'training.tolerations=["nvidia.com/gpu:NoSchedule", "dedicated=ml:NoExecute"]',
+    'cluster.node_selector=["nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3"]',
+    'cluster.tolerations=["nvidia.com/gpu:NoSchedule", "dedicated=ml:NoExecute"]',
     "training.shared_pvc=depth-shared",
-    "training.mlflow_secret=mlflow-credentials",
-    "training.storage_secret=s3-credentials",
+    "cluster.mlflow_secret=mlflow-credentials",
+    "cluster.storage_secret=s3-credentials",
     "training.job_timeout_s=7200",
 )
 """Overrides for 2 GPU nodes x 4 processes with placement, secrets, storage and a deadline."""

@@ -24,7 +24,7 @@ from depth_common.deploy.smoke import SmokeResult
 NS, NAME = "team-a", "depth"
 OLD, NEW = "s3://models/depth/v1/triton_repository", "s3://models/depth/v2/triton_repository"
 CHAMP_URL, CHALL_URL = "http://champion.test:8080", "http://challenger.test:8080"
-CFG = DeployConfig(namespace=NS, name=NAME, timeout_s=5)
+CFG = DeployConfig(name=NAME, timeout_s=5)
 STEPS = (10, 50, 100)
 
 
@@ -52,7 +52,7 @@ def _target(k8s: KServeApiDouble, smoke_ok: bool = True) -> KServeCanary:
         return SmokeResult(smoke_ok, "scripted smoke test")
 
     return KServeCanary(
-        k8s.api(), CFG, _isvc(NEW, 2, "run-2"), champion, model_name="depth",
+        k8s.api(), CFG, _isvc(NEW, 2, "run-2"), champion, namespace=NS, model_name="depth",
         challenger_label="v2", poll_s=0.01, smoke_test=smoke,
     )  # fmt: skip
 
@@ -187,7 +187,7 @@ def test_rollback_that_fails_too_says_both() -> None:
     ("outcome", "cause"), [("never-ready", DeployTimeout), ("load-failed", None)]
 )
 def test_a_challenger_that_never_serves_is_rolled_back(outcome, cause) -> None:
-    cfg = DeployConfig(namespace=NS, name=NAME, timeout_s=1)
+    cfg = DeployConfig(name=NAME, timeout_s=1)
     with _double(outcomes={NEW: outcome}) as k8s:
         target = _target(k8s)
         target.cfg = cfg

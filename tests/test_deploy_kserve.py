@@ -18,7 +18,7 @@ from depth_common.export.onnx import export_model
 
 NS, NAME = "team-a", "depth"
 OLD, NEW = "s3://models/depth/v1/triton_repository", "s3://models/depth/v2/triton_repository"
-CFG = DeployConfig(namespace=NS, name=NAME, timeout_s=5)
+CFG = DeployConfig(name=NAME, timeout_s=5)
 FAST = {"poll_s": 0.01}
 
 
@@ -45,7 +45,7 @@ def test_bad_storage_uri_and_unknown_overlay_are_refused() -> None:
     with pytest.raises(Exception, match="no such overlay 'tpu'.*cpu, gpu"):
         build_inferenceservice("tpu")
     with pytest.raises(ValueError, match="deploy.storage_uri"):
-        deploy_kserve("", 1, CFG, api=object())
+        deploy_kserve("", 1, CFG, namespace=NS, api=object())
 
 
 def _methods(double: KServeApiDouble) -> list[str]:
@@ -56,9 +56,11 @@ def test_never_ready_times_out_and_rolls_back_to_the_previous_uri() -> None:
     with KServeApiDouble(outcomes={NEW: "never-ready"}) as k8s:
         k8s.seed(build_inferenceservice("cpu", name=NAME, namespace=NS, storage_uri=OLD,
                                         model_version=1))  # fmt: skip
-        cfg = DeployConfig(namespace=NS, name=NAME, timeout_s=1)
+        cfg = DeployConfig(name=NAME, timeout_s=1)
         with pytest.raises(DeployError) as info:
-            deploy_kserve(NEW, 2, cfg, api=k8s.api(), previous_model_version=1, **FAST)
+            deploy_kserve(
+                NEW, 2, cfg, namespace=NS, api=k8s.api(), previous_model_version=1, **FAST
+            )
         msg = str(info.value)
         assert isinstance(info.value.__cause__, DeployTimeout)
         assert "not Ready after 1 s" in msg and "RevisionMissing" in msg
@@ -82,7 +84,7 @@ def test_failed_model_load_fails_fast_with_the_reason() -> None:
         k8s.seed(build_inferenceservice("cpu", name=NAME, namespace=NS, storage_uri=OLD))
         # No previous_storage_uri passed: the live object's storageUri is the rollback target.
         with pytest.raises(DeployError) as info:
-            deploy_kserve(NEW, 2, DeployConfig(namespace=NS, name=NAME, timeout_s=60),
+            deploy_kserve(NEW, 2, DeployConfig(name=NAME, timeout_s=60), namespace=NS,
                           api=k8s.api(), **FAST)  # fmt: skip
         msg = str(info.value)
         assert not isinstance(info.value.__cause__, DeployTimeout)
@@ -95,7 +97,7 @@ def test_failed_model_load_fails_fast_with_the_reason() -> None:
 def test_first_deploy_that_fails_has_nothing_to_roll_back_to() -> None:
     with KServeApiDouble(outcomes={NEW: "load-failed"}) as k8s:
         with pytest.raises(DeployError, match="no previous storageUri to roll back to"):
-            deploy_kserve(NEW, 1, CFG, api=k8s.api(), **FAST)
+            deploy_kserve(NEW, 1, CFG, namespace=NS, api=k8s.api(), **FAST)
         assert _methods(k8s)[:2] == ["GET", "GET"] and "POST" in _methods(k8s)
         assert not k8s.patches()
 
@@ -142,7 +144,9 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 def test_first_deploy_creates_waits_and_smoke_tests(served) -> None:
     server, onnx_path, _ = served
     with KServeApiDouble(url=f"http://{server.http_url}") as k8s:
-        result = deploy_kserve(NEW, 3, CFG, api=k8s.api(), onnx_path=onnx_path, **FAST)
+        result = deploy_kserve(
+            NEW, 3, CFG, namespace=NS, api=k8s.api(), onnx_path=onnx_path, **FAST
+        )
         assert "POST" in _methods(k8s) and not k8s.patches()
         created = next(r.body for r in k8s.requests if r.method == "POST")
         assert created == build_inferenceservice(
@@ -165,7 +169,9 @@ def test_patching_waits_for_the_new_generation(served) -> None:
     server, onnx_path, _ = served
     with KServeApiDouble(url=f"http://{server.http_url}", stale_polls=2) as k8s:
         k8s.seed(build_inferenceservice("cpu", name=NAME, namespace=NS, storage_uri=OLD))
-        result = deploy_kserve(NEW, 2, CFG, api=k8s.api(), onnx_path=onnx_path, **FAST)
+        result = deploy_kserve(
+            NEW, 2, CFG, namespace=NS, api=k8s.api(), onnx_path=onnx_path, **FAST
+        )
         (patch,) = k8s.patches()
         assert patch.content_type == "application/merge-patch+json"
         assert patch.body["spec"]["predictor"]["model"]["storageUri"] == NEW
@@ -181,7 +187,7 @@ def test_failing_smoke_test_rolls_back(served) -> None:
     with KServeApiDouble(url=f"http://{server.http_url}") as k8s:
         k8s.seed(build_inferenceservice("cpu", name=NAME, namespace=NS, storage_uri=OLD))
         with pytest.raises(DeployError) as info:
-            deploy_kserve(NEW, 2, CFG, api=k8s.api(), onnx_path=other_onnx,
+            deploy_kserve(NEW, 2, CFG, namespace=NS, api=k8s.api(), onnx_path=other_onnx,
                           previous_storage_uri=OLD, previous_model_version=1, **FAST)  # fmt: skip
         msg = str(info.value)
         assert "smoke test failed" in msg and "ONNX Runtime" in msg

@@ -203,7 +203,7 @@ def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world)
     root, uri, onnx = world
     name = f"Depth{next(_names)}"
     params = Params().with_overrides(
-        [*_overrides(root, uri, name), "deploy.target=kserve", "deploy.namespace=team-a",
+        [*_overrides(root, uri, name), "deploy.target=kserve", "cluster.namespace=team-a",
          "deploy.timeout_s=20"]
     )  # fmt: skip
     client = registry_client(uri)

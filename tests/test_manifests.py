@@ -69,11 +69,11 @@ def test_overlay_renders_what_the_deploy_step_builds(rendered, overlay: str) -> 
     assert [d["kind"] for d in docs] == ["InferenceService"]
     assert docs[0] == build_inferenceservice(overlay)
     # The manifests' defaults are params.yaml's: a manual apply and the pipeline agree.
-    assert docs[0]["metadata"]["namespace"] == PARAMS.deploy.namespace
+    assert docs[0]["metadata"]["namespace"] == PARAMS.cluster.namespace
     assert docs[0]["metadata"]["name"] == PARAMS.deploy.name
     # A deploy changes only name, namespace, label and storage URI.
     built = build_inferenceservice(
-        overlay, namespace=PARAMS.deploy.namespace, storage_uri="gs://b/r", model_version=4
+        overlay, namespace=PARAMS.cluster.namespace, storage_uri="gs://b/r", model_version=4
     )
     assert built["spec"]["predictor"]["model"].pop("storageUri") == "gs://b/r"
     docs[0]["spec"]["predictor"]["model"].pop("storageUri")
@@ -82,11 +82,11 @@ def test_overlay_renders_what_the_deploy_step_builds(rendered, overlay: str) -> 
 
 def test_rbac_namespace_and_pipeline_account_match_params(rendered) -> None:
     for doc in rendered["rbac"]:
-        assert doc["metadata"]["namespace"] == PARAMS.deploy.namespace
+        assert doc["metadata"]["namespace"] == PARAMS.cluster.namespace
     binding = _one(rendered["rbac"], "RoleBinding")
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": PARAMS.deploy.service_account,
-         "namespace": PARAMS.deploy.namespace}
+        {"kind": "ServiceAccount", "name": PARAMS.cluster.service_account,
+         "namespace": PARAMS.cluster.namespace}
     ]  # fmt: skip
 
 
@@ -228,7 +228,7 @@ def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) ->
     """The scale-out Role matches the API calls of depth_common.scaleout.cluster."""
     docs = rendered["rbac-training"]
     role = _one(docs, "Role")
-    assert role["metadata"]["namespace"] == PARAMS.deploy.namespace
+    assert role["metadata"]["namespace"] == PARAMS.cluster.namespace
     grants = {
         (group, resource): sorted(rule["verbs"])
         for rule in role["rules"]
@@ -247,8 +247,8 @@ def test_training_rbac_grants_what_cluster_jobs_do_and_nothing_more(rendered) ->
     assert binding["subjects"] == [
         {
             "kind": "ServiceAccount",
-            "name": PARAMS.deploy.service_account,
-            "namespace": PARAMS.deploy.namespace,
+            "name": PARAMS.cluster.service_account,
+            "namespace": PARAMS.cluster.namespace,
         }
     ]
 

@@ -204,7 +204,7 @@ def test_secrets_enter_as_secret_refs_never_values(tmp_path, monkeypatch):
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     path, spec, platform = _compile(
-        tmp_path, ["training.mlflow_secret=mlflow-creds", "training.storage_secret=s3-creds"]
+        tmp_path, ["cluster.mlflow_secret=mlflow-creds", "cluster.storage_secret=s3-creds"]
     )
     text = path.read_text()
     for v in values.values():
@@ -233,7 +233,7 @@ def test_committed_yaml_mounts_only_configured_secrets():
     assert hub and all(
         [s["secretName"] for s in execs[n]["secretAsEnv"]] == ["hf-token"] for n in hub
     )
-    if not (params.training.mlflow_secret or params.training.storage_secret):
+    if not (params.cluster.mlflow_secret or params.cluster.storage_secret):
         assert not [n for n, cfg in execs.items() if n not in hub and cfg.get("secretAsEnv")]
 
 

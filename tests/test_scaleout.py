@@ -57,8 +57,8 @@ def test_job_from_params_maps_every_setting(job):
     ("overrides", "kw", "needle"),
     [
         (["training.train_gpu=1", "training.procs_per_node=2"], {}, "training.procs_per_node"),
-        (['training.tolerations=["gpu:Sometimes"]'], {}, r"training.tolerations\[0\]"),
-        (['training.tolerations=["=x:NoSchedule"]'], {}, r"training.tolerations\[0\]"),
+        (['cluster.tolerations=["gpu:Sometimes"]'], {}, r"cluster.tolerations\[0\]"),
+        (['cluster.tolerations=["=x:NoSchedule"]'], {}, r"cluster.tolerations\[0\]"),
         ([], {"name": "Depth_Train"}, "job name: got 'Depth_Train'"),
     ],
 )

@@ -248,6 +248,7 @@ def deploy_kserve(
     model_version: str | int,
     cfg: DeployConfig,
     *,
+    namespace: str,
     model_name: str = "depth",
     overlay: str = "cpu",
     previous_storage_uri: str | None = None,
@@ -263,8 +264,8 @@ def deploy_kserve(
 ) -> DeployResult:
     """Serve ``storage_uri`` (a Triton repository on object storage) as ``cfg.name``.
 
-    ``cfg`` supplies namespace, name and ``timeout_s`` (the Ready wait, seconds; the rollback
-    gets the same). ``model_name`` is the Triton model the smoke test calls (``depth``, or
+    ``namespace`` is ``cluster.namespace``; ``cfg`` supplies ``timeout_s`` (the Ready wait,
+    seconds; the rollback gets the same). ``model_name`` is the Triton model the smoke test calls (``depth``, or
     ``depth_trt`` with the ``gpu`` overlay); ``onnx_path`` and ``atol`` (metres) compare its
     output with ONNX Runtime's (use a looser ``atol`` for an FP16 TensorRT plan).
     ``previous_storage_uri`` is the model version aliased ``previous``; when None, the
@@ -283,15 +284,11 @@ def deploy_kserve(
     api = api if api is not None else kubernetes_api()
     version = str(model_version)
     isvc = build_inferenceservice(
-        overlay,
-        name=cfg.name,
-        namespace=cfg.namespace,
-        storage_uri=storage_uri,
-        model_version=version,
+        overlay, name=cfg.name, namespace=namespace, storage_uri=storage_uri, model_version=version
     )
     if annotations:
         isvc["metadata"].setdefault("annotations", {}).update(annotations)
-    ns, name = cfg.namespace, cfg.name
+    ns, name = namespace, cfg.name
     resource = f"{ns}/{name}"
 
     previous = _rollback_target(

@@ -110,6 +110,7 @@ class KServeCanary:
         challenger_isvc: dict[str, Any],
         champion: ServedModel,
         *,
+        namespace: str,
         model_name: str,
         challenger_label: str,
         onnx_path: str | Path | None = None,
@@ -119,7 +120,7 @@ class KServeCanary:
     ) -> None:
         self.api, self.cfg = api, cfg
         self.smoke_test = smoke_test
-        self.ns, self.name = cfg.namespace, cfg.name
+        self.ns, self.name = namespace, cfg.name
         self.challenger_isvc, self.champion = challenger_isvc, champion
         self.model_name, self.challenger_label = model_name, challenger_label
         self.onnx_path, self.atol, self.poll_s = onnx_path, atol, poll_s

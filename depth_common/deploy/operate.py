@@ -69,8 +69,8 @@ def rollback(params: Params, *, api: Any = None, poll_s: float = 2.0) -> DeployR
         annotations = model_annotations(params.mlflow.model_name, previous, run_id)
         with _serving_lease(params):
             result = deploy_kserve(
-                source, previous, params.deploy, model_name=model, api=api, poll_s=poll_s,
-                annotations=annotations,
+                source, previous, params.deploy, namespace=params.cluster.namespace,
+                model_name=model, api=api, poll_s=poll_s, annotations=annotations,
             )  # fmt: skip
     with promotion_lock(client, params, f"rollback to v{previous}"):
         restored, rolled_back = restore_previous(client, params.mlflow.model_name)
@@ -114,16 +114,16 @@ def _kserve_lines(params: Params, api: Any) -> list[str]:
     from depth_common.deploy import kserve
     from depth_common.deploy.kserve_canary import served_model, traffic_split
 
-    cfg = params.deploy
+    cfg, ns = params.deploy, params.cluster.namespace
     api = api if api is not None else kserve.kubernetes_api()
-    live = kserve.get_inferenceservice(api, cfg.namespace, cfg.name)
+    live = kserve.get_inferenceservice(api, ns, cfg.name)
     if live is None:
-        return [f"kserve: no InferenceService {cfg.namespace}/{cfg.name}"]
+        return [f"kserve: no InferenceService {ns}/{cfg.name}"]
     served = served_model(live)
     ready = kserve.ready_condition(live) or {}
     canary = live["spec"]["predictor"].get("canaryTrafficPercent")
     lines = [
-        f"kserve: {cfg.namespace}/{cfg.name} Ready={ready.get('status', '?')} serves "
+        f"kserve: {ns}/{cfg.name} Ready={ready.get('status', '?')} serves "
         f"{served.storage_uri if served else '-'} (model version "
         f"{served.model_version if served else '-'}, run {served.run_id if served else '-'})",
         f"  canaryTrafficPercent: {canary if canary is not None else 'unset (no canary)'}",

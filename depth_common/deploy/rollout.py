@@ -196,16 +196,16 @@ def _serving_lease(params: Params) -> Iterator[None]:
     from depth_common.registry import registry_client
     from depth_common.registry_lock import registry_lock
 
-    cfg = params.deploy
+    cfg, ns = params.deploy, params.cluster.namespace
     client = registry_client(params.mlflow.tracking_uri)
     ttl = cfg.timeout_s * (len(cfg.canary_steps) + 3) + 600.0  # the longest a rollout can take
     with registry_lock(
         client,
         params.mlflow.model_name,
-        f"{cfg.namespace}/{cfg.name}",
+        f"{ns}/{cfg.name}",
         timeout_s=ttl,
         ttl_s=ttl,
-        kind=f"serving-{cfg.namespace}.{cfg.name}",
+        kind=f"serving-{ns}.{cfg.name}",
     ):
         yield
 
@@ -225,12 +225,15 @@ def _deploy_kserve(
     from depth_common.deploy.kserve_canary import KServeCanary, served_model
     from depth_common.deploy.manifests import build_inferenceservice
 
-    cfg, model = params.deploy, params.export.triton_model_name
+    cfg, ns, model = params.deploy, params.cluster.namespace, params.export.triton_model_name
     annotations = kserve.model_annotations(params.mlflow.model_name, version, run_id)
     api = api if api is not None else kserve.kubernetes_api()
-    live = kserve.get_inferenceservice(api, cfg.namespace, cfg.name)
+    live = kserve.get_inferenceservice(api, ns, cfg.name)
     champion = served_model(live) if live is not None else None
-    common = {"model_name": model, "onnx_path": onnx_path, "atol": params.export.parity_atol}
+    common = {
+        "namespace": ns, "model_name": model, "onnx_path": onnx_path,
+        "atol": params.export.parity_atol,
+    }  # fmt: skip
     if cfg.strategy == "replace" or champion is None or champion.storage_uri == storage_uri:
         result = kserve.deploy_kserve(
             storage_uri, version, cfg, api=api, poll_s=poll_s, annotations=annotations, **common
@@ -240,7 +243,7 @@ def _deploy_kserve(
     isvc = build_inferenceservice(
         "cpu",  # the overlay deploy_kserve uses too
         name=cfg.name,
-        namespace=cfg.namespace,
+        namespace=ns,
         storage_uri=storage_uri,
         model_version=version,
     )
@@ -248,7 +251,7 @@ def _deploy_kserve(
     target = KServeCanary(
         api, cfg, isvc, champion, challenger_label=f"v{version}", poll_s=poll_s, **common
     )
-    resource = f"{cfg.namespace}/{cfg.name}"
+    resource = f"{ns}/{cfg.name}"
     base = DeployResult(
         "kserve", "", model, str(version), storage_uri, SmokeResult(False, "not run"), resource,
         rolled_back_to=champion.storage_uri,

@@ -28,7 +28,6 @@ MLFLOW_SECRET_KEYS = (
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 @dataclass(frozen=True)
@@ -51,28 +50,6 @@ class ScaleOutJob:
     service_account: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     timeout_s: int = 86400
-
-
-def parse_toleration(text: str, key: str = "training.tolerations") -> dict[str, str]:
-    """kubectl taint syntax → a Kubernetes toleration.
-
-    ``"key=value:Effect"`` → ``Equal``; ``"key:Effect"`` or ``"key"`` → ``Exists`` (any value;
-    no effect = every effect).
-    """
-    spec, colon, effect = text.partition(":")
-    if colon and effect not in _EFFECTS:
-        raise ConfigError(f"{key}: got {text!r}, expected effect one of {', '.join(_EFFECTS)}")
-    name, eq, value = spec.partition("=")
-    if not name or (eq and not value):
-        raise ConfigError(
-            f"{key}: got {text!r}, expected 'key=value:Effect', 'key:Effect' or 'key'"
-        )
-    tol = {"key": name, "operator": "Equal" if eq else "Exists"}
-    if eq:
-        tol["value"] = value
-    if effect:
-        tol["effect"] = effect
-    return tol
 
 
 def torchrun_command(
@@ -117,9 +94,10 @@ def job_from_params(
     overrides: Sequence[str] = (),
 ) -> ScaleOutJob:
     """The job description from params: topology and GPUs (``training.num_nodes``,
-    ``procs_per_node``, ``train_gpu``), placement (``node_selector``, ``tolerations``), storage
-    (``shared_pvc``), secrets (``mlflow_secret``, ``storage_secret``), namespace and service
-    account (``deploy``). Paths are as the pods see them (under :data:`SHARED_MOUNT`)."""
+    ``procs_per_node``, ``train_gpu``), storage (``training.shared_pvc``), and from
+    ``cluster:`` the namespace, service account, placement (``node_selector``,
+    ``tolerations``) and secrets (``mlflow_secret``, ``storage_secret``). Paths are as the pods
+    see them (under :data:`SHARED_MOUNT`)."""
     t = params.training
     if not _NAME_RE.match(name):
         raise ConfigError(
@@ -131,24 +109,16 @@ def job_from_params(
             f"training.procs_per_node: got {t.procs_per_node}, expected at most training.train_gpu "
             f"= {t.train_gpu} (one process per GPU)"
         )
-    selector = []
-    for i, item in enumerate(t.node_selector):
-        k, _, v = item.partition("=")
-        selector.append((k, v))
-        if not k:
-            raise ConfigError(f"training.node_selector[{i}]: got {item!r}, expected 'key=value'")
-    tolerations = tuple(
-        parse_toleration(s, f"training.tolerations[{i}]") for i, s in enumerate(t.tolerations)
-    )
-    secret_env = [(k, t.mlflow_secret, k) for k in MLFLOW_SECRET_KEYS if t.mlflow_secret]
-    secret_env += [(k, t.storage_secret, k) for k in STORAGE_SECRET_KEYS if t.storage_secret]
+    c = params.cluster  # placement and secrets, validated with the params
+    secret_env = [(k, c.mlflow_secret, k) for k in MLFLOW_SECRET_KEYS if c.mlflow_secret]
+    secret_env += [(k, c.storage_secret, k) for k in STORAGE_SECRET_KEYS if c.storage_secret]
     env = [("PYTHONUNBUFFERED", "1")]
     if not t.train_gpu:
         # CPU pods: one intra-op thread pool per process, not one per core per process.
         env.append(("OMP_NUM_THREADS", "1"))
     return ScaleOutJob(
         name=name,
-        namespace=namespace or params.deploy.namespace,
+        namespace=namespace or c.namespace,
         image=image or component_image(cuda=t.train_gpu > 0),
         command=torchrun_command(
             t.num_nodes, t.procs_per_node, params_path, data_dir, out_dir, overrides
@@ -159,10 +129,10 @@ def job_from_params(
         runtime=t.runtime,
         env=tuple(env),
         secret_env=tuple(secret_env),
-        node_selector=tuple(selector),
-        tolerations=tolerations,
+        node_selector=c.node_selector_pairs(),
+        tolerations=c.toleration_specs(),
         shared_pvc=t.shared_pvc,
-        service_account=params.deploy.service_account,
+        service_account=c.service_account,
         labels={"app.kubernetes.io/part-of": "depth-mlops", "depth-mlops/step": "train"},
         timeout_s=t.job_timeout_s,
     )

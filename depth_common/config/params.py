@@ -1,0 +1,146 @@
+"""``Params`` (every section) and how it is read: ``params.yaml``, ``section.key=value``
+overrides (values parsed as YAML), the pipeline's JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, model_validator
+
+from depth_common.config.base import ConfigError, ConfigModel, reject_message, validate_section
+from depth_common.config.cluster import ClusterConfig, cluster_key, move_cluster_keys
+from depth_common.config.data import DataConfig
+from depth_common.config.sections import (
+    AugmentationConfig,
+    EvaluationConfig,
+    MlflowConfig,
+    ModelConfig,
+    PromotionConfig,
+    TrainingConfig,
+)
+from depth_common.config.serving import DeployConfig, ExportConfig
+
+
+class Params(ConfigModel):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _encoder_fits_img_size(self) -> Params:
+        # The encoder family and img_size vs its patch size, from a name list (no timm
+        # import), so a bad value fails before any data work.
+        from depth_common.encoders import EncoderError, check_encoder
+
+        try:
+            check_encoder(self.model.encoder, self.data.img_size)
+        except EncoderError as exc:
+            reject_message(str(exc))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, not tuples): YAML/JSON/MLflow/checkpoint friendly."""
+        return _plain(self.model_dump())
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for MLflow params."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def with_overrides(self, overrides: Iterable[str] = ()) -> Params:
+        """A copy with ``section.key=value`` overrides applied and validated."""
+        return params_from_dict(self.to_dict(), overrides)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"training.epochs=2"`` → ``(["training", "epochs"], 2)`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, _, value = text.partition("=")
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: expected section.key=value, got key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, parsed
+
+
+def params_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Params:
+    """``{section: {key: value}}`` with ``section.key=value`` overrides → validated ``Params``.
+
+    A key that moved under ``cluster:`` is accepted at its former place (``FutureWarning``);
+    an override of it sets the new key.
+    """
+    merged: dict[str, Any] = {
+        k: ({} if v is None else dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()
+    }
+    move_cluster_keys(merged)
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        if section not in Params.model_fields:
+            raise ConfigError(
+                f"{section}.{key}: no such section; known sections: "
+                + ", ".join(Params.model_fields)
+            )
+        moved = cluster_key(section, key)
+        if moved is not None:
+            section, key = "cluster", moved
+        sec = merged.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{section}: got {sec!r}, expected a mapping of keys")
+        sec[key] = value
+    return validate_section(Params, merged)
+
+
+def data_config_from_dict(raw: Mapping[str, Any]) -> DataConfig:
+    """``{"data": {...}}`` (configure's ``data_params``) → a validated ``DataConfig`` alone.
+
+    Preprocessing depends on the data section only; validating it without the rest keeps a
+    model setting (another encoder's patch size) from failing a step that does not use it.
+    """
+    if not isinstance(raw, Mapping) or set(raw) - {"data"}:
+        raise ConfigError(f"data_params: got {raw!r}, expected a mapping with the one key 'data'")
+    return validate_section(DataConfig, raw.get("data") or {}, "data")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Read ``path`` (YAML), apply ``section.key=value`` overrides, validate, freeze."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the params file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "expected a YAML params file saved as UTF-8"
+        ) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return params_from_dict(raw, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

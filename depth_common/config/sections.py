@@ -1,0 +1,125 @@
+"""The model, training, augmentation, evaluation, MLflow and promotion sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+
+from depth_common.config.base import Bool, ConfigModel, Float, Int, Str, one_of, reject, spec
+
+_NON_NEGATIVE = "a number >= 0"
+_PROBABILITY = "a probability in [0, 1]"
+
+
+class ModelConfig(ConfigModel):
+    encoder: Str = spec("vit_base_patch16_224", "a timm ViT model name", min_length=1)
+    pretrained: Bool = True
+    pretrained_path: Str | None = None
+    decoder_features: Int = spec(256, "an integer >= 8", ge=8)
+    hooks: tuple[Int, ...] = (2, 5, 8, 11)
+
+    @field_validator("hooks")
+    @classmethod
+    def _four_increasing_blocks(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) != 4 or min(value) < 0 or list(value) != sorted(set(value)):
+            reject("", list(value), "four increasing block indices >= 0")
+        return value
+
+
+class TrainingConfig(ConfigModel):
+    """The optimiser, the loss, the loop and the scale-out topology of ``train``; where its
+    pods run and which Secrets they mount is :class:`~depth_common.config.ClusterConfig`."""
+
+    epochs: Int = spec(50, "an integer >= 0", ge=0)
+    encoder_lr: Float = spec(1e-5, _NON_NEGATIVE, ge=0)
+    decoder_lr: Float = spec(1e-4, _NON_NEGATIVE, ge=0)
+    weight_decay: Float = spec(0.01, _NON_NEGATIVE, ge=0)
+    warmup_epochs: Int = spec(3, "an integer >= 0", ge=0)
+    scheduler: Literal["cosine", "constant"] = spec("cosine", one_of("cosine", "constant"))
+    amp: Bool = True
+    grad_clip: Float = spec(1.0, _NON_NEGATIVE, ge=0)
+    patience: Int = spec(10, "an integer >= 1", ge=1)
+    si_weight: Float = spec(1.0, _NON_NEGATIVE, ge=0)
+    si_lambda: Float = spec(0.85, "a number in [0, 1]", ge=0, le=1)
+    grad_weight: Float = spec(0.5, _NON_NEGATIVE, ge=0)
+    seed: Int = 42
+    device: Literal["auto", "cpu", "cuda"] = spec("auto", one_of("auto", "cpu", "cuda"))
+    checkpoint_dir: Str = "saved_models"
+    max_train_batches: Int | None = spec(None, "null or an integer >= 1", ge=1)
+    init_from: Str = ""
+    val_every: Int = spec(1, "an integer >= 1 (epochs)", ge=1)
+    checkpoint_every: Int = spec(1, "an integer >= 1 (epochs)", ge=1)
+    threads: Int = spec(
+        0, "0 (from the CPUs the process may use) or a thread count in [1, 1024]", ge=0, le=1024
+    )
+    num_nodes: Int = spec(1, "an integer >= 1", ge=1)
+    procs_per_node: Int = spec(1, "an integer >= 1", ge=1)
+    sync_batchnorm: Bool = False
+    launcher: Literal["trainjob", "pytorchjob"] = spec("trainjob", one_of("trainjob", "pytorchjob"))
+    train_gpu: Int = spec(0, "an integer >= 0", ge=0)
+    micro_batch_size: Int | None = spec(None, "null or an integer >= 1", ge=1)
+    dist_timeout_s: Float = spec(1800.0, "seconds > 0", gt=0)
+    job_timeout_s: Int = spec(86400, "seconds >= 1", ge=1)
+    runtime: Str = spec("torch-distributed", "a TrainingRuntime name", min_length=1)
+    shared_pvc: Str = ""
+
+
+class AugmentationConfig(ConfigModel):
+    hflip_prob: Float = spec(0.5, _PROBABILITY, ge=0, le=1)
+    brightness: Float = spec(0.2, _NON_NEGATIVE, ge=0)
+    contrast: Float = spec(0.2, _NON_NEGATIVE, ge=0)
+    saturation: Float = spec(0.2, _NON_NEGATIVE, ge=0)
+    hue: Float = spec(0.05, "a number in [0, 0.5]", ge=0, le=0.5)
+    crop_prob: Float = spec(0.5, _PROBABILITY, ge=0, le=1)
+    crop_scale: tuple[Float, Float] = (0.7, 1.0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _area_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= value[1] <= 1.0:
+            reject("", list(value), "[low, high] with 0 < low <= high <= 1")
+        return value
+
+
+class EvaluationConfig(ConfigModel):
+    """How ``evaluate`` scores a split (the report states the resulting protocol in one line)."""
+
+    resolution: Literal["full", "model"] = spec(
+        "full",
+        "full (prediction upsampled to the full-resolution ground truth) or model "
+        "(ground truth at data.img_size)",
+    )
+    centre_crop: Bool = False
+    median_scaling: Bool = True
+
+
+class MlflowConfig(ConfigModel):
+    tracking_uri: Str = spec(
+        "sqlite:///mlflow.db", "an MLflow tracking URI (sqlite:///..., http://...)", min_length=1
+    )
+    experiment: Str = spec("depth-estimation", "a non-empty name", min_length=1)
+    run_name: Str | None = None
+    model_name: Str = spec("ViT+Decoder", "a non-empty name", min_length=1)
+
+
+class PromotionConfig(ConfigModel):
+    min_improvement: Float = spec(0.0, "a number >= 0 (metres of test RMSE)", ge=0)
+    lock_timeout_s: Int = spec(
+        600, "an integer >= 1 (seconds to wait for the registry's promotion lock)", ge=1
+    )
+    challenger_ttl_s: Int = spec(
+        7200,
+        "an integer >= 60 (seconds a registered challenger counts as being rolled out)",
+        ge=60,
+    )
+
+
+__all__ = [
+    "AugmentationConfig",
+    "EvaluationConfig",
+    "MlflowConfig",
+    "ModelConfig",
+    "PromotionConfig",
+    "TrainingConfig",
+]
