@@ -13,6 +13,7 @@ from depth_common.config import (
     ClusterConfig,
     ConfigError,
     DataConfig,
+    Params,
     load_params,
     params_from_dict,
 )
@@ -105,6 +106,19 @@ def test_each_constraint_names_its_key(override, message):
     with pytest.raises(ConfigError) as exc:
         load_params(PARAMS_FILE, [override])
     assert str(exc.value).startswith(f"{PARAMS_FILE}: {message}")
+
+
+def test_a_number_in_exponent_form_is_a_number():
+    # PyYAML (YAML 1.1) reads 5e-4 as a string; it is the learning rate its writer meant.
+    params = Params().with_overrides(["training.encoder_lr=5e-4", "augmentation.hue=1E-2"])
+    assert (params.training.encoder_lr, params.augmentation.hue) == (5e-4, 0.01)
+    loaded = params_from_dict({"training": {"decoder_lr": "2.5e-3"}})
+    assert loaded.training.decoder_lr == 2.5e-3
+    for bad, expected in (("'3'", "a number"), ("e5", "a number")):
+        with pytest.raises(ConfigError, match=rf"training\.encoder_lr: got .*expected {expected}"):
+            Params().with_overrides([f"training.encoder_lr={bad}"])
+    with pytest.raises(ConfigError, match=r"training\.epochs: got '1e3', expected an integer"):
+        Params().with_overrides(["training.epochs=1e3"])
 
 
 def test_a_section_that_is_not_a_mapping():

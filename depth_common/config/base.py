@@ -5,12 +5,22 @@ pydantic ``ValidationError`` into a :class:`ConfigError` that names the dotted k
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from dataclasses import FrozenInstanceError
 from typing import Annotated, Any, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -19,9 +29,21 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
-# Strict scalars: YAML's `yes`, "3" or true never pass for a bool, an integer or a number.
+#: ``1e-5``: a number in YAML 1.2 and to anyone writing a learning rate, but PyYAML follows
+#: YAML 1.1, whose floats need a dot (``1.0e-5``), and hands it over as the string "1e-5".
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _exponent_string_to_float(value: Any) -> Any:
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+# Strict scalars: YAML's `yes`, "3" or true never pass for a bool, an integer or a number
+# (only the exponent form YAML 1.1 leaves a string, like 5e-4, is read as the number it is).
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]  # an integer is accepted and stored as a float
+Float = Annotated[float, Strict(), BeforeValidator(_exponent_string_to_float)]  # int → float
 Str = StrictStr
 Bool = StrictBool
 
