@@ -17,8 +17,8 @@ DEMO: tuple[str, ...] = (
     "data.batch_size=8",
     "data.num_workers=0",
     "training.epochs=12",
-    "training.encoder_lr=3.0e-4",
-    "training.decoder_lr=3.0e-4",
+    "training.encoder_lr=5.0e-4",
+    "training.decoder_lr=5.0e-4",
     "training.warmup_epochs=1",
     "training.val_every=3",
     "training.checkpoint_every=12",
@@ -31,5 +31,5 @@ DEMO: tuple[str, ...] = (
 
 #: Options of ``depth_common.synthetic.generate_cityscapes`` for the demo run: 2 cities x 24
 #: images per split (48 train / 48 val / 48 test at 128x256). Enough data that 12 epochs show
-#: real learning (test AbsRel about 0.23 vs about 0.36 with 8 per split) in under 2 minutes.
+#: real learning (test AbsRel about 0.24 on the full-resolution protocol) in about a minute.
 DEMO_SYNTHETIC: dict[str, int] = {"cities": 2, "per_split": 24}
