@@ -191,6 +191,12 @@ def _evaluate_and_decide(
     return evaluated, decided
 
 
+def _record_why_not(run_id: Any, reason: Any) -> dsl.PipelineTask:
+    """The note of a run that is not promoted (both "no" branches: decide's and register's)."""
+    task = record_no_promotion(run_id=run_id, reason=reason).set_display_name("record why not")
+    return task.set_caching_options(False)
+
+
 def _register_and_serve(
     trained: dsl.PipelineTask,
     evaluated: dsl.PipelineTask,
@@ -214,9 +220,7 @@ def _register_and_serve(
             trained, evaluated, params, version, run_id, hf_repo_id, use_trt, settings
         )
     with dsl.Else(name="stood-down"):
-        record_no_promotion(run_id=run_id, reason=registered.outputs["reason"]).set_display_name(
-            "record why not"
-        ).set_caching_options(False)
+        _record_why_not(run_id, registered.outputs["reason"])
 
 
 def _train_and_promote_pipeline(settings: Params) -> Any:
@@ -235,9 +239,7 @@ def _train_and_promote_pipeline(settings: Params) -> Any:
         with dsl.If(decided.outputs["promote"] == True, name="promote"):  # noqa: E712
             _register_and_serve(trained, evaluated, params, hf_repo_id, settings)
         with dsl.Else(name="keep-champion"):
-            record_no_promotion(
-                run_id=trained.outputs["Output"], reason=decided.outputs["reason"]
-            ).set_display_name("record why not").set_caching_options(False)
+            _record_why_not(trained.outputs["Output"], decided.outputs["reason"])
 
     return train_and_promote
 
