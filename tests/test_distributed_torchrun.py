@@ -26,19 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # -- multi-process tests (torchrun, gloo) --------------------------------------------------------
 
 
-def _torchrun(scenario: str, out: Path, nproc: int = 2, timeout: float = 120.0):
+def _torchrun_args(
+    target: list[str], nproc: int = 2, timeout: float = 120.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N <target>``, one OpenMP thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        str(Path(__file__).resolve()),
-        scenario,
-        str(out),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", *target]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+
+
+def _torchrun(scenario: str, out: Path, nproc: int = 2, timeout: float = 120.0):
+    """This file as the worker script, running ``scenario`` (its results under ``out``)."""
+    return _torchrun_args([str(Path(__file__).resolve()), scenario, str(out)], nproc, timeout)
 
 
 def _toy_model(seed: int) -> torch.nn.Module:
@@ -227,24 +227,9 @@ def ddp_training(tmp_path_factory, tiny_params, processed_data):
     )
     params_path = write_params_file(params, root / "params.yaml")
     out = root / "checkpoints"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "depth_common",
-        "train",
-        "--params",
-        str(params_path),
-        "--data",
-        str(processed_data),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    train_args = ["-m", "depth_common", "train", "--params", str(params_path)]
+    train_args += ["--data", str(processed_data), "--out", str(out)]
+    proc = _torchrun_args(train_args, timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return params, out, proc
 
