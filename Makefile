@@ -86,7 +86,7 @@ bench: $(STAMP)
 # demo configuration and generated data; the same command runs on a GPU node with NPROC=<GPUs>.
 NPROC ?= 2
 DDP_DIR ?= runs/ddp
-DEMO_SETS = $(shell $(PY) -c "from depth_common.presets import DEMO; print(' '.join('--set ' + o for o in DEMO))")
+DEMO_SETS = $(shell $(PY) -c "from depth_common.config.presets import DEMO; print(' '.join('--set ' + o for o in DEMO))")
 train-ddp: $(STAMP)
 	@test -f $(DDP_DIR)/processed/manifest.json || { \
 	  $(PY) -m depth_common synth --out $(DDP_DIR)/raw --cities 2 --per-split 8 && \

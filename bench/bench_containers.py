@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from depth_common.presets import DEMO, DEMO_SYNTHETIC
+from depth_common.config.presets import DEMO, DEMO_SYNTHETIC
 from pipelines.run_local import run_local
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@
         --set data.img_size=[384,768] --set data.batch_size=16       # a GPU node
 
 Each configuration is a real ``torchrun --standalone`` job running the same step as training
-(``depth_common.distributed``: exact batch plan, DDP, loss scale; DPT + DepthLoss + AdamW) on
+(``depth_common.training.distributed``: exact batch plan, DDP, loss scale; DPT + DepthLoss + AdamW) on
 random tensors, so the data pipeline is out of the measurement. The global batch is
 ``data.batch_size`` whatever the process count (each rank does ``batch_size / N``), so samples/s
 are comparable: ideal scaling is N x. Results go to ``bench/results_ddp.json``.
@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 def _worker(args: argparse.Namespace) -> None:
     import torch
 
-    from depth_common import distributed as D
     from depth_common.config import load_params
-    from depth_common.losses import DepthLoss
-    from depth_common.model import build_model
+    from depth_common.model.dpt import build_model
+    from depth_common.training import distributed as D
+    from depth_common.training.losses import DepthLoss
 
     params = load_params(ROOT / "params.yaml", args.set or ())
     ctx = D.init_distributed(params.training.device)
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.worker:
-        from depth_common.presets import DEMO
+        from depth_common.config.presets import DEMO
 
         # --set adds to the DEMO preset (random-init weights: nothing is downloaded)
         args.set = [*DEMO, *(args.set or [])]

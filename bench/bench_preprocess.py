@@ -1,6 +1,6 @@
 """Preprocessing throughput: images/s of ``preprocess_dataset`` with 1 vs 2 worker processes.
 
-The input is a synthetic Cityscapes set (``depth_common.synthetic``) at a Cityscapes-like raw
+The input is a synthetic Cityscapes set (``depth_common.data.synthetic``) at a Cityscapes-like raw
 size (512 x 1024 by default: half the real 1024 x 2048, to keep the run short); each run writes
 into a fresh output directory (preprocessing skips up-to-date outputs, which would measure
 nothing). Output at the params' ``data.img_size``. Each worker count runs ``repeats`` times and
@@ -37,7 +37,7 @@ def run(
     """Fill ``results["preprocess"]`` and return ``results``."""
     from depth_common.config import load_params
     from depth_common.data.preprocess import preprocess_dataset
-    from depth_common.synthetic import generate_cityscapes
+    from depth_common.data.synthetic import generate_cityscapes
 
     data_cfg = load_params(ROOT / "params.yaml").data
     work = Path(tempfile.mkdtemp(prefix="bench-preprocess-"))

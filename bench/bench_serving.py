@@ -47,7 +47,7 @@ class BenchModel:
 
 
 def default_models() -> list[BenchModel]:
-    from depth_common.presets import DEMO
+    from depth_common.config.presets import DEMO
 
     return [
         BenchModel(
@@ -146,7 +146,7 @@ def _export(model_spec: BenchModel, work: Path) -> tuple[Path, tuple[int, int], 
 
     from depth_common.config import load_params
     from depth_common.export.onnx import export_model
-    from depth_common.model import build_model
+    from depth_common.model.dpt import build_model
 
     params = load_params(ROOT / "params.yaml", model_spec.overrides)
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ def street_jpeg(size: tuple[int, int] = IMAGE_SIZE) -> bytes:
     """A synthetic street scene encoded as a camera would (JPEG, quality 90)."""
     from PIL import Image
 
-    from depth_common.synthetic import cityscapes_camera, render_scene
+    from depth_common.data.synthetic import cityscapes_camera, render_scene
 
     rgb, _ = render_scene(np.random.default_rng([2024, 0]), size, cityscapes_camera(size))
     buf = io.BytesIO()
@@ -85,8 +85,8 @@ def run(
     from depth_common.data.transforms import prepare_image
     from depth_common.export.triton import build_triton_repository
     from depth_common.serving.codec import load_rgb
+    from depth_common.serving.local_stack import LocalTransformer
     from depth_common.serving.server import LocalTritonServer
-    from depth_common.serving.stack import LocalTransformer
 
     spec = model or next(m for m in default_models() if m.name == "demo")
     work = Path(tempfile.mkdtemp(prefix="bench-transformer-"))

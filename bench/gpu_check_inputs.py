@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_export import MODELS
-from depth_common.cli import add_params_arguments
+from depth_common.cli.parser import add_params_arguments
 from depth_common.config import ConfigError, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[Params, Any, list[str]]:
             f"no CUDA device visible to torch {torch.__version__} (CUDA build "
             f"{torch.version.cuda}); run with --dry-run on a machine without a GPU"
         )
-    from depth_common.model import build_model
+    from depth_common.model.dpt import build_model
 
     torch.manual_seed(0)
     try:

@@ -1,13 +1,13 @@
 """The GPU check's training step: the real DPT, the training loop's AMP setup, N optimiser steps.
 
-What one step does is what :func:`depth_common.train.train` does per batch: autocast forward
+What one step does is what :func:`depth_common.training.train.train` does per batch: autocast forward
 (CUDA: float16 + GradScaler, from the training loop's own ``_autocast``), the project's loss on
 the float32 prediction, scaled backward, unscale + gradient clipping at
 ``training.grad_clip``, ``scaler.step`` / ``scaler.update``, AdamW over the model's two
 parameter groups (encoder / decoder learning rates from params). The learning rate is constant
 (no warmup/cosine: 50 steps are far too few for a schedule to matter).
 
-Data: ``n_batches`` batches of street scenes rendered by :mod:`depth_common.synthetic` at the
+Data: ``n_batches`` batches of street scenes rendered by :mod:`depth_common.data.synthetic` at the
 model's input size (sky invalid, depth clamped to ``data.max_depth`` as preprocessing does),
 normalised with the serving preprocessing, moved to the device once and cycled. Data loading is
 therefore not in the timing: the figure is the model's training throughput.
@@ -34,8 +34,8 @@ def synthetic_batches(
     n_batches: int, batch: int, img_size: tuple[int, int], max_depth: float, seed: int = 0
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n_batches`` (image [B,3,H,W] float32 normalised, depth [B,1,H,W] metres, 0 = invalid)."""
+    from depth_common.data.synthetic import cityscapes_camera, render_scene
     from depth_common.data.transforms import prepare_image
-    from depth_common.synthetic import cityscapes_camera, render_scene
 
     rng = np.random.default_rng(seed)
     camera = cityscapes_camera(img_size)
@@ -98,10 +98,10 @@ def run_training(
     memory (MiB, torch's allocator), GradScaler's final scale and skipped steps, and
     :func:`loss_trend`. ``status`` is ``ok`` when every loss is finite and the trend decreases.
     """
-    from depth_common.distributed import seed_everything as seed_all
-    from depth_common.losses import DepthLoss
-    from depth_common.model import build_model
-    from depth_common.train_state import amp_mode
+    from depth_common.model.dpt import build_model
+    from depth_common.training.distributed import seed_everything as seed_all
+    from depth_common.training.losses import DepthLoss
+    from depth_common.training.state import amp_mode
 
     if steps < 2:
         raise ValueError(f"--train-steps: got {steps}, expected >= 2 (a trend needs two points)")

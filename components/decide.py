@@ -1,4 +1,4 @@
-"""decide: promote this run? (vs the registry's champion; see depth_common.promotion)."""
+"""decide: promote this run? (vs the registry's champion; see depth_common.registry.promotion)."""
 
 from typing import NamedTuple
 
@@ -14,9 +14,9 @@ def decide(run_id: str, params: str, decision: Output[Markdown]) -> NamedTuple(
     import json
     from collections import namedtuple
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.promotion import decide_promotion, format_decision
-    from depth_common.startup import record_startup
+    from depth_common.registry.promotion import decide_promotion, format_decision
 
     record_startup("decide")
 

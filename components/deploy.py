@@ -20,10 +20,10 @@ def deploy(
     import json
     from pathlib import Path
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
     from depth_common.deploy.report import DeployError, write_deploy_report
     from depth_common.deploy.rollout import deploy_model
-    from depth_common.startup import record_startup
 
     record_startup("deploy")
 

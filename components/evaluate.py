@@ -18,9 +18,9 @@ def evaluate(
     import shutil
     import tempfile
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.evaluate import evaluate as evaluate_model
-    from depth_common.startup import record_startup
+    from depth_common.evaluation.evaluate import evaluate as evaluate_model
 
     record_startup("evaluate")
 

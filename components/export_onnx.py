@@ -11,9 +11,9 @@ def export_onnx(model: Input[Model], params: str, run_id: str, onnx_model: Outpu
     import json
     from pathlib import Path
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
     from depth_common.export.onnx import export_onnx as export
-    from depth_common.startup import record_startup
 
     record_startup("export_onnx")
 

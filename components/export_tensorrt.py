@@ -13,9 +13,9 @@ def export_tensorrt(onnx_model: Input[Model], params: str, plan: Output[Model]):
     import json
     from pathlib import Path
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
     from depth_common.export.tensorrt import export_tensorrt as export
-    from depth_common.startup import record_startup
 
     record_startup("export_tensorrt")
 

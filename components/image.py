@@ -1,4 +1,4 @@
-"""The component image, from ``images/images.env`` (read by :mod:`depth_common.images`).
+"""The component image, from ``images/images.env`` (read by :mod:`depth_common.config.container_images`).
 
 Read at import (compile) time, so the compiled YAML names the image that ``images/`` builds;
 changing a tag there makes ``python compile.py --check`` report the YAML as stale.
@@ -11,7 +11,7 @@ from typing import Any
 
 from kfp import dsl
 
-from depth_common.images import component_image
+from depth_common.config.container_images import component_image
 
 COMPONENT_IMAGE = component_image()
 COMPONENT_CUDA_IMAGE = component_image(cuda=True)

@@ -11,9 +11,9 @@ def preprocess(raw: Input[Dataset], data_params: str, processed: Output[Dataset]
     import json
     import os
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import data_config_from_dict
     from depth_common.data.preprocess import counts_line, preprocess_dataset
-    from depth_common.startup import record_startup
 
     record_startup("preprocess")
 

@@ -19,9 +19,9 @@ def push_hf(
     import json
     from pathlib import Path
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.deploy.hf import ModelCardInfo, push_to_hub
-    from depth_common.startup import record_startup
+    from depth_common.export.hub import ModelCardInfo, push_to_hub
 
     record_startup("push_hf")
 

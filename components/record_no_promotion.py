@@ -7,7 +7,7 @@ from components.image import depth_component
 
 @depth_component
 def record_no_promotion(run_id: str, reason: str, note: Output[Markdown]):
-    from depth_common.startup import record_startup
+    from depth_common.cli.startup import record_startup
 
     record_startup("record_no_promotion")
     with open(note.path, "w") as fh:

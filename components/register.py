@@ -13,9 +13,9 @@ def register(run_id: str, params: str, pipeline_run: str) -> NamedTuple(
     import json
     from collections import namedtuple
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.promotion import register_model
-    from depth_common.startup import record_startup
+    from depth_common.registry.promotion import register_model
 
     record_startup("register")
 

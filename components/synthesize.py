@@ -7,10 +7,10 @@ from components.image import depth_component
 
 @depth_component
 def synthesize(options: dict, raw: Output[Dataset]):
-    """``options``: keyword arguments of ``depth_common.synthetic.generate_cityscapes``
+    """``options``: keyword arguments of ``depth_common.data.synthetic.generate_cityscapes``
     (cities, per_split, size [H, W] pixels, seed); empty = its defaults."""
-    from depth_common.startup import record_startup
-    from depth_common.synthetic import generate_cityscapes
+    from depth_common.cli.startup import record_startup
+    from depth_common.data.synthetic import generate_cityscapes
 
     record_startup("synthesize")
 

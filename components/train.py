@@ -14,10 +14,10 @@ def train(
     import shutil
     from pathlib import Path
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.startup import record_startup
-    from depth_common.train import train as train_model
-    from depth_common.trainjob import job_name_for, needs_cluster, run_scaled_training
+    from depth_common.scaleout.launch import job_name_for, needs_cluster, run_scaled_training
+    from depth_common.training.train import train as train_model
 
     record_startup("train")
     p = params_from_dict(json.loads(params))

@@ -17,9 +17,9 @@ def triton_repository(
     import json
     from pathlib import Path
 
+    from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
     from depth_common.export.triton import build_triton_repository
-    from depth_common.startup import record_startup
 
     record_startup("triton_repository")
 

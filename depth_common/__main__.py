@@ -1,3 +1,3 @@
-from depth_common.cli import main
+from depth_common.cli.parser import main
 
 raise SystemExit(main())

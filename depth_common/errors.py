@@ -1,5 +1,17 @@
-"""Named errors raised at the edges, each message naming the file or field at fault."""
+"""The project's errors: one base, and the few kinds that callers tell apart.
+
+Every message names the file, field or endpoint at fault. The edges map them once:
+``depth_common.cli`` to exit codes, the serving transformer to HTTP status codes.
+"""
 
 
-class DataError(ValueError):
+class DepthError(Exception):
+    """Base of every error this project raises on purpose (the message is for a person)."""
+
+
+class ConfigError(DepthError, ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+class DataError(DepthError, ValueError):
     """A data file is missing, unreadable or not what was expected (the message names it)."""

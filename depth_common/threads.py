@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depth_common.config import ConfigError
+from depth_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -293,7 +293,7 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
         params_overrides: list = [],  # noqa: B006 - KFP needs a literal default
     ):
         """``data_uri``: "synthetic", a local directory or an s3:// / gs:// / minio:// URI of a
-        Cityscapes root. ``synthetic``: options of depth_common.synthetic.generate_cityscapes.
+        Cityscapes root. ``synthetic``: options of depth_common.data.synthetic.generate_cityscapes.
         ``params_overrides``: extra ``section.key=value`` settings, applied last."""
         cfg = configure(
             base_params=base_params,

@@ -174,7 +174,7 @@ def shared_dirs(tracking_uri: str, repository_dir: str) -> list[Path]:
     """Host directories the tasks write besides the pipeline root: a ``sqlite:///`` MLflow
     store's directory (the database, its journal, ``mlartifacts/``) and the parent of the
     repository the deploy task installs (it stages the new tree next to the old one)."""
-    from depth_common.tracking import sqlite_path
+    from depth_common.registry.tracking import sqlite_path
 
     dirs = []
     db = sqlite_path(tracking_uri)

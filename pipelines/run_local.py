@@ -14,7 +14,7 @@ The same pipeline function that ``compile.py`` compiles runs through ``kfp.local
 
 Artifacts land under ``<root>/<timestamp>/``, each task's full output in its ``logs/``; the
 console gets one line per finished task (the log tail of a failed one). ``--demo`` applies
-``depth_common.presets.DEMO`` (small encoder, small images, few epochs) before ``--set``.
+``depth_common.config.presets.DEMO`` (small encoder, small images, few epochs) before ``--set``.
 At the end it prints each stage's status and time, the test metrics, the promotion decision
 and the champion version; the exit status is 1 when a task failed.
 """
@@ -36,11 +36,11 @@ from typing import Any
 
 import yaml
 
-from depth_common.cli import add_params_arguments
+from depth_common.cli.parser import add_params_arguments
+from depth_common.cli.startup import ENV as STARTUP_ENV
+from depth_common.cli.startup import format_startup, read_startup_log
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
-from depth_common.presets import DEMO, DEMO_SYNTHETIC
-from depth_common.startup import ENV as STARTUP_ENV
-from depth_common.startup import format_startup, read_startup_log
+from depth_common.config.presets import DEMO, DEMO_SYNTHETIC
 from pipelines.docker_run import ContainerError
 from pipelines.task_logs import TaskLogRouter
 
@@ -100,7 +100,7 @@ def artifact_metadata(output: dict[str, Any], name: str) -> dict[str, Any]:
 
 def resolve_tracking_uri(uri: str, cwd: Path) -> str:
     """A relative ``sqlite:///file.db`` becomes absolute (tasks may run elsewhere)."""
-    from depth_common.tracking import sqlite_path
+    from depth_common.registry.tracking import sqlite_path
 
     db = sqlite_path(uri)
     if db is None or db.is_absolute():
@@ -111,7 +111,7 @@ def resolve_tracking_uri(uri: str, cwd: Path) -> str:
 def relocate_relative(params: Params, overrides: list[str], base: Path) -> Params:
     """Containerized runs: a relative sqlite store and ``export.repository_dir`` move under
     ``base`` (the directory mounted into the tasks); ``overrides`` gets the new values."""
-    from depth_common.tracking import sqlite_path
+    from depth_common.registry.tracking import sqlite_path
 
     changes = []
     db = sqlite_path(params.mlflow.tracking_uri)
@@ -189,7 +189,7 @@ def run_local(
         overrides.append(f"mlflow.tracking_uri={uri}")
         params = params.with_overrides([f"mlflow.tracking_uri={uri}"])
 
-    from depth_common.tracking_store import ensure_sqlite_store
+    from depth_common.registry.store import ensure_sqlite_store
 
     ensure_sqlite_store(params.mlflow.tracking_uri)  # once, whole, before any task opens it
 
@@ -293,7 +293,7 @@ def _task_output(log_dir: Path | None, console: Any) -> Iterator:
 
 def format_summary(run: LocalRun) -> str:
     """The text ``make run`` prints at the end."""
-    from depth_common.promotion import champion_version
+    from depth_common.registry.promotion import champion_version
 
     lines = [f"pipeline run: {run.run_dir}", "", f"{'stage':<24} {'status':<8} {'time':>8}"]
     for task, status, seconds in run.stages:

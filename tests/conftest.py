@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from depth_common.config import Params, load_params
-from depth_common.presets import DEMO
+from depth_common.config.presets import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Raw synthetic Cityscapes (official layout with camera JSONs), seed 0."""
-    from depth_common.synthetic import generate_cityscapes
+    from depth_common.data.synthetic import generate_cityscapes
 
     root = tmp_path_factory.mktemp("synthetic_raw")
     generate_cityscapes(root, cities=2, per_split=4, size=(64, 128), seed=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from components.image import COMPONENT_IMAGE
-from depth_common.images import transformer_image as transformer_reference
+from depth_common.config.container_images import transformer_image as transformer_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "images" / "engine.sh"

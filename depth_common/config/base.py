@@ -24,10 +24,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
-
+from depth_common.errors import ConfigError
 
 #: ``1e-5``: a number in YAML 1.2 and to anyone writing a learning rate, but PyYAML follows
 #: YAML 1.1, whose floats need a dot (``1.0e-5``), and hands it over as the string "1e-5".

@@ -40,7 +40,7 @@ class Params(ConfigModel):
     def _encoder_fits_img_size(self) -> Params:
         # The encoder family and img_size vs its patch size, from a name list (no timm
         # import), so a bad value fails before any data work.
-        from depth_common.encoders import EncoderError, check_encoder
+        from depth_common.config.encoders import EncoderError, check_encoder
 
         try:
             check_encoder(self.model.encoder, self.data.img_size)

@@ -124,7 +124,7 @@ class DepthDataset(Dataset):
     ``augmentation=None`` gives the stored pixels (deterministic: validation, test). With an
     ``AugmentationConfig`` each item's random draws come from a generator seeded with
     (``seed``, epoch, index): the dataset takes ``(epoch, index)`` keys (what
-    :class:`~depth_common.samplers.EpochSampler` yields) or a plain index (epoch 0). No
+    :class:`~depth_common.data.samplers.EpochSampler` yields) or a plain index (epoch 0). No
     generator state is carried from item to item, so an item's augmentation is the same in
     any DataLoader worker, with any number of workers, and after a resume.
     """
@@ -206,13 +206,13 @@ def loader_for(
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with ``data.batch_size`` / ``data.num_workers``.
 
-    ``train`` without a ``sampler`` shuffles with :func:`~depth_common.samplers.
+    ``train`` without a ``sampler`` shuffles with :func:`~depth_common.data.samplers.
     train_sampler` (a permutation of (``training.seed``, epoch), this rank's share of it).
     Workers persist across epochs (the epoch travels with each sampled key); memory is pinned
     when batches go to CUDA.
     """
     if train and sampler is None:
-        from depth_common.samplers import train_sampler
+        from depth_common.data.samplers import train_sampler
 
         sampler = train_sampler(len(dataset), seed=params.training.seed)
     workers = params.data.num_workers

@@ -113,7 +113,7 @@ def mean_abs_rel(
     Pairs where either side is None, or the reference has no valid pixel, are left out; NaN
     when none is left.
     """
-    from depth_common.metrics import per_image_metrics
+    from depth_common.evaluation.metrics import per_image_metrics
 
     pairs = [(p, r) for p, r in zip(preds, refs, strict=True) if p is not None and r is not None]
     if not pairs:

@@ -72,8 +72,8 @@ def deploy_local(
     ``model.onnx``. Raises :class:`DeployError` (and leaves ``serve_dir`` untouched) when the
     smoke test fails.
     """
+    from depth_common.serving.local_stack import LocalTransformer
     from depth_common.serving.server import LocalTritonServer
-    from depth_common.serving.stack import LocalTransformer
 
     repository = Path(repository_dir)
     version = latest_version(repository, model_name)

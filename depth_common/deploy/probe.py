@@ -1,6 +1,6 @@
 """The canary's probe set and how it is sent: the measuring half of the analysis.
 
-The probe set is fixed: ``count`` street scenes rendered by :mod:`depth_common.synthetic` at
+The probe set is fixed: ``count`` street scenes rendered by :mod:`depth_common.data.synthetic` at
 the model's input size from seed ``seed``, each with its true depth (metres) -- the known
 reference output. :func:`measure` sends every probe to both versions, one request of batch 1
 at a time, alternating which version goes first so drift on a shared machine (load, caches)
@@ -47,7 +47,7 @@ class VersionEndpoint:
 
 def make_probe_set(size: tuple[int, int], count: int, seed: int = PROBE_SEED) -> ProbeSet:
     """``count`` rendered scenes of ``size`` = (H, W) pixels with their true depth."""
-    from depth_common.synthetic import cityscapes_camera, render_scene
+    from depth_common.data.synthetic import cityscapes_camera, render_scene
 
     if count < 1:
         raise ValueError(f"count: got {count}, expected >= 1 probe image")

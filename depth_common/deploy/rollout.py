@@ -58,14 +58,14 @@ def make_analyse(params: Params, onnx_path: str | Path) -> Analyse:
 
 
 def _registry_aliases(params: Params) -> str:
-    from depth_common.registry import aliases, format_aliases, registry_client
+    from depth_common.registry.aliases import aliases, format_aliases, registry_client
 
     client = registry_client(params.mlflow.tracking_uri)
     return format_aliases(aliases(client, params.mlflow.model_name))
 
 
 def _superseded(params: Params, version: int) -> str | None:
-    from depth_common.promotion import is_challenger
+    from depth_common.registry.promotion import is_challenger
 
     if is_challenger(params, version):
         return None
@@ -74,8 +74,8 @@ def _superseded(params: Params, version: int) -> str | None:
 
 def _conclude(params: Params, result: DeployResult, run_id: str, source: str) -> DeployResult:
     """Registry moves for the outcome, then MLflow figures; returns the final result."""
-    from depth_common import promotion
-    from depth_common.registry import record_source, registry_client
+    from depth_common.registry import promotion
+    from depth_common.registry.aliases import record_source, registry_client
 
     version = int(result.model_version)
     if result.outcome in ("promoted", "replaced"):
@@ -101,7 +101,7 @@ def _log_to_mlflow(params: Params, run_id: str, result: DeployResult) -> None:
 
     from mlflow.entities import Metric
 
-    from depth_common.registry import registry_client
+    from depth_common.registry.aliases import registry_client
 
     client = registry_client(params.mlflow.tracking_uri)  # explicit: no process-wide URI here
     now = int(time.time() * 1000)
@@ -132,8 +132,8 @@ def _canary_result(base: DeployResult, outcome: CanaryOutcome, champion: str) ->
 
 def _run(target: Any, params: Params, analyse_fn: Analyse, version: int) -> CanaryOutcome:
     def still_wanted() -> str | None:
-        from depth_common import promotion
-        from depth_common.registry import registry_client
+        from depth_common.registry import promotion
+        from depth_common.registry.aliases import registry_client
 
         why_not = _superseded(params, version)
         if why_not is None:  # still ours: tell later registers the rollout is alive
@@ -193,8 +193,8 @@ def _deploy_local(
 @contextlib.contextmanager
 def _serving_lease(params: Params) -> Iterator[None]:
     """One deploy at a time per InferenceService (a registry lock: pods share no filesystem)."""
-    from depth_common.registry import registry_client
-    from depth_common.registry_lock import registry_lock
+    from depth_common.registry.aliases import registry_client
+    from depth_common.registry.lock import registry_lock
 
     cfg, ns = params.deploy, params.cluster.namespace
     client = registry_client(params.mlflow.tracking_uri)
@@ -290,7 +290,7 @@ def deploy_model(
     failed analysis, or superseded); raises :class:`DeployError` (after rolling back and
     withdrawing the challenger) when the rollout itself failed.
     """
-    from depth_common import promotion
+    from depth_common.registry import promotion
 
     onnx_path = Path(onnx_path)
     target = params.deploy.target
@@ -301,7 +301,7 @@ def deploy_model(
         result = DeployResult(target, "", params.export.triton_model_name, str(version), source,
                               smoke, outcome="superseded", reason=why_not)  # fmt: skip
         return _conclude(params, result, run_id, source)
-    from depth_common.registry import registry_client
+    from depth_common.registry.aliases import registry_client
 
     promotion.keep_in_flight(registry_client(params.mlflow.tracking_uri), params, version)
     try:

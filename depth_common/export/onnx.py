@@ -279,13 +279,13 @@ def export_onnx(
     atol: float = 1e-3,
     run_id: str | None = None,
 ) -> OnnxExport:
-    """Export a training checkpoint (``depth_common.checkpoint`` format) to ONNX.
+    """Export a training checkpoint (``depth_common.model.checkpoint`` format) to ONNX.
 
     ``run_id`` overrides the MLflow run id recorded in the checkpoint. H and W come from the
     checkpoint's ``model_config.img_size`` (pixels); ``max_depth`` (metres) from its params.
     Raises :class:`ParityError` if ONNX Runtime and PyTorch differ by ``atol`` (metres) or more.
     """
-    from depth_common.checkpoint import model_from_checkpoint
+    from depth_common.model.checkpoint import model_from_checkpoint
 
     checkpoint_path = Path(checkpoint_path)
     model, ckpt = model_from_checkpoint(checkpoint_path)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from depth_common.config import ConfigError
 from depth_common.scaleout.crd import validate_job
 from depth_common.scaleout.job import ScaleOutJob
-from depth_common.scaleout.objects import (
+from depth_common.scaleout.manifests import (
     PYTORCHJOB_API,
     PYTORCHJOB_CONTAINER,
     build_pytorchjob,

@@ -1,7 +1,7 @@
 """The one description of a scale-out train job, from params, whichever operator runs it.
 
 :class:`ScaleOutJob` carries image, command, topology, GPUs, node placement, secrets, storage
-and deadline; :mod:`depth_common.scaleout.objects` derives the TrainJob and the PyTorchJob
+and deadline; :mod:`depth_common.scaleout.manifests` derives the TrainJob and the PyTorchJob
 from it, so both get the same settings. Paths are as the train pods see them: the shared volume
 (``training.shared_pvc``) is mounted at :data:`SHARED_MOUNT` in every train pod.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from depth_common.config import ConfigError, Params
-from depth_common.images import component_image
+from depth_common.config.container_images import component_image
 
 SHARED_MOUNT = "/mnt/shared"
 """Where ``training.shared_pvc`` is mounted in the train pods (data, params, checkpoints)."""

@@ -125,7 +125,7 @@ def render_side_by_side(image: np.ndarray, depth: np.ndarray) -> np.ndarray:
     The colour scale comes from the full-size depth; the panels are shown at
     :func:`display_size`.
     """
-    from depth_common.viz import colorbar, colorize_depth
+    from depth_common.evaluation.viz import colorbar, colorize_depth
 
     depth = np.clip(depth, 0.0, None)
     vmax = float(np.percentile(depth, 99)) or 1.0
@@ -160,7 +160,7 @@ def write_examples(
 ) -> list[Path]:
     """``count`` synthetic street scenes (PNG, ``size`` = (H, W) pixels) to use as examples."""
     from depth_common.data.io import save_png
-    from depth_common.synthetic import cityscapes_camera, render_scene
+    from depth_common.data.synthetic import cityscapes_camera, render_scene
 
     out_dir = Path(out_dir)
     paths = []

@@ -1,0 +1,1 @@
+"""The command line: ``python -m depth_common <command>`` (parser, commands) and task start-up timing."""

@@ -1,0 +1,216 @@
+"""The commands behind ``python -m depth_common <command>`` (the parser is ``depth_common.cli.parser``).
+
+Each command is a small function that loads the params once and calls the library; heavy
+imports (torch, mlflow, tritonclient) happen inside the command so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from depth_common.config import Params, load_params
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(args.params, args.set or ())
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from depth_common.data.synthetic import generate_cityscapes
+
+    summary = generate_cityscapes(
+        args.out, cities=args.cities, per_split=args.per_split, size=args.size, seed=args.seed
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from depth_common.data.preprocess import preprocess_dataset
+
+    params = _params(args)
+    manifest = preprocess_dataset(
+        args.raw or params.data.raw_dir, args.out or params.data.processed_dir, params.data
+    )
+    print(json.dumps(manifest["counts"], indent=2))
+    for line in manifest["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from depth_common.training.distributed import TorchrunEnv
+    from depth_common.training.train import train
+
+    params = _params(args)
+    _log_info()  # epoch summaries and the AMP mode go to stderr
+    # Under torchrun, `record` hands a failing rank's traceback to torchrun's error summary.
+    result = record(train)(
+        params,
+        args.data or params.data.processed_dir,
+        args.out or params.training.checkpoint_dir,
+        resume=args.resume,
+    )
+    if TorchrunEnv.from_environ().rank == 0:  # one report per job, not one per rank
+        print(f"best checkpoint: {result.checkpoint_path}")
+        print(json.dumps(result.best_val, indent=2))
+    return 0
+
+
+def _log_info() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # no-op if already set up
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from depth_common.evaluation.evaluate import evaluate, format_metrics_table
+
+    params = _params(args)
+    _log_info()
+    result = evaluate(
+        args.checkpoint,
+        args.data or params.data.processed_dir,
+        params,
+        split=args.split,
+        out_dir=args.out,
+        run_id=args.run_id,
+    )
+    print(format_metrics_table(result.metrics))
+    print(f"protocol: {result.protocol}")
+    print(f"report: {result.report_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from depth_common.serving.predict import predict_files
+
+    for out in predict_files(args.checkpoint, args.images, args.out):
+        print(out)
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from depth_common.export.onnx import ParityError, export_onnx, log_onnx_to_mlflow
+
+    params = _params(args)
+    try:
+        result = export_onnx(
+            args.checkpoint,
+            args.out or params.export.onnx_path,
+            opset=params.export.opset,
+            atol=params.export.parity_atol,
+            run_id=args.run_id,
+        )
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    run_id = result.metadata.get("mlflow_run_id")
+    if args.mlflow and run_id:
+        print(f"logged: {log_onnx_to_mlflow(result.path, run_id, params.mlflow.tracking_uri)}")
+    print(json.dumps({"path": str(result.path), "parity_max_abs_diff": result.parity}, indent=2))
+    return 0
+
+
+def cmd_export_tensorrt(args: argparse.Namespace) -> int:
+    from depth_common.export.onnx import ParityError
+    from depth_common.export.tensorrt import TensorRTUnavailable, export_tensorrt
+
+    params = _params(args)
+    try:
+        result = export_tensorrt(
+            args.onnx or params.export.onnx_path,
+            args.out or params.export.trt_path,
+            params.export,
+            timing_cache_path=args.timing_cache,
+        )
+    except (TensorRTUnavailable, ParityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {"path": str(result.plan_path), "fp16": result.fp16, "parity": result.parity}, indent=2
+        )
+    )
+    return 0
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from depth_common.export.triton import build_triton_repository
+
+    params = _params(args)
+    plan = args.plan or (params.export.trt_path if params.export.tensorrt else None)
+    repo = build_triton_repository(
+        args.onnx or params.export.onnx_path,
+        args.out or params.export.repository_dir,
+        model_name=args.model_name or params.export.triton_model_name,
+        version=args.version,
+        plan_path=plan,
+        export_cfg=params.export,
+        instance_kind=args.instance_kind,
+    )
+    print(repo)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from depth_common.serving.local_stack import serve_forever
+    from depth_common.serving.server import TritonServerError
+
+    repository = args.repository or _params(args).export.repository_dir
+    try:
+        serve_forever(
+            repository,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_path=args.log,
+            transformer_port=None if args.no_transformer else args.transformer_port,
+        )
+    except TritonServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from depth_common.serving.demo import launch_demo
+
+    onnx = args.onnx
+    if not args.endpoint and not args.transformer and not onnx:
+        onnx = _params(args).export.onnx_path
+    launch_demo(
+        endpoint=args.endpoint,
+        transformer=args.transformer,
+        onnx_path=onnx,
+        protocol=args.protocol,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+    )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from depth_common.deploy.report import DeployError, write_deploy_report
+    from depth_common.deploy.rollback import rollback
+
+    _log_info()
+    try:
+        result = rollback(_params(args))
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(write_deploy_report(result))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from depth_common.deploy.rollback import status
+
+    print("\n".join(status(_params(args))))
+    return 0

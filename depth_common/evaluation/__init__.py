@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the protocol that scores predictions, the step and its report."""

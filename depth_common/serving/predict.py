@@ -1,0 +1,64 @@
+"""Image files → depth maps: a colourised PNG and a float32 ``.npy`` in metres per image.
+
+Both are at the *original* image size (upright: the EXIF orientation applied): each file is
+decoded with :func:`depth_common.serving.codec.load_rgb` (the loader the serving path uses),
+the model runs at its trained ``img_size`` (through
+:func:`depth_common.data.transforms.prepare_image`, the one preprocessing function) and the
+prediction is resized back bilinearly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from depth_common.serving.codec import DEFAULT_MAX_PIXELS, load_rgb
+
+
+@torch.no_grad()
+def predict_files(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[Path]:
+    """Predict depth for each image → ``out_dir/<stem>_depth.png`` and ``<stem>_depth.npy``.
+
+    Returns the written paths, PNG then ``.npy`` for each image in order. The PNG uses the
+    inferno map from 0 m to the image's 99th-percentile predicted depth. Two inputs with the
+    same file stem are refused (their outputs would overwrite each other); an unreadable or
+    oversize image (over ``max_pixels``) raises :class:`~depth_common.errors.DataError`.
+    """
+    from depth_common.data.io import save_npy, save_png
+    from depth_common.data.transforms import prepare_image
+    from depth_common.evaluation.viz import colorize_depth
+    from depth_common.model.checkpoint import model_from_checkpoint
+
+    paths = [Path(p) for p in images]
+    stems = [p.stem for p in paths]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise ValueError(f"images: several inputs share the file stem(s) {dupes}; rename them")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, _ = model_from_checkpoint(checkpoint, map_location=dev)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for path in paths:
+        rgb = load_rgb(path, max_pixels=max_pixels)
+        x = torch.from_numpy(prepare_image(rgb, model.img_size)).unsqueeze(0).to(dev)
+        pred = model(x).float()
+        h, w = rgb.shape[:2]
+        depth = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
+        depth = depth[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
+        vmax = float(np.percentile(depth, 99)) or 1.0
+        rgb = colorize_depth(depth, 0.0, vmax, invalid=np.zeros(depth.shape, bool))
+        written.append(save_png(out_dir / f"{path.stem}_depth.png", rgb))
+        written.append(save_npy(out_dir / f"{path.stem}_depth.npy", depth))
+    return written

@@ -1,0 +1,361 @@
+"""The image transformer in front of the real local Triton, called by real clients.
+
+v1 and v2 (JSON and the binary tensor extension) through ``curl``, ``urllib``,
+``tritonclient.http`` and :class:`DepthClient` image mode, on real photographs (scikit-image),
+compared with an in-process reference: the same decoded image through ONNX Runtime and the
+same resize. Bad inputs get a 400 naming what is wrong, and both servers stay ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from depth_common.deploy.smoke import image_reference, smoke_test_v2
+from depth_common.serving.client import DepthClient, DepthServingError
+from depth_common.serving.codec import decode_depth_png, load_rgb
+from depth_common.serving.local_stack import LocalTransformer
+from depth_common.serving.server import LocalTritonServer
+
+pytestmark = pytest.mark.slow
+skimage_data = pytest.importorskip("skimage.data")
+PHOTOS = Path(skimage_data.__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stack(tiny: Path, tmp_path_factory: pytest.TempPathFactory):
+    logs = tmp_path_factory.mktemp("logs")
+    with (
+        LocalTritonServer(tiny, log_path=logs / "triton.log") as triton,
+        LocalTransformer(triton.grpc_url, log_path=logs / "transformer.log") as transformer,
+    ):
+        yield triton, transformer
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _exif_rotated_jpeg() -> bytes:
+    """A real photograph as a phone stores it: pixels turned, EXIF orientation 6."""
+    photo = Image.open(PHOTOS / "rocket.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    photo.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _sixteen_bit_png() -> bytes:
+    gray = np.asarray(Image.fromarray(skimage_data.astronaut()).convert("L"))
+    buf = io.BytesIO()
+    Image.fromarray(gray.astype(np.uint16) * 257).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PHOTO_CASES = {
+    "jpeg-photo": lambda: (PHOTOS / "rocket.jpg").read_bytes(),
+    "exif-rotated-jpeg": _exif_rotated_jpeg,
+    "16-bit-png": _sixteen_bit_png,
+    "png-photo": lambda: (PHOTOS / "chelsea.png").read_bytes(),
+}
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict]:
+    req = urllib.request.Request(f"http://{url}", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def _v1(url: str, *images: bytes) -> tuple[int, dict]:
+    body = {"instances": [{"image_bytes": {"b64": base64.b64encode(i).decode()}} for i in images]}
+    code, raw, _ = _post(
+        f"{url}/v1/models/depth:predict",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    return code, json.loads(raw)
+
+
+@pytest.mark.parametrize("case", sorted(PHOTO_CASES))
+def test_v1_and_v2_equal_onnxruntime_on_real_photographs(stack, onnx_path: Path, case: str) -> None:
+    _, transformer = stack
+    data = PHOTO_CASES[case]()
+    want = image_reference(onnx_path, data)
+    h, w = load_rgb(data).shape[:2]
+    assert want.shape == (h, w)
+    if case == "exif-rotated-jpeg":
+        assert (h, w) == (427, 640)  # upright: EXIF applied, not the stored 640 x 427
+
+    with DepthClient(transformer.url, mode="image") as client:  # v2, binary, tritonclient.http
+        (v2,) = client.predict(data)
+    assert v2.shape == (h, w) and v2.dtype == np.float32
+    np.testing.assert_allclose(v2, want, atol=1e-5)
+
+    code, body = _v1(transformer.url, data)
+    assert code == 200, body
+    (pred,) = body["predictions"]
+    assert (pred["height"], pred["width"]) == (h, w)
+    depth = decode_depth_png(base64.b64decode(pred["depth_png_b64"]))
+    assert np.abs(depth - want).max() <= 0.5 / 256 + 1e-6  # the PNG's 1/256 m steps
+    assert pred["min_m"] == pytest.approx(float(want.min()), abs=1e-4)
+    assert pred["median_m"] == pytest.approx(float(np.median(want)), abs=1e-4)
+    assert pred["max_m"] == pytest.approx(float(want.max()), abs=1e-4)
+
+
+def test_v2_json_with_base64_and_both_outputs(stack, onnx_path: Path) -> None:
+    _, transformer = stack
+    photos = [skimage_data.astronaut()[:200, :300], skimage_data.coffee()[:200, :300]]
+    images = [_png(p) for p in photos]
+    body = {"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES",
+                        "data": [base64.b64encode(i).decode() for i in images]}]}  # fmt: skip
+    code, raw, _ = _post(
+        f"{transformer.url}/v2/models/depth/infer",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert code == 200, raw
+    outputs = {o["name"]: o for o in json.loads(raw)["outputs"]}
+    assert outputs["depth"]["shape"] == [2, 200, 300] and outputs["depth"]["datatype"] == "FP32"
+    depth = np.asarray(outputs["depth"]["data"], np.float32).reshape(2, 200, 300)
+    assert outputs["depth_png"]["shape"] == [2] and outputs["depth_png"]["datatype"] == "BYTES"
+    for k, image in enumerate(images):
+        want = image_reference(onnx_path, image)
+        np.testing.assert_allclose(depth[k], want, atol=1e-5)
+        png = decode_depth_png(base64.b64decode(outputs["depth_png"]["data"][k]))
+        assert np.abs(png - want).max() <= 0.5 / 256 + 1e-6
+
+
+def test_v2_binary_mixed_sizes_get_one_png_each(stack, onnx_path: Path) -> None:
+    import tritonclient.http as th
+
+    _, transformer = stack
+    images = [(PHOTOS / "rocket.jpg").read_bytes(), (PHOTOS / "coffee.png").read_bytes()]
+    client = th.InferenceServerClient(transformer.url)
+    inp = th.InferInput("image_bytes", [2], "BYTES")
+    inp.set_data_from_numpy(np.array(images, dtype=object), binary_data=True)
+    result = client.infer("depth", [inp], outputs=[th.InferRequestedOutput("depth_png")])
+    pngs = result.as_numpy("depth_png")
+    for png, image in zip(pngs, images, strict=True):
+        want = image_reference(onnx_path, image)
+        assert np.abs(decode_depth_png(png) - want).max() <= 0.5 / 256 + 1e-6
+    # The FP32 output needs one size: a clear 400, not a guess.
+    with pytest.raises(Exception, match="needs images of one size") as info:
+        client.infer("depth", [inp], outputs=[th.InferRequestedOutput("depth")])
+    assert "400" in str(info.value.status())
+    client.close()
+
+
+def test_curl_posts_a_photo_to_both_endpoints(stack, tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    _, transformer = stack
+    photo = PHOTOS / "chelsea.png"
+    raw = subprocess.run(
+        ["curl", "-sf", f"http://{transformer.url}/v1/models/depth:predict",
+         "-H", "Content-Type: image/png", "--data-binary", f"@{photo}"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    (pred,) = json.loads(raw)["predictions"]
+    assert (pred["height"], pred["width"]) == (300, 451)
+    body = tmp_path / "v2.json"
+    body.write_text(json.dumps({"inputs": [{"name": "image_bytes", "shape": [1],
+        "datatype": "BYTES", "data": [base64.b64encode(photo.read_bytes()).decode()]}],
+        "outputs": [{"name": "depth_png"}]}))  # fmt: skip
+    raw = subprocess.run(
+        ["curl", "-sf", f"http://{transformer.url}/v2/models/depth/infer",
+         "-H", "Content-Type: application/json", "--data-binary", f"@{body}"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    (out,) = json.loads(raw)["outputs"]
+    assert out["name"] == "depth_png"
+    assert decode_depth_png(base64.b64decode(out["data"][0])).shape == (300, 451)
+
+
+def _binary_body(header: dict, payload: bytes) -> tuple[bytes, dict]:
+    head = json.dumps(header).encode()
+    return head + payload, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(head)),
+    }
+
+
+def _bytes_tensor(*items: bytes) -> bytes:
+    return b"".join(len(i).to_bytes(4, "little") + i for i in items)
+
+
+def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
+    js = {"Content-Type": "application/json"}
+    photo = (PHOTOS / "rocket.jpg").read_bytes()
+    bomb = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(bomb, "PNG")  # 81 MP of zeros: a few KB compressed
+
+    def v2(data: list, datatype: str = "BYTES", name: str = "image_bytes") -> bytes:
+        return json.dumps({"inputs": [{"name": name, "shape": [len(data)],
+                                       "datatype": datatype, "data": data}]}).encode()  # fmt: skip
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
+    v2p, v1p = "/v2/models/depth/infer", "/v1/models/depth:predict"
+    good_header = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                               "parameters": {"binary_data_size": 100}}]}  # fmt: skip
+    return [
+        ("not-an-image", v2p, v2([b64(b"hello world")]), js, "not a readable image"),
+        ("truncated", v2p, v2([b64(photo[:4000])]), js, "truncated"),
+        ("zero-bytes", v2p, v2([""]), js, "empty (0 bytes)"),
+        ("bomb", v2p, v2([b64(bomb.getvalue())]), js, "81,000,000 pixels is over the limit"),
+        ("wrong-datatype", v2p, v2([1.0], "FP32"), js, "datatype FP32, expected BYTES"),
+        ("missing-input", v2p, v2([b64(photo)], name="image"), js, "expected one input"),
+        ("no-inputs", v2p, b'{"outputs": []}', js, "malformed request"),
+        ("not-base64", v2p, v2(["***"]), js, "not valid base64"),
+        (
+            "unknown-output",
+            v2p,
+            json.dumps(
+                {"inputs": json.loads(v2([b64(photo)]))["inputs"], "outputs": [{"name": "normals"}]}
+            ).encode(),
+            js,
+            "unknown output 'normals'",
+        ),  # fmt: skip
+        ("binary-short", v2p, *_binary_body(good_header, _bytes_tensor(b"x" * 10)), "runs past"),
+        (
+            "binary-bad-prefix",
+            v2p,
+            *_binary_body(
+                {
+                    "inputs": [
+                        {
+                            "name": "image_bytes",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "parameters": {"binary_data_size": 8},
+                        }
+                    ]
+                },
+                (999).to_bytes(4, "little") + b"abcd",
+            ),
+            "length prefix says 999",
+        ),  # fmt: skip
+        ("v1-no-instances", v1p, b'{"images": []}', js, 'expected {\\"instances'),
+        ("v1-not-b64", v1p, b'{"instances": [{"image_bytes": "abc"}]}', js, "b64"),
+        ("v1-bad-json", v1p, b'{"instances": [', js, "Unrecognized request format"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "message"),
+    [c[1:] for c in _bad_cases()],
+    ids=[c[0] for c in _bad_cases()],
+)
+def test_bad_inputs_get_a_400_and_both_servers_stay_ready(
+    stack, path: str, body: bytes, headers: dict, message: str
+) -> None:
+    triton, transformer = stack
+    code, raw, _ = _post(transformer.url + path, body, headers)
+    assert code == 400, (code, raw[:300])
+    assert message.replace("\\", "") in json.loads(raw)["error"], raw[:300]
+    with DepthClient(transformer.url, mode="image") as client:
+        assert client.ready()
+    with DepthClient(triton.http_url) as client:
+        assert client.ready()
+
+
+def test_only_the_transformers_endpoints_answer_and_bodies_are_bounded(stack) -> None:
+    _, transformer = stack
+    base = f"http://{transformer.url}"
+    for method, path in [("POST", "/v2/repository/models/depth/unload"), ("GET", "/docs"),
+                         ("POST", "/v1/models/depth:explain"), ("GET", "/v2/models/other")]:  # fmt: skip
+        req = urllib.request.Request(
+            base + path, method=method, data=b"{}" if method == "POST" else None
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        assert info.value.code == 404, path
+    # A body over the limit is refused from its Content-Length, before it is read.
+    import socket
+
+    host, port = transformer.url.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/models/depth:predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: image/png\r\nContent-Length: 67108865\r\n\r\n"
+        )
+        reply = b""
+        while b"over the limit" not in reply and (chunk := sock.recv(4096)):
+            reply += chunk  # headers and body may come in separate packets
+    assert reply.startswith(b"HTTP/1.1 413") and b"over the limit of 67108864 bytes" in reply
+    with DepthClient(transformer.url, mode="image") as client:
+        assert client.ready()
+        meta = client.metadata()
+    assert meta["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
+
+
+def test_the_smoke_test_goes_through_the_transformer(stack, onnx_path: Path) -> None:
+    triton, transformer = stack
+    result = smoke_test_v2(triton.http_url, onnx_path=onnx_path, transformer_url=transformer.url)
+    assert result.ok, result.detail
+    assert "image endpoint (v1, v2)" in result.detail and result.image_latency_ms > 0
+    # The InferenceService's URL is the transformer's: detected from its metadata.
+    direct = smoke_test_v2(transformer.url, onnx_path=onnx_path)
+    assert direct.ok and direct.max_abs_diff <= 1e-5, direct.detail
+    # A wrong reference model is caught (not vacuous).
+    other = ROOT / "tests" / "__no_such__.onnx"
+    assert not smoke_test_v2(transformer.url, onnx_path=other).ok
+
+
+def test_triton_down_is_a_503_then_served_again(tiny: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    with (
+        LocalTritonServer(tiny, log_path=tmp_path / "triton.log") as triton,
+        LocalTransformer(triton.grpc_url) as transformer,
+        DepthClient(transformer.url, mode="image", timeout_s=30) as client,
+    ):
+        photo = (PHOTOS / "coffee.png").read_bytes()
+        client.predict(photo)
+        os.kill(triton.triton_pid, signal.SIGKILL)
+        with pytest.raises(DepthServingError, match="503|UNAVAILABLE"):
+            for _ in range(50):  # until the request lands while Triton is down
+                client.predict(photo)
+                time.sleep(0.02)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                (depth,) = client.predict(photo)
+                break
+            except DepthServingError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert depth.shape == (400, 600) and triton.restarts == 1
+
+
+def test_the_transformer_imports_without_torch_or_tritonclient() -> None:
+    """What the transformer image installs (no torch, tritonclient, ONNX Runtime) is enough."""
+    code = (
+        "import sys\n"
+        "sys.modules.update(dict.fromkeys(('torch', 'tritonclient', 'onnxruntime', 'onnx')))\n"
+        "import depth_common.serving.transformer_server\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
