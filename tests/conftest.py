@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from depth_common.config import Params, load_params
-from depth_common.config.presets import DEMO
+from helpers import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
 

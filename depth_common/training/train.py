@@ -158,7 +158,7 @@ def _loaders(params: Params, processed_dir: Path, micro: int) -> tuple[Any, Any]
     from depth_common.data.dataset import dataset_for, loader_for
 
     if micro != params.data.batch_size:
-        params = params.with_overrides((f"data.batch_size={micro}",))
+        params = params.updated("data", batch_size=micro)
     train_set = dataset_for(processed_dir, "train", params, train=True)
     val_set = dataset_for(processed_dir, "val", params, train=False)
     sampler = train_sampler(len(train_set), seed=params.training.seed)

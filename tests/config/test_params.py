@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
-from depth_common.config.presets import DEMO
+from helpers import DEMO
 
 ROOT = Path(__file__).resolve().parents[2]
 
