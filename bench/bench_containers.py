@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from depth_common.config.params import overlay_overrides
-from pipelines.run_local import DEMO_FILE, DEMO_SYNTHETIC
-from pipelines.run_local import run_local
+from pipelines.run_local import DEMO_FILE, DEMO_SYNTHETIC, run_local
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results_containers.json"

@@ -9,6 +9,7 @@ from depth_common.config.base import ConfigModel, Str, reject
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
+
 def toleration(text: str) -> dict[str, str]:
     """kubectl taint syntax → a Kubernetes toleration; ``ValueError`` (what it expected) if
     ``text`` is not one.

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import DEMO
 
 pytestmark = pytest.mark.slow
