@@ -1,42 +1,7 @@
 """The depth pipeline: data → preprocess → train → evaluate → decide → (promote | record why not).
 
-How the configuration reaches the components (one source of truth, ``params.yaml``):
-
-* ``make_pipeline(params)`` bakes ``params`` (normally ``params.yaml``) into the compiled
-  pipeline as the ``base_params`` constant of the first task, ``configure``.
-* The pipeline parameters a user typically changes per run (``PARAM_KEYS``: encoder,
-  img_size, epochs, learning rates, batch size, MLflow URI, ...) take their defaults from those
-  same params; ``params_overrides`` takes any other ``section.key=value``.
-* ``configure`` merges base ← parameters ← overrides, validates them with
-  ``depth_common.config`` (an unknown encoder or a bad value fails here, naming the pipeline
-  parameter), and hands the resolved Params to every later task as one JSON string.
-* Compile-time settings (resources, the train GPU request from ``training.train_gpu``, the
-  Secret names from ``cluster.mlflow_secret`` / ``cluster.storage_secret``) come from the
-  same params, so changing ``params.yaml`` makes ``python compile.py --check`` fail until the
-  YAML is regenerated.
-
-Secrets never become parameters: MLflow and object-store credentials enter the tasks that
-need them through ``kfp.kubernetes.use_secret_as_env``, and ``HF_TOKEN`` (Secret
-``hf-token``) enters the Hub push only. kfp.local ignores platform configs (it warns and goes
-on), so the same function runs locally, where no credentials are needed.
-
-Promotion branch (``dsl.If(decide.promote == True)``): register re-decides under the
-registry's promotion lock (a run crowned meanwhile may win) and, when it still promotes
-(nested ``dsl.If(register.promoted == True)``; else it records why it stood down): export
-ONNX → Triton repository → push to the Hub (nested ``dsl.If(hf_repo_id != "")``: skipped when
-empty) and deploy (``deploy.target`` local Triton or KServe; ``deploy.strategy`` replace, or a
-canary analysed at each traffic step, promoted or rolled back; the registry's aliases follow).
-``dsl.Else`` records why the champion stays. TensorRT is compile-time, like the
-train GPU request: with ``export.tensorrt`` true the branch gets an ``export_tensorrt`` task
-(ONNX → parity-gated ``model.plan``, CUDA image, one ``nvidia.com/gpu``) whose plan the Triton
-repository task takes as its optional ``plan`` input, adding ``<name>_trt``; with it false
-(the committed params) the compiled pipeline has no TensorRT task.
-
-The data source is a ``dsl.If`` / ``dsl.Else`` on ``data_uri``: "synthetic" generates a
-Cityscapes-layout dataset, anything else enters through ``dsl.importer`` (a local path, or an
-``s3://`` / ``gs://`` / ``minio://`` URI on a cluster). kfp.local cannot merge artifacts with
-``dsl.OneOf``, so each branch calls the same sub-pipeline ``train_and_promote`` on its raw
-Dataset (the compiled YAML holds it once per branch; exactly one runs).
+How the configuration reaches the tasks, how secrets enter them, the promotion branch and the
+data branches: docs/pipeline.md.
 """
 
 import inspect
