@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from depth_common.config import DeployConfig
 from depth_common.deploy.manifests import (
     MODEL_VERSION_LABEL,
@@ -261,6 +263,7 @@ def deploy_kserve(
     smoke_test: Callable[..., SmokeResult] = smoke_test_v2,
     annotations: dict[str, str] | None = None,
     previous_annotations: dict[str, str] | None = None,
+    image: np.ndarray | None = None,
 ) -> DeployResult:
     """Serve ``storage_uri`` (a Triton repository on object storage) as ``cfg.name``.
 
@@ -272,7 +275,8 @@ def deploy_kserve(
     live InferenceService's storageUri (if any, and different) is the rollback target.
     ``endpoint`` overrides the URL the smoke test calls. ``annotations`` (see
     :func:`model_annotations`) name the registered model version; ``previous_annotations``
-    those restored on rollback (default: the live object's). Raises :class:`DeployError`
+    those restored on rollback (default: the live object's); ``image`` (uint8 (h, w, 3)) is
+    the smoke test's input (default: its own). Raises :class:`DeployError`
     (after rolling back) when the service does not become Ready or the smoke test fails.
     """
     storage_uri = storage_uri or cfg.storage_uri
@@ -305,7 +309,7 @@ def deploy_kserve(
             api, ns, name, generation=generation, timeout_s=cfg.timeout_s, poll_s=poll_s
         )
         url = endpoint or endpoint_of(ready)
-        smoke = smoke_test(url, model_name, onnx_path=onnx_path, atol=atol)
+        smoke = smoke_test(url, model_name, onnx_path=onnx_path, atol=atol, image=image)
         if not smoke.ok:
             raise DeployError(f"smoke test failed on {url}: {smoke.detail}")
     except DeployError as exc:

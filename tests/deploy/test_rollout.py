@@ -4,13 +4,15 @@ First deploy (nothing served): replace and crown. A challenger whose ONNX output
 2 runs as a second version beside the champion in one Triton, fails the analysis and is rolled
 back (the served repository untouched, aliases unchanged). A sound challenger is promoted over
 two analysed steps (the repository then holds only it; champion/previous move). Then the CLI's
-``status`` and ``rollback`` use the same code to restore the previous champion.
+``status`` and ``rollback`` use the same code to restore the previous champion; two rollbacks
+at once leave the registry equal to what serves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,13 @@ import torch
 
 from depth_common.cli.parser import main
 from depth_common.config import Params
-from depth_common.deploy.rollout import deploy_model
+from depth_common.data.synthetic import probe_scenes
+from depth_common.deploy.local import install_repository, latest_version
+from depth_common.deploy.probe import ProbeSet
+from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.rollback import rollback
+from depth_common.deploy.rollout import deploy_model, serving_target
+from depth_common.deploy.target import Release
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import build_triton_repository
 from depth_common.registry.aliases import (
@@ -29,7 +37,8 @@ from depth_common.registry.aliases import (
     aliases,
     registry_client,
 )
-from depth_common.registry.promotion import register_model
+from depth_common.registry.promotion import crown_challenger, register_model
+from depth_common.registry.registry import Registry
 
 pytestmark = pytest.mark.slow
 H, W = 32, 64
@@ -105,6 +114,15 @@ def _overrides(root: Path, uri: str, model: str) -> list[str]:
     ]
 
 
+def _deploy_with(
+    params: Params, version: int, run: str, onnx: Path, source: str, **target_kw
+) -> DeployResult:
+    """What the deploy component does: render the probes, build the target, deploy."""
+    probes = ProbeSet(*probe_scenes((H, W), params.deploy.probe_images))
+    target = serving_target(params, image=probes.images[0], **target_kw)
+    return deploy_model(params, target, Release(version, source, run, onnx), probes=probes)
+
+
 def _deploy(params: Params, root: Path, onnx: Path, rmse: float, name: str):
     run = _run(rmse)
     reg = register_model(run, params)
@@ -112,11 +130,7 @@ def _deploy(params: Params, root: Path, onnx: Path, rmse: float, name: str):
     repo = build_triton_repository(
         onnx, root / params.mlflow.model_name / name, version=reg.version
     )
-    return (
-        run,
-        reg.version,
-        deploy_model(params, version=reg.version, run_id=run, onnx_path=onnx, repository=repo),
-    )
+    return run, reg.version, _deploy_with(params, reg.version, run, onnx, str(repo.resolve()))
 
 
 def test_local_canary_rolls_back_a_broken_challenger_then_promotes_a_sound_one(world, capsys):
@@ -184,9 +198,7 @@ def test_a_superseded_challenger_is_not_deployed(world):
     assert register_model(fast, params).promoted  # better: takes the challenger alias
     repo = build_triton_repository(onnx["good"], root / "late", version=late.version)
     before = _digest(Path(params.export.repository_dir))
-    result = deploy_model(
-        params, version=late.version, run_id=slow, onnx_path=onnx["good"], repository=repo
-    )
+    result = _deploy_with(params, late.version, slow, onnx["good"], str(repo.resolve()))
     assert result.outcome == "superseded" and "no longer the challenger" in result.reason
     assert _digest(Path(params.export.repository_dir)) == before
 
@@ -223,10 +235,9 @@ def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world)
                 run = _run(rmse)
                 reg = register_model(run, params)
                 k8s.url = k8s.controller.url = endpoints[uris[key]]  # the top-level address
-                result = deploy_model(
-                    params, version=reg.version, run_id=run, onnx_path=onnx[key],
-                    storage_uri=uris[key], api=k8s.api(), poll_s=0.01,
-                )  # fmt: skip
+                result = _deploy_with(
+                    params, reg.version, run, onnx[key], uris[key], api=k8s.api(), poll_s=0.01
+                )
                 outcomes[key] = (result.outcome, run, reg.version)
                 for obj in k8s.snapshots:
                     isvc_validator().validate(obj)
@@ -245,3 +256,40 @@ def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world)
     # removed; good: 10 %, 50 %, promoted (canary removed).
     steps = [s["spec"]["predictor"].get("canaryTrafficPercent", "-") for s in k8s.snapshots]
     assert steps == [10, 0, "-", 10, 50, "-"]
+
+
+def test_two_rollbacks_at_once_leave_the_registry_equal_to_what_serves(world):
+    """Champion v3, previous v2 (which replaced v1); two rollbacks started together: they run
+    one after the other, the second one step further back, and what serves is the champion."""
+    root, uri, onnx = world
+    params = Params().with_overrides(_overrides(root, uri, f"Depth{next(_names)}"))
+    name, serve = params.mlflow.model_name, Path(params.export.repository_dir)
+    registry = Registry.from_params(params)
+    for key, rmse in (("v1", 3.0), ("good", 2.0), ("broken", 1.0)):
+        reg = register_model(_run(rmse), params, registry=registry)
+        repo = build_triton_repository(onnx[key], root / name / key, version=reg.version)
+        registry.record_source(reg.version, str(repo.resolve()))
+        assert crown_challenger(params, reg.version, registry=registry)[0]
+    install_repository(repo, serve)  # v3 serves, as its deploy left it
+    assert registry.aliases() == {CHAMPION_ALIAS: 3, PREVIOUS_ALIAS: 2}
+
+    results: list[DeployResult] = []
+    errors: list[DeployError] = []
+
+    def one_rollback() -> None:  # a `rollback` command: its own registry client and target
+        try:
+            results.append(rollback(Registry.from_params(params), serving_target(params)))
+        except DeployError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_rollback) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    served, final = latest_version(serve, "depth"), registry.aliases()
+    assert final.get(CHAMPION_ALIAS) == served  # the registry follows what serves
+    assert (served, final) == (1, {CHAMPION_ALIAS: 1})  # the second went one step further
+    assert [r.model_version for r in results] == ["2", "1"]
+    assert [r.aliases for r in results] == ["champion v2, previous v1", "champion v1"]
