@@ -173,24 +173,24 @@ def _in_flight(reg: Registry, run_id: str):  # -> (ModelVersion, rmse) | None
 def _logged_model_source(client, run_id: str) -> tuple[str, str | None]:
     """(source URI, MLflow 3 logged-model id) of the model logged at ``runs:/<run_id>/model``.
 
-    What ``mlflow.register_model`` resolves, through the client: an ``MLmodel`` directory in
-    the run's artifacts, else the run's logged model named ``model`` (the newest).
+    What ``mlflow.register_model`` resolves, through the client: the run's logged model named
+    ``model`` (the newest), else an ``MLmodel`` directory among the run's own artifacts.
     """
     run = client.get_run(run_id)
-    listed = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT_PATH)}
-    if f"{MODEL_ARTIFACT_PATH}/MLmodel" in listed:
-        return f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}", None
     found = client.search_logged_models(
         [run.info.experiment_id], filter_string=f"name = '{MODEL_ARTIFACT_PATH}'"
     )
     models = [m for m in found if m.source_run_id == run_id]
-    if not models:
+    if models:
+        newest = max(models, key=lambda m: m.creation_timestamp)
+        return f"models:/{newest.model_id}", newest.model_id
+    listed = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT_PATH)}
+    if f"{MODEL_ARTIFACT_PATH}/MLmodel" not in listed:
         raise PromotionError(
             f"run {run_id!r} has no model logged at {MODEL_ARTIFACT_PATH!r} "
             "(train logs it when tracking is on)"
         )
-    newest = max(models, key=lambda m: m.creation_timestamp)
-    return f"models:/{newest.model_id}", newest.model_id
+    return f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}", None
 
 
 def _register_version(reg: Registry, run_id: str, pipeline_run: str) -> int:

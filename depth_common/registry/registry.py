@@ -10,14 +10,12 @@ The alias rules themselves are :mod:`depth_common.registry.aliases`; the locks
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from depth_common.config import Params
 from depth_common.registry import aliases as _aliases
 from depth_common.registry.lock import DEFAULT_TTL_S, registry_lock
 from depth_common.registry.store import ensure_sqlite_store
-
-if TYPE_CHECKING:  # mlflow is slow to import; only the type checker needs it here
-    from depth_common.config import Params
 
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 
