@@ -58,20 +58,14 @@ def model_annotations(
 
 
 def kubernetes_api() -> Any:
-    """The ``CustomObjectsApi`` of a :class:`kserve.KServeClient` (in a pod: its service
-    account; elsewhere: ``$KUBECONFIG`` or ``~/.kube/config``).
+    """``CustomObjectsApi`` from the in-cluster service account, else from ``~/.kube/config``."""
+    from kubernetes import client, config
 
-    The calls go through that ``CustomObjectsApi`` rather than ``KServeClient.get``/``patch``/
-    ``wait_isvc_ready`` (kserve 0.21), which do not fit a rollout: they wrap every
-    ``ApiException`` in a ``RuntimeError`` (losing the HTTP status that tells a missing object
-    -- 404 -- and an API server restart -- 5xx, retried -- from a real failure), take typed
-    ``V1beta1InferenceService`` models whose serialisation drops ``None`` (so a merge patch
-    could not remove ``canaryTrafficPercent``), and wait without failing fast on a failed model
-    load or checking the traffic split a canary step asked for (:func:`wait_ready` does).
-    """
-    from kserve import KServeClient  # heavy (the model server too): only the KServe target
-
-    return KServeClient().api_instance
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
 
 
 def get_inferenceservice(api: Any, namespace: str, name: str) -> dict[str, Any] | None:

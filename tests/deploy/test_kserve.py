@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from doubles.kubernetes_api import KServeApiDouble, isvc_validator
 
 from depth_common.config import DeployConfig
@@ -113,28 +112,6 @@ def test_an_invalid_object_is_refused_like_the_api_server_would() -> None:
     with KServeApiDouble() as k8s, pytest.raises(ApiException) as info:
         apply_inferenceservice(k8s.api(), isvc)
     assert info.value.status == 422 and "minReplicas" in info.value.body
-
-
-def test_the_default_api_is_kserves_client_from_the_kubeconfig(tmp_path, monkeypatch) -> None:
-    """kubernetes_api() outside a pod: KServeClient reads $KUBECONFIG; the deploy's calls then
-    reach that API server (here the double), 404 still reads as "no such object"."""
-    from depth_common.deploy.kserve import get_inferenceservice, kubernetes_api
-    from depth_common.deploy.manifests import storage_uri_of
-
-    with KServeApiDouble() as k8s:
-        k8s.seed(build_inferenceservice("cpu", name=NAME, namespace=NS, storage_uri=OLD))
-        kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "double",
-            "clusters": [{"name": "double", "cluster": {"server": k8s.host}}],
-            "users": [{"name": "nobody", "user": {}}],
-            "contexts": [{"name": "double", "context": {"cluster": "double", "user": "nobody"}}],
-        }  # fmt: skip
-        (tmp_path / "config").write_text(yaml.safe_dump(kubeconfig))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
-        api = kubernetes_api()
-        assert storage_uri_of(get_inferenceservice(api, NS, NAME)) == OLD
-        assert get_inferenceservice(api, NS, "absent") is None
-        assert [r.method for r in k8s.requests] == ["GET", "GET"]
 
 
 def test_describe_status_names_what_is_not_ready() -> None:
