@@ -58,7 +58,18 @@ def model_annotations(
 
 
 def kubernetes_api() -> Any:
-    """``CustomObjectsApi`` from the in-cluster service account, else from ``~/.kube/config``."""
+    """``CustomObjectsApi`` from the in-cluster service account, else from ``~/.kube/config``.
+
+    Not ``kserve.KServeClient`` (0.21), although it gets, patches and waits: importing
+    ``kserve`` registers its own copy of the v2 protobuf messages, after which ``tritonclient``'s
+    gRPC client fails to import in the same process ("duplicate symbol
+    inference.ServerLiveRequest") -- and a deploy runs both. Its methods would not do either:
+    they wrap every ``ApiException`` in a ``RuntimeError`` (losing the status that tells a
+    missing object, 404, and an API server restart, 5xx, from a failure), take typed models
+    whose serialisation drops ``None`` (a merge patch could not remove
+    ``canaryTrafficPercent``), and wait without failing fast on a failed load or checking a
+    canary's traffic split (:func:`wait_ready` does both, at the new ``observedGeneration``).
+    """
     from kubernetes import client, config
 
     try:
