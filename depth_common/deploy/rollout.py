@@ -171,6 +171,14 @@ def _canary(
     )
 
 
+def _superseded_result(
+    params: Params, target: ServingTarget, release: Release, why: str
+) -> DeployResult:
+    smoke = SmokeResult(False, "not run: superseded")
+    return DeployResult(target.kind, "", params.export.triton_model_name, str(release.version),
+                        release.source, smoke, outcome="superseded", reason=why)  # fmt: skip
+
+
 def _roll_out(
     params: Params,
     registry: Registry,
@@ -179,7 +187,11 @@ def _roll_out(
     analyse_fn: Analyse | None,
     probes: ProbeSet | None,
 ) -> DeployResult:
-    """Under the lease: replace or canary, by strategy and by what serves now."""
+    """Under the lease: replace or canary, by strategy and by what serves now (nothing, when
+    a better run took the challenger alias while this one waited for the lease)."""
+    why_not = _superseded(params, registry, release.version)
+    if why_not:
+        return _superseded_result(params, target, release, why_not)
     strategy = params.deploy.strategy
     champion = target.describe()
     if (
@@ -218,10 +230,8 @@ def deploy_model(
     registry = registry if registry is not None else Registry.from_params(params)
     version = release.version
     why_not = _superseded(params, registry, version)
-    if why_not:
-        smoke = SmokeResult(False, "not run: superseded")
-        result = DeployResult(target.kind, "", params.export.triton_model_name, str(version),
-                              release.source, smoke, outcome="superseded", reason=why_not)  # fmt: skip
+    if why_not:  # at once, without waiting for the lease
+        result = _superseded_result(params, target, release, why_not)
         return _conclude(params, registry, result, release)
     promotion.keep_in_flight(params, version, registry=registry)
     # The registry follows under the same lease: a rollback waiting for it then sees the

@@ -4,53 +4,17 @@ the aliases follow only what was served, and never when they moved while it serv
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Callable
 
 import pytest
+from doubles.serving_target import RecordingTarget
 
-from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.report import DeployError
 from depth_common.deploy.rollback import rollback, status
-from depth_common.deploy.smoke import SmokeResult
-from depth_common.deploy.target import Release, Served
 from depth_common.registry.aliases import CHAMPION_ALIAS, PREVIOUS_ALIAS, REPLACED_TAG, SOURCE_TAG
 from depth_common.registry.registry import Registry
 
 _names = itertools.count()
-
-
-class RecordingTarget:
-    """TEST DOUBLE of a ServingTarget: serves by recording; ``during_serve`` runs inside
-    ``serve`` (another writer, or a failure)."""
-
-    kind, resource = "local", None
-
-    def __init__(self, during_serve: Callable[[], None] = lambda: None) -> None:
-        self.served: list[Release] = []
-        self.during_serve = during_serve
-        self.leases = 0
-
-    @contextlib.contextmanager
-    def lease(self, registry: Registry):
-        self.leases += 1
-        yield
-
-    def describe(self) -> Served | None:
-        last = self.served[-1] if self.served else None
-        return None if last is None else Served(str(last.version), last.source)
-
-    def serve(self, release: Release) -> DeployResult:
-        self.during_serve()
-        self.served.append(release)
-        return DeployResult("local", "", "depth", str(release.version), release.source,
-                            SmokeResult(True, "recorded"))  # fmt: skip
-
-    def canary(self, release: Release, champion: Served):
-        raise AssertionError("a rollback never runs a canary")
-
-    def status_lines(self) -> list[str]:
-        return [f"recorded: {[r.version for r in self.served]}"]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ First deploy (nothing served): replace and crown. A challenger whose ONNX output
 back (the served repository untouched, aliases unchanged). A sound challenger is promoted over
 two analysed steps (the repository then holds only it; champion/previous move). Then the CLI's
 ``status`` and ``rollback`` use the same code to restore the previous champion; two rollbacks
-at once leave the registry equal to what serves.
+at once leave the registry equal to what serves. A challenger superseded while its deploy
+waited for the serving lease is not served.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from doubles.serving_target import RecordingTarget
 
 from depth_common.cli.parser import main
 from depth_common.config import Params
@@ -40,7 +42,6 @@ from depth_common.registry.aliases import (
 from depth_common.registry.promotion import crown_challenger, register_model
 from depth_common.registry.registry import Registry
 
-pytestmark = pytest.mark.slow
 H, W = 32, 64
 _names = itertools.count()
 
@@ -133,6 +134,7 @@ def _deploy(params: Params, root: Path, onnx: Path, rmse: float, name: str):
     return run, reg.version, _deploy_with(params, reg.version, run, onnx, str(repo.resolve()))
 
 
+@pytest.mark.slow
 def test_local_canary_rolls_back_a_broken_challenger_then_promotes_a_sound_one(world, capsys):
     root, uri, onnx = world
     sets = _overrides(root, uri, f"Depth{next(_names)}")
@@ -189,6 +191,7 @@ def test_local_canary_rolls_back_a_broken_challenger_then_promotes_a_sound_one(w
     assert "no 'previous' version" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_superseded_challenger_is_not_deployed(world):
     root, uri, onnx = world
     params = Params().with_overrides(_overrides(root, uri, f"Depth{next(_names)}"))
@@ -203,6 +206,7 @@ def test_a_superseded_challenger_is_not_deployed(world):
     assert _digest(Path(params.export.repository_dir)) == before
 
 
+@pytest.mark.slow
 def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world):
     """deploy_model on target kserve: the API double plays the cluster, each revision's tagged
     URL is a real local Triton serving that revision's model."""
@@ -258,6 +262,7 @@ def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world)
     assert steps == [10, 0, "-", 10, 50, "-"]
 
 
+@pytest.mark.slow
 def test_two_rollbacks_at_once_leave_the_registry_equal_to_what_serves(world):
     """Champion v3, previous v2 (which replaced v1); two rollbacks started together: they run
     one after the other, the second one step further back, and what serves is the champion."""
@@ -293,3 +298,19 @@ def test_two_rollbacks_at_once_leave_the_registry_equal_to_what_serves(world):
     assert (served, final) == (1, {CHAMPION_ALIAS: 1})  # the second went one step further
     assert [r.model_version for r in results] == ["2", "1"]
     assert [r.aliases for r in results] == ["champion v2, previous v1", "champion v1"]
+
+
+def test_a_challenger_superseded_while_waiting_for_the_lease_is_not_served(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = Params().with_overrides([f"mlflow.tracking_uri={uri}", "mlflow.model_name=Depth"])
+    registry = Registry.from_params(params)
+    registry.client.create_registered_model("Depth")
+    for v in (1, 2):
+        registry.client.create_model_version("Depth", f"file:///models/v{v}")
+    registry.set_challenger(1)
+    # A better run registers version 2 while this deploy waits for the lease.
+    target = RecordingTarget(on_lease=lambda: registry.set_challenger(2))
+    result = deploy_model(params, target, Release(1, "/srv/repo-v1"), registry=registry)
+    assert (result.outcome, target.served, target.leases) == ("superseded", [], 1)
+    assert "version 1 is no longer the challenger (challenger v2)" in result.reason
+    assert registry.aliases() == {CHALLENGER_ALIAS: 2}
