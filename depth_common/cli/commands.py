@@ -198,10 +198,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from depth_common.deploy.report import DeployError, write_deploy_report
     from depth_common.deploy.rollback import rollback
+    from depth_common.deploy.rollout import serving_target
+    from depth_common.registry.registry import Registry
 
     _log_info()
+    params = _params(args)
     try:
-        result = rollback(_params(args))
+        result = rollback(Registry.from_params(params), serving_target(params))
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -211,6 +214,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from depth_common.deploy.rollback import status
+    from depth_common.deploy.rollout import serving_target
+    from depth_common.registry.registry import Registry
 
-    print("\n".join(status(_params(args))))
+    params = _params(args)
+    print("\n".join(status(Registry.from_params(params), serving_target(params))))
     return 0
