@@ -10,9 +10,9 @@ the component image does not carry, and no Python port renders these overlays, s
 reader below understands exactly what the overlays use (namespace, merge patches) and refuses
 anything else.
 
-The manifests are read with :mod:`importlib.resources` as the ``manifests`` package (a
-namespace package: the folder itself, found on ``sys.path`` -- the repository root, or ``/app``
-where the component image copies it), or from ``$DEPTH_MANIFESTS_DIR`` when set.
+The manifests are read with :mod:`importlib.resources` from the ``manifests`` package (the
+repository's folder, installed with the library as package data), or from
+``$DEPTH_MANIFESTS_DIR`` when set.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import yaml
 from depth_common.errors import DataError
 
 MANIFESTS_ENV = "DEPTH_MANIFESTS_DIR"  # overrides where the manifests are read from
-MANIFESTS_PACKAGE = "manifests"  # the repository's folder, importable as a namespace package
+MANIFESTS_PACKAGE = "manifests"  # the repository's folder, installed as package data
 MODEL_VERSION_LABEL = "depth-mlops.io/model-version"
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"
@@ -46,8 +46,8 @@ def manifests_dir() -> Traversable:
         path = Path(env) if env else importlib.resources.files(MANIFESTS_PACKAGE)
     except ModuleNotFoundError:
         raise DataError(
-            f"no {MANIFESTS_PACKAGE!r} folder on sys.path: run from the repository root (or "
-            f"/app in the component image), or set {MANIFESTS_ENV} to the manifests/ folder"
+            f"no {MANIFESTS_PACKAGE!r} package installed: install the project (pip install .), "
+            f"or set {MANIFESTS_ENV} to the manifests/ folder"
         ) from None
     if not (path / "base" / "inferenceservice.yaml").is_file():
         raise DataError(
