@@ -24,6 +24,9 @@ def deploy(
     from depth_common.config import params_from_dict
     from depth_common.deploy.report import DeployError, write_deploy_report
     from depth_common.deploy.rollout import deploy_model
+    from depth_common.export.onnx import file_sha256
+    from depth_common.registry.aliases import registry_client
+    from depth_common.registry.lineage import record_artifacts, record_serving
 
     record_startup("deploy")
 
@@ -32,6 +35,11 @@ def deploy(
     # KFP names its MinIO store minio://bucket/key; KServe's storage initializer reads it
     # as the S3 API it is (endpoint from the storage Secret's annotations).
     uri = p.deploy.storage_uri or repository.uri.replace("minio://", "s3://", 1)
+    # Lineage: the digest of the file the repository serves, and where the repository lives.
+    client = registry_client(p.mlflow.tracking_uri)
+    served = Path(repository.path) / p.export.triton_model_name / str(version) / "model.onnx"
+    where = uri if p.deploy.target == "kserve" else repository.uri
+    record_artifacts(client, p.mlflow.model_name, int(version), file_sha256(served), where)
     try:
         result = deploy_model(
             p,
@@ -46,6 +54,8 @@ def deploy(
             with open(report.path, "w") as fh:
                 fh.write(write_deploy_report(exc.result))
         raise
+    if result.outcome in ("promoted", "replaced"):
+        record_serving(client, p.mlflow.model_name, int(version), result.target, result.endpoint)
     text = write_deploy_report(result)
     with open(report.path, "w") as fh:
         fh.write(text)

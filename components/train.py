@@ -7,8 +7,14 @@ from components.image import depth_component
 
 @depth_component
 def train(
-    processed: Input[Dataset], params: str, model: Output[Model], val: Output[Metrics]
+    processed: Input[Dataset],
+    params: str,
+    model: Output[Model],
+    val: Output[Metrics],
+    kfp_run: str = "",
 ) -> str:
+    """``kfp_run``: the pipeline job name; the MLflow run is ``<kfp_run>/train``, a child of
+    that pipeline run's parent run."""
     import json
     import os
     import shutil
@@ -16,6 +22,7 @@ def train(
 
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
+    from depth_common.registry.tracking import TaskContext
     from depth_common.scaleout.launch import job_name_for, needs_cluster, run_scaled_training
     from depth_common.training.train import train as train_model
 
@@ -28,7 +35,8 @@ def train(
         result = run_scaled_training(p, processed.path, work, run_name=run_name)
     else:
         # resume: a retried task whose scratch survived (SIGTERM saved last.pt) continues it.
-        result = train_model(p, processed.path, work, resume=True, tracking=True)
+        context = TaskContext(kfp_run=kfp_run, dataset_uri=processed.uri)
+        result = train_model(p, processed.path, work, resume=True, tracking=True, context=context)
     if not result.mlflow_run_id:
         raise RuntimeError("train: no MLflow run was created; promotion needs one")
     shutil.move(str(result.checkpoint_path), model.path)

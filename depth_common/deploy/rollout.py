@@ -226,7 +226,7 @@ def _deploy_kserve(
     from depth_common.deploy.manifests import build_inferenceservice
 
     cfg, ns, model = params.deploy, params.cluster.namespace, params.export.triton_model_name
-    annotations = kserve.model_annotations(params.mlflow.model_name, version, run_id)
+    annotations = kserve.model_annotations(params.mlflow.model_name, version, run_id, onnx_path)
     api = api if api is not None else kserve.kubernetes_api()
     live = kserve.get_inferenceservice(api, ns, cfg.name)
     champion = served_model(live) if live is not None else None

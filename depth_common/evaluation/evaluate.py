@@ -25,6 +25,7 @@ from depth_common.errors import DataError
 from depth_common.evaluation.metrics import DepthMetricsAccumulator
 from depth_common.evaluation.protocol import Scorer, describe
 from depth_common.evaluation.report import format_metrics_table, report_html
+from depth_common.registry.tracking import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,16 @@ def _score_split(model, loader, device, scorer: Scorer, gts: list[Path] | None, 
     return samples
 
 
-def _log_to_mlflow(params: Params, run_id: str, checkpoint, metrics, files, split) -> None:
+def _log_to_mlflow(
+    params: Params, run_id: str, checkpoint, metrics, files, processed_dir: Path, split: str,
+    context: TaskContext,
+) -> None:  # fmt: skip
+    """test_* metrics and the report to the training run ``run_id`` (what promotion reads);
+    in a pipeline also an ``<kfp run>/evaluate`` child run with the dataset as its testing
+    input, the same metrics and files."""
+    from depth_common.data import read_manifest
+    from depth_common.data.digest import manifest_digest
+    from depth_common.data.preprocess import manifest_path
     from depth_common.registry import tracking
 
     tracking.configure(params.mlflow)
@@ -97,6 +107,18 @@ def _log_to_mlflow(params: Params, run_id: str, checkpoint, metrics, files, spli
     tracking.log_test_metrics(run_id, metrics)
     for path in files:
         tracking.log_artifact(run_id, path, f"evaluation/{split}")
+    child = tracking.start_task_run(params, context, "evaluate")
+    if child is None:
+        return
+    manifest = read_manifest(processed_dir)
+    digest = manifest_digest(manifest, manifest_path(processed_dir))
+    uri = context.dataset_uri or str(processed_dir.resolve())
+    tracking.log_dataset(child, uri, digest, manifest["counts"], ("testing",))
+    tracking.set_tags(child, {"train_run_id": run_id})
+    tracking.log_metrics(child, metrics)
+    for path in files:
+        tracking.log_artifact(child, path, f"evaluation/{split}")
+    tracking.set_status(child, "FINISHED")
 
 
 def evaluate(
@@ -108,6 +130,7 @@ def evaluate(
     out_dir: str | Path = "reports",
     run_id: str | None = None,
     num_samples: int = 4,
+    context: TaskContext | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint_path`` on ``split`` of ``processed_dir`` under ``params.evaluation``.
 
@@ -115,7 +138,8 @@ def evaluate(
     median scaling, ``{split}_median_scaled_*``) and ``out_dir/report.html`` (the protocol
     line, the metrics table and ``num_samples`` input | ground truth | prediction rows on one
     colour scale). Logs the metrics and both files to the MLflow run ``run_id`` or, if None,
-    the run recorded in the checkpoint (none: no logging).
+    the run recorded in the checkpoint (none: no logging); with ``context.kfp_run`` also to an
+    ``<kfp run>/evaluate`` child of the pipeline run, with the dataset as its testing input.
     """
     from depth_common.data import build_dataloader, read_manifest
     from depth_common.model.checkpoint import model_from_checkpoint, resolve_device
@@ -150,13 +174,16 @@ def evaluate(
         "data": f"{processed_dir} ({split}, {scorer.count} images with valid depth)",
     }
     title = f"Depth evaluation: {split}"
+    run_id = run_id or ckpt.get("mlflow_run_id")
     page = report_html(metrics, samples, title, info, data.max_depth, protocol)
     report_path = atomic_write(out_dir / "report.html", lambda fh: fh.write(page.encode()))
 
-    run_id = run_id or ckpt.get("mlflow_run_id")
     if run_id:
         files = (metrics_path, report_path)
-        _log_to_mlflow(params, run_id, checkpoint_path, metrics, files, split)
+        context = context or TaskContext()
+        _log_to_mlflow(
+            params, run_id, checkpoint_path, metrics, files, processed_dir, split, context
+        )
     else:
         log.info("no MLflow run id in %s and none given: metrics not logged", checkpoint_path)
     return EvalResult(metrics, metrics_path, report_path, protocol)
