@@ -22,7 +22,11 @@ def deploy(
 
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.deploy.report import DeployError, write_deploy_report
+    from depth_common.deploy.report import (
+        DeployError,
+        canary_chart_markdown,
+        write_deploy_report,
+    )
     from depth_common.deploy.rollout import deploy_model
     from depth_common.export.onnx import file_sha256
     from depth_common.registry.aliases import registry_client
@@ -58,7 +62,7 @@ def deploy(
         record_serving(client, p.mlflow.model_name, int(version), result.target, result.endpoint)
     text = write_deploy_report(result)
     with open(report.path, "w") as fh:
-        fh.write(text)
+        fh.write(text + canary_chart_markdown(result))  # the chart: the UI only, not the log
     report.metadata.update(
         {
             "target": result.target,
