@@ -58,6 +58,8 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 #: Tag telling a pipeline's parent run (value "pipeline") from its task runs (the task name).
 TASK_TAG = "kfp_task"
 PIPELINE_TASK = "pipeline"
+#: The test metrics the readable table shows (the JSON has every test_* metric).
+HEADLINE_METRICS = ("test_rmse", "test_abs_rel", "test_delta_1")
 #: Input tag MLflow gives a dataset's role in a run (training / validation / testing).
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 
@@ -341,7 +343,8 @@ def format_lineage(entry: Mapping[str, Any]) -> str:
     art, serving = entry["artifacts"], entry["serving"]
     dirty = " (dirty)" if code["git_dirty"] else ""
     counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items()) or "-"
-    metrics = "  ".join(f"{k} {v:.4g}" for k, v in entry["metrics"].items()) or "-"
+    shown = {k: v for k, v in entry["metrics"].items() if k in HEADLINE_METRICS}
+    metrics = "  ".join(f"{k} {v:.4g}" for k, v in shown.items()) or "-"
     served = (
         f"{serving['target']} {serving['endpoint'] or ''}".strip() if serving["served"] else "no"
     )

@@ -120,7 +120,7 @@ def start_task_run(params: Params, context: TaskContext, task: str) -> str | Non
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
-def _processed_dataset(uri: str, digest: str, counts: Mapping[str, int]) -> Any:
+def _processed_dataset(uri: str, digest: str, counts: Mapping[str, int], name: str) -> Any:
     """An ``mlflow.data`` dataset of a preprocessed directory: its source, digest and counts."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.http_dataset_source import HTTPDatasetSource
@@ -142,18 +142,28 @@ def _processed_dataset(uri: str, digest: str, counts: Mapping[str, int]) -> Any:
             source = resolve_dataset_source(uri)
     except Exception:  # a scheme MLflow has no source for: keep the URI as text
         source = HTTPDatasetSource(uri)
-    return ProcessedDataset(source, name="processed", digest=digest)
+    return ProcessedDataset(source, name=name, digest=digest)
 
 
 def log_dataset(
     run_id: str, uri: str, digest: str, counts: Mapping[str, int], contexts: tuple[str, ...]
 ) -> None:
     """Log the processed dataset (``mlflow.data``) as an input of ``run_id`` in each context
-    (``training``, ``validation``, ``testing``), with its source URI and counts per split."""
+    (``training``, ``validation``, ``testing``), with its source URI and counts per split.
+
+    One dataset entry per context, named ``processed/<context>``, all with the dataset's
+    digest: MLflow keeps a run's input once per dataset (name + digest), so the same entry
+    logged twice would keep only its first context.
+    """
     from mlflow.entities import DatasetInput, InputTag
 
-    entity = _processed_dataset(uri, digest, counts)._to_mlflow_entity()
-    inputs = [DatasetInput(entity, [InputTag(lineage.DATASET_CONTEXT_TAG, c)]) for c in contexts]
+    inputs = [
+        DatasetInput(
+            _processed_dataset(uri, digest, counts, f"processed/{c}")._to_mlflow_entity(),
+            [InputTag(lineage.DATASET_CONTEXT_TAG, c)],
+        )
+        for c in contexts
+    ]
     _client().log_inputs(run_id, datasets=inputs)
     set_tags(run_id, {lineage.DATA_DIGEST: digest, lineage.DATA_URI: uri})
 

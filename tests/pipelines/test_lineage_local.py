@@ -99,6 +99,11 @@ def test_two_runs_reproduce_and_the_champion_traces_back(tmp_path: Path, capsys)
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
     assert {r.info.run_name.rsplit("/", 1)[1] for r in children} == {"train", "evaluate"}
+    evaluated = next(r for r in children if r.info.run_name.endswith("/evaluate"))
+    tested = [
+        (i.dataset.digest, [t.value for t in i.tags]) for i in evaluated.inputs.dataset_inputs
+    ]
+    assert tested == [(manifest["digest"], ["testing"])]
     assert champion["serving"]["served"] and champion["serving"]["target"] == "local"
     onnx_meta = read_metadata(served)
     assert onnx_meta["git_commit"] == champion["code"]["git_commit"]

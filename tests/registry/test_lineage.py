@@ -127,6 +127,10 @@ def test_describe_version_has_the_issue_shape(params: Params) -> None:
     }
     assert len(got["code"]["git_commit"]) == 40 and isinstance(got["code"]["git_dirty"], bool)
     assert got["data"] == {"uri": "/data/processed", "digest": DIGEST, "counts": COUNTS}
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    contexts = sorted(t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context")
+    assert contexts == ["training", "validation"]
+    assert {i.dataset.digest for i in inputs} == {DIGEST}
     assert got["params_sha256"] == params_sha256(params)
     assert got["artifacts"] == {
         "checkpoint_sha256": "c" * 64,
