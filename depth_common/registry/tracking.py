@@ -120,6 +120,19 @@ def start_task_run(params: Params, context: TaskContext, task: str) -> str | Non
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
+def nest_run(params: Params, run_id: str, context: TaskContext, task: str) -> None:
+    """Make an existing run the ``<kfp run>/<task>`` child of its pipeline run (a run created
+    where the pipeline's context was not known: the scale-out job's pods)."""
+    if not context.kfp_run:
+        return
+    experiment_id = configure(params.mlflow)
+    client = _client()
+    tags = lineage.task_run_tags(client, experiment_id, context.kfp_run, task)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.update_run(run_id, name=lineage.task_run_name(context.kfp_run, task))
+
+
 def _processed_dataset(uri: str, digest: str, counts: Mapping[str, int], name: str) -> Any:
     """An ``mlflow.data`` dataset of a preprocessed directory: its source, digest and counts."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source

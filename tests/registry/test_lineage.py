@@ -197,3 +197,15 @@ def test_cli_prints_json_a_table_and_one_line_errors(params: Params, capsys) -> 
         assert main(_cli(params, *bad, "--json")) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_a_run_made_elsewhere_is_nested_afterwards(params: Params) -> None:
+    """The scale-out job's rank 0 knows no pipeline: the train step nests its run afterwards."""
+    run_id = tracking.start_training_run(params)
+    first = tracking.start_task_run(params, TaskContext("depth-pipeline-late"), "evaluate")
+    tracking.nest_run(params, run_id, TaskContext("depth-pipeline-late"), "train")
+    client = registry_client(params.mlflow.tracking_uri)
+    run, sibling = client.get_run(run_id), client.get_run(first)
+    assert run.info.run_name == "depth-pipeline-late/train"
+    assert run.data.tags[lineage.PARENT_RUN_TAG] == sibling.data.tags[lineage.PARENT_RUN_TAG]
+    assert run.data.tags[lineage.KFP_RUN] == "depth-pipeline-late"
