@@ -214,3 +214,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     print("\n".join(status(_params(args))))
     return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from depth_common.monitoring.profile import profile_directory, save_profile
+
+    profile = profile_directory(args.images, max_images=args.max_images)
+    path = save_profile(profile, args.out)
+    print(f"profile of {profile.images} images from {args.images} → {path}")
+    return 0

@@ -224,6 +224,19 @@ def _add_demo(sub: _Subparsers) -> None:
     p.add_argument("--port", type=int, default=7860)
 
 
+def _add_profile(sub: _Subparsers) -> None:
+    p = _command(
+        sub,
+        "profile",
+        commands.cmd_profile,
+        "reference profile of training images (size-independent statistics) for drift detection",
+        params=False,
+    )
+    p.add_argument("--images", required=True, help="directory searched recursively for PNG/JPEG")
+    p.add_argument("--out", required=True, help="the profile JSON to write")
+    p.add_argument("--max-images", type=int, default=4000, help="at most this many images")
+
+
 def _add_operations(sub: _Subparsers) -> None:
     """The commands on what serves (no arguments beyond the params)."""
     _command(
@@ -252,6 +265,7 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_triton_repo,
     _add_serve,
     _add_demo,
+    _add_profile,
     _add_operations,
 )
 
