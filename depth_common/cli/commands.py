@@ -170,6 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             log_path=args.log,
             transformer_port=None if args.no_transformer else args.transformer_port,
+            monitor_url=args.monitor_url,
         )
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -199,6 +199,11 @@ def _add_serve(sub: _Subparsers) -> None:
     p.add_argument(
         "--no-transformer", action="store_true", help="serve Triton only (tensor endpoints)"
     )
+    p.add_argument(
+        "--monitor-url",
+        help="the drift monitor (`monitor`): the transformer posts each request and response "
+        "to it as a KServe payload-logger CloudEvent, e.g. http://127.0.0.1:8090/",
+    )
 
 
 def _add_demo(sub: _Subparsers) -> None:

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from depth_common.errors import DataError
+from depth_common.serving.payload_logger import REQUEST, RESPONSE
 
-REQUEST = "org.kubeflow.serving.inference.request"
-RESPONSE = "org.kubeflow.serving.inference.response"
 REQUIRED = ("ce-specversion", "ce-id", "ce-source", "ce-type")
 INPUT = "image_bytes"
 
