@@ -255,7 +255,7 @@ def _add_monitor(sub: _Subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--window", type=int, default=64, help="images per window (default 64)")
-    p.add_argument("--alpha", type=float, default=0.005, help="significance level (default 0.005)")
+    p.add_argument("--alpha", type=float, default=0.001, help="significance level (default 0.001)")
     p.add_argument(
         "--trigger", choices=("none", "local", "kfp"), default="none", help="how to retrain"
     )

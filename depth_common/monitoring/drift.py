@@ -25,7 +25,7 @@ from depth_common.errors import ConfigError, DataError
 from depth_common.monitoring.profile import Profile
 
 DETECTOR = "ks-bh (scipy.stats.ks_2samp per feature, Benjamini-Hochberg)"
-DEFAULT_ALPHA = 0.005
+DEFAULT_ALPHA = 0.001
 MIN_WINDOW = 8  # below this a KS test cannot reject anything at useful levels
 
 
