@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 REQUEST = "org.kubeflow.serving.inference.request"
 RESPONSE = "org.kubeflow.serving.inference.response"
+HEADER_LENGTH = "Inference-Header-Content-Length"
 DEFAULT_QUEUE = 256
 _STOP = object()
 
@@ -36,6 +37,7 @@ class LoggedPayload:
     body: bytes
     content_type: str
     endpoint: str  # the path served
+    header_length: str = ""  # Inference-Header-Content-Length of a binary v2 body, passed on
 
 
 class PayloadLogger:
@@ -81,6 +83,7 @@ class PayloadLogger:
             "ce-namespace": self.namespace,
             "ce-endpoint": p.endpoint,
             "Content-Type": p.content_type or "application/json",
+            **({HEADER_LENGTH: p.header_length} if p.header_length else {}),
         }
 
     def _post(self, p: LoggedPayload) -> None:
@@ -158,18 +161,18 @@ class PayloadLogMiddleware:
         if response.get("status") != 200:
             return
         event_id = headers.get("x-request-id") or str(uuid.uuid4())
-        path = scope["path"]
+        path, length = scope["path"], HEADER_LENGTH.lower()
+        request_body = b"".join(request_chunks)
+        out_headers = response.get("headers", {})
         self.logger.submit(
             LoggedPayload(
-                REQUEST, event_id, b"".join(request_chunks), headers.get("content-type", ""), path
+                REQUEST, event_id, request_body, headers.get("content-type", ""), path,
+                headers.get(length, ""),
             )
-        )
+        )  # fmt: skip
         self.logger.submit(
             LoggedPayload(
-                RESPONSE,
-                event_id,
-                b"".join(response_chunks),
-                response.get("headers", {}).get("content-type", ""),
-                path,
+                RESPONSE, event_id, b"".join(response_chunks), out_headers.get("content-type", ""),
+                path, out_headers.get(length, ""),
             )
-        )
+        )  # fmt: skip

@@ -48,6 +48,15 @@ def v2(images: list[bytes]) -> bytes:
     return json.dumps({"inputs": [inp]}).encode()
 
 
+def v2_binary(images: list[bytes]) -> tuple[bytes, str]:
+    """A v2 request in the binary tensor extension (as DepthClient image mode sends it)."""
+    data = b"".join(len(b).to_bytes(4, "little") + b for b in images)
+    spec = {"name": "image_bytes", "datatype": "BYTES", "shape": [len(images)],
+            "parameters": {"binary_data_size": len(data)}}  # fmt: skip
+    header = json.dumps({"inputs": [spec]}).encode()
+    return header + data, str(len(header))
+
+
 def ce_headers(kind: str = REQUEST, content_type: str = "application/json") -> dict[str, str]:
     return {
         "ce-specversion": "1.0",
@@ -146,12 +155,28 @@ def test_quiet_then_drift_then_one_retraining_run(server, launcher) -> None:
     assert moved["score"] < moved["threshold"] and moved["detector"].startswith("ks-bh")
     assert metric(server, "depth_drift_detected") == 1
     assert metric(server, "depth_drift_score") == pytest.approx(moved["score"], rel=1e-6)
-    assert metric(server, "depth_monitor_images_total") == 4 * WINDOW
+    assert metric(server, "depth_monitor_images_total") == 4 * WINDOW == moved["images_seen"]
     # 3 drifted windows, 2 in a row start a run, the cooldown holds the third
     server.monitor.retrainer.wait_launched()
     assert len(launcher.launched) == 1
     runs = drift(server)["runs"]
     assert [r["run_id"] for r in runs] == ["run-1"] and runs[0]["status"] == "running"
+
+
+def test_binary_v2_requests_are_read(server) -> None:
+    body, length = v2_binary([png(street(1)), png(street(2))])
+    headers = {**ce_headers(content_type="application/octet-stream"),
+               "Inference-Header-Content-Length": length}  # fmt: skip
+    status, text = call(server, "POST", "/", body, headers)
+    assert status == 202 and json.loads(text)["images"] == 2
+    headers["Inference-Header-Content-Length"] = str(len(body) + 1)
+    status, text = call(server, "POST", "/", body, headers)
+    assert status == 400 and "inference-header-content-length" in json.loads(text)["error"]
+    truncated = body[:-10]
+    headers["Inference-Header-Content-Length"] = length
+    status, text = call(server, "POST", "/", truncated, headers)
+    assert status == 400 and "runs past the body" in json.loads(text)["error"]
+    assert drift(server)["images_seen"] == 2
 
 
 def test_responses_are_output_statistics_not_inputs(server) -> None:

@@ -105,6 +105,17 @@ def test_served_requests_and_responses_become_cloudevents(sink) -> None:
     assert req_headers["ce-inferenceservicename"] == "depth"
     assert req_headers["ce-endpoint"] == "/v1/models/depth:predict"
     assert req_headers["content-type"] == "application/json"
+    assert "inference-header-content-length" not in req_headers  # a JSON body
+    logger.close()
+
+
+def test_binary_v2_header_length_is_passed_on(sink) -> None:
+    logger = PayloadLogger(url(sink))
+    logger.submit(LoggedPayload(REQUEST, "x", b'{"inputs": []}bin', "application/octet-stream",
+                                "/v2/models/depth/infer", "14"))  # fmt: skip
+    logger.flush()
+    ((headers, _),) = sink.events
+    assert headers["inference-header-content-length"] == "14"
     logger.close()
 
 
