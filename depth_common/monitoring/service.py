@@ -106,6 +106,7 @@ class DriftMonitor:
         self._since_window = 0
         self._windows = 0
         self._responses = 0
+        self._seen = 0  # request images profiled since start
         self._result: DriftResult | None = None
         self._lock = threading.Lock()
 
@@ -133,6 +134,8 @@ class DriftMonitor:
         rows = self.features(event.images)  # decoding outside the lock
         for row in rows:
             self._add(row)
+        with self._lock:
+            self._seen += len(rows)
         self.metrics.images.inc(len(rows))
         return len(rows)
 
@@ -162,7 +165,7 @@ class DriftMonitor:
         """What ``GET /drift`` answers."""
         with self._lock:
             r, images = self._result, len(self._rows)
-            windows, responses = self._windows, self._responses
+            windows, responses, seen = self._windows, self._responses, self._seen
             median = float(np.mean(self._medians)) if self._medians else None
         return {
             "ready": r is not None,
@@ -174,6 +177,7 @@ class DriftMonitor:
             "detector": self.detector.name,
             "feature": r.feature if r else None,
             "p_values": r.p_values if r else {},
+            "images_seen": seen,
             "windows_completed": windows,
             "drifted_windows_in_a_row": self.retrainer.drifted_windows,
             "trigger": self.retrainer.kind,
@@ -189,6 +193,7 @@ class DriftMonitor:
 class _Handler(BaseHTTPRequestHandler):
     server: MonitorServer
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may sit idle or mid-body before its slot is freed
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         log.debug("%s " + format, self.address_string(), *args)
