@@ -247,7 +247,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from depth_common.monitoring.drift import KSDriftDetector
     from depth_common.monitoring.profile import load_profile
     from depth_common.monitoring.service import DriftMonitor, serve_monitor
-    from depth_common.monitoring.trigger import Retrainer, build_launcher
+    from depth_common.monitoring.trigger import LocalLauncher, Retrainer, build_launcher
 
     _log_info()
     detector = KSDriftDetector(load_profile(args.reference), alpha=args.alpha)
@@ -262,5 +262,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     )
     retrainer = Retrainer(launcher, consecutive=args.consecutive, cooldown_s=args.cooldown_s)
     monitor = DriftMonitor(detector, window=args.window, retrainer=retrainer)
-    serve_monitor(monitor, args.host, args.port, ready=lambda line: print(line, flush=True))
+    try:
+        serve_monitor(monitor, args.host, args.port, ready=lambda line: print(line, flush=True))
+    finally:
+        if isinstance(launcher, LocalLauncher):  # its runs are this process's children
+            launcher.stop_all()
     return 0

@@ -27,6 +27,7 @@ from depth_common.serving.codec import DEFAULT_MAX_PIXELS, load_rgb
 FORMAT = "depth-image-profile/1"
 WORK_AREA = 128 * 256  # pixels of the working copy: the training resolution of the demo
 HIST_BINS = 32
+DECIMALS = 6  # of every feature value, in memory and in the file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_MAX_IMAGES = 4000  # a profile of more rows tests no better, and the JSON stays < 2 MB
 FEATURES: tuple[str, ...] = (
@@ -112,7 +113,9 @@ def image_features(rgb: np.ndarray) -> np.ndarray:
         math.log((np.mean(gx * gx) + _EPS) / (np.mean(gy * gy) + _EPS)),
         float(-(p * np.log2(p)).sum()),
     ]
-    return np.asarray(row, dtype=np.float64)
+    # Rounded as the profile file stores them: a served image's row must equal its training
+    # row exactly, or a feature constant in training (the aspect ratio) reads as moved.
+    return np.round(np.asarray(row, dtype=np.float64), DECIMALS)
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class Profile:
             "features": list(self.features),
             "summary": self.summary(),
             "luminance_histogram": [round(float(v), 6) for v in self.luminance_histogram],
-            "rows": [[round(float(v), 6) for v in row] for row in self.rows],
+            "rows": [[round(float(v), DECIMALS) for v in row] for row in self.rows],
         }
 
 

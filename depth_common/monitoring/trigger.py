@@ -17,8 +17,10 @@ the cooldown and another ``M`` drifted windows, never in a loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -92,12 +94,21 @@ class LocalLauncher:
         rc = process.poll()
         return "running" if rc is None else ("succeeded" if rc == 0 else "failed")
 
-    def stop_all(self) -> None:
-        """Wait for the runs this launcher started (the monitor's shutdown)."""
+    def stop_all(self, timeout_s: float = 30.0) -> None:
+        """Stop the runs still going (the monitor's shutdown): SIGTERM to each run's process
+        group (its own session: the pipeline's task processes too), SIGKILL after
+        ``timeout_s``."""
         for process in self._processes.values():
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
+            if process.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=timeout_s)
 
 
 class KfpLauncher:

@@ -12,6 +12,7 @@ from depth_common.cli.parser import main
 from depth_common.data.scene import render_scene
 from depth_common.data.synthetic import cityscapes_camera
 from depth_common.errors import DataError
+from depth_common.monitoring.drift import KSDriftDetector
 from depth_common.monitoring.profile import (
     FEATURES,
     Profile,
@@ -69,7 +70,9 @@ def test_profile_roundtrip(tmp_path) -> None:
     path = save_profile(profile, tmp_path / "p.json")
     back = load_profile(path)
     assert back.images == 4 and back.source == "x"
-    np.testing.assert_allclose(back.rows, profile.rows, atol=1e-6)
+    # Exactly: the same images served later must give the very rows the file holds.
+    assert np.array_equal(back.rows, profile.rows)
+    assert KSDriftDetector(back).test(np.tile(profile.rows, (2, 1))).score == 1.0
     assert back.luminance_histogram.sum() == pytest.approx(1.0, abs=1e-4)
 
 

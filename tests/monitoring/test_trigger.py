@@ -31,6 +31,16 @@ def test_local_launcher_runs_the_command_and_reports_its_exit(tmp_path) -> None:
     assert launcher.status("unknown") is None
 
 
+def test_local_runs_stop_with_the_monitor(tmp_path) -> None:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    launcher = LocalLauncher(sleeper, tmp_path)
+    run_id = launcher.launch("test")
+    assert launcher.status(run_id) == "running"
+    t0 = time.monotonic()
+    launcher.stop_all(timeout_s=10)
+    assert launcher.status(run_id) == "failed" and time.monotonic() - t0 < 10
+
+
 def test_kfp_launcher_submits_the_compiled_package(tmp_path, monkeypatch) -> None:
     package = tmp_path / "p.yaml"
     package.write_text("pipelineSpec: {}\n")
