@@ -5,17 +5,19 @@ CloudEvents KServe's own payload logger sends (binary mode), posted to a monitor
 the body of each ``POST …:predict`` / ``…/infer`` request and of its response, and when the
 response is a 200 hands both to a :class:`PayloadLogger`. The logger is fire and forget: a
 bounded queue (a full queue drops the event and counts it) drained by one daemon thread that
-posts with a short timeout, so a slow or dead monitor never blocks nor fails a request. On a
-cluster KServe's ``logger`` field does the same job (:mod:`depth_common.deploy.manifests`).
+posts over one kept-alive connection with a short timeout, so a slow or dead monitor never
+blocks nor fails a request. (A drain task on the server's event loop with ``httpx`` measured no
+cheaper: ``bench/bench_payload_logger.py``.) On a cluster KServe's ``logger`` field does the same
+job (``manifests/base/inferenceservice.yaml``).
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import queue
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +58,8 @@ class PayloadLogger:
             raise ValueError(f"--logger_url {url!r}: expected an http(s):// URL")
         self.url, self.service, self.namespace, self.source = url, service, namespace, source
         self.timeout_s = timeout_s
+        self._target = urllib.parse.urlsplit(url)
+        self._conn: http.client.HTTPConnection | None = None
         self.sent = self.dropped = self.failed = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._drain, name="payload-logger", daemon=True)
@@ -86,22 +90,49 @@ class PayloadLogger:
             **({HEADER_LENGTH: p.header_length} if p.header_length else {}),
         }
 
+    def _connection(self) -> http.client.HTTPConnection:
+        # One kept-alive connection for the worker: a TCP handshake per event would cost the
+        # serving process more CPU than the post itself.
+        if self._conn is None:
+            kind = http.client.HTTPSConnection if self._target.scheme == "https" else None
+            kind = kind or http.client.HTTPConnection
+            self._conn = kind(self._target.netloc, timeout=self.timeout_s)
+        return self._conn
+
     def _post(self, p: LoggedPayload) -> None:
-        request = urllib.request.Request(self.url, p.body, self.headers(p), method="POST")
+        path = self._target.path or "/"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
-                resp.read()
+            for attempt in (1, 2):  # a kept-alive connection the monitor closed: reconnect once
+                try:
+                    conn = self._connection()
+                    conn.request("POST", path, body=p.body, headers=self.headers(p))
+                    resp = conn.getresponse()
+                    resp.read()
+                    break
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    self._close_connection()
+                    if attempt == 2:
+                        raise
+            if resp.status >= 300:
+                raise OSError(f"HTTP {resp.status} {resp.reason}")
             self.sent += 1
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
+            self._close_connection()
             self.failed += 1
             if self.failed in (1, 10, 100) or self.failed % 1000 == 0:
                 log.warning("payload logger: %s: %s (%d failed)", self.url, exc, self.failed)
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _drain(self) -> None:
         while True:
             item = self._queue.get()
             try:
                 if item is _STOP:
+                    self._close_connection()
                     return
                 self._post(item)
             finally:

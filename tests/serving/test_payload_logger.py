@@ -147,3 +147,34 @@ def test_a_slow_monitor_never_blocks_submit() -> None:
 def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="--logger_url"):
         PayloadLogger("file:///etc/passwd")
+
+
+def test_a_kept_alive_connection_the_monitor_dropped_is_reopened() -> None:
+    class Closing(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # announces keep-alive, then hangs up: an idle timeout
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Closing)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        logger = PayloadLogger(f"http://127.0.0.1:{server.server_address[1]}/")
+        for k in range(3):
+            logger.submit(LoggedPayload(REQUEST, str(k), b"{}", "application/json", "/"))
+            logger.flush()
+        assert (logger.sent, logger.failed) == (3, 0)
+        logger.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
