@@ -235,6 +235,9 @@ class _Handler(BaseHTTPRequestHandler):
             label = kind if kind in (REQUEST, RESPONSE) else "other"  # bounded label values
             monitor.metrics.events.labels(label, "refused").inc()
             return self._json(400, {"error": str(exc)})
+        except Exception as exc:  # a bug of ours: answer 500, keep serving
+            log.exception("event %s", self.headers.get("ce-id", "?"))
+            return self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
         monitor.metrics.events.labels(event.type, "accepted").inc()
         self._json(202, {"accepted": event.id, "images": images})
 
