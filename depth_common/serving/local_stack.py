@@ -51,7 +51,9 @@ class LocalTransformer(ManagedServer):
         log_path: str | Path | None = None,
         ready_timeout_s: float = 60.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        logger_url: str | None = None,
     ) -> None:
+        self.logger_url = logger_url  # the drift monitor's URL: payload logging on
         self.predictor_url = predictor_url
         self.port = self._requested = port
         self.model_name, self.predictor_model = model_name, predictor_model
@@ -96,6 +98,7 @@ class LocalTransformer(ManagedServer):
             str(self.port),
             "--max_pixels",
             str(self.max_pixels),
+            *(["--logger_url", self.logger_url] if self.logger_url else []),
         ]
 
     def start(self) -> LocalTransformer:
@@ -155,6 +158,7 @@ def serve_forever(
     metrics_port: int = 8002,
     log_path: str | Path | None = None,
     transformer_port: int | None = DEFAULT_TRANSFORMER_PORT,
+    monitor_url: str | None = None,
 ) -> None:
     """Triton (and, unless ``transformer_port`` is None, the transformer) until Ctrl-C."""
     stop = False
@@ -173,7 +177,10 @@ def serve_forever(
             if transformer_port is not None:
                 transformer_log = Path(log_path).with_name("transformer.log") if log_path else None
                 transformer = LocalTransformer(
-                    server.grpc_url, transformer_port, log_path=transformer_log
+                    server.grpc_url,
+                    transformer_port,
+                    log_path=transformer_log,
+                    logger_url=monitor_url,
                 ).start()
             print(_banner(server, transformer), flush=True)
             while not stop and server.running() and (transformer is None or transformer.running()):

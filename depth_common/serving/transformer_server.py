@@ -38,6 +38,7 @@ from depth_common.serving.kserve_import import (
     kserve,
     model_server,
 )
+from depth_common.serving.payload_logger import PayloadLogger, PayloadLogMiddleware
 from depth_common.serving.transformer import DEFAULT_MAX_IMAGES, DepthTransformer
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_images", type=int, default=DEFAULT_MAX_IMAGES)
     p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument("--access_log", action="store_true", help="log one line per request")
+    p.add_argument("--logger_url", help="post each request/response as a CloudEvent here")
     return p
 
 
@@ -278,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         predictor_config=predictor,
         enable_latency_logging=False,
     )
+    if args.logger_url:  # payload logging to the drift monitor (outermost: sees what is served)
+        logger = PayloadLogger(args.logger_url, service=args.model_name)
+        model_server.app.add_middleware(PayloadLogMiddleware, logger=logger)
     quiet_logging(args.access_log)  # after ModelServer() configured kserve's loggers
     server.start([model])
 
