@@ -206,7 +206,7 @@ def v2_images(request: InferRequest) -> list[bytes]:
     names = [i.name for i in request.inputs]
     if INPUT not in names or set(names) - {INPUT, FOCAL_KEY} or len(set(names)) != len(names):
         raise InvalidInput(
-            f"expected input {INPUT!r} (BYTES, shape [N]) and optionally {FOCAL_KEY!r} "
+            f"expected one input {INPUT!r} (BYTES, shape [N]) and optionally {FOCAL_KEY!r} "
             f"(FP32, shape [N]), got inputs {names}"
         )
     inp = request.inputs[names.index(INPUT)]
