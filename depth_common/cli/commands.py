@@ -89,7 +89,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from depth_common.serving.predict import predict_files
 
-    for out in predict_files(args.checkpoint, args.images, args.out):
+    outputs = predict_files(
+        args.checkpoint, args.images, args.out, focal_px=args.focal_px, points=args.points
+    )
+    for out in outputs:
         print(out)
     return 0
 

@@ -126,6 +126,13 @@ def _add_predict(sub: _Subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions")
+    p.add_argument(
+        "--focal-px",
+        type=float,
+        help="focal length in pixels of the upright image (default: EXIF 35 mm equivalent, "
+        "else the model's canonical field of view)",
+    )
+    p.add_argument("--points", metavar="PLY", help="write the coloured 3-D points (one image)")
     p.add_argument("images", nargs="+")
 
 

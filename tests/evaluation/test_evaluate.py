@@ -157,3 +157,29 @@ def test_predict_files(trained, tmp_path) -> None:
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.png: not a readable image"):
         predict_files(result.checkpoint_path, [bad], tmp_path / "pred")
+
+
+def test_predict_files_focal_scales_depth_and_points_go_to_a_ply(trained, tmp_path) -> None:
+    from depth_common.serving.camera import FocalError, back_project, decode_ply
+    from depth_common.serving.predict import predict_files
+
+    _, result = trained
+    rng = np.random.default_rng(1)
+    img = tmp_path / "street.png"
+    rgb = rng.integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(img)
+    one = predict_files(result.checkpoint_path, [img], tmp_path / "f1", focal_px=60.0)
+    ply = tmp_path / "cloud" / "street.ply"
+    two = predict_files(result.checkpoint_path, [img], tmp_path / "f2", focal_px=120.0, points=ply)
+    assert two[-1] == ply
+    d1, d2 = np.load(one[1]), np.load(two[1])
+    np.testing.assert_array_equal(d2, 2 * d1)  # exactly twice the depth at twice the focal
+    xyz, colours = decode_ply(ply.read_bytes())
+    valid = d2 > 0
+    assert len(xyz) == int(valid.sum())
+    np.testing.assert_allclose(xyz, back_project(d2, 120.0)[valid], rtol=1e-6)
+    np.testing.assert_array_equal(colours, rgb[valid])
+    with pytest.raises(FocalError, match="--focal-px"):
+        predict_files(result.checkpoint_path, [img], tmp_path / "f3", focal_px=0.5)
+    with pytest.raises(ValueError, match="one PLY path takes one image"):
+        predict_files(result.checkpoint_path, [img, one[0]], tmp_path / "f4", points=ply)
