@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from depth_common.data.cityscapes import CITYSCAPES_FOCAL_PX, CITYSCAPES_WIDTH_PX
 from depth_common.errors import DataError
 from depth_common.serving.codec import ALLOWED_FORMATS
 
@@ -45,9 +46,6 @@ FOCAL_KEY = "focal_px"
 #: is over 180 degrees for any image; 100000 px is past any real lens on any sensor.
 MIN_FOCAL_PX, MAX_FOCAL_PX = 1.0, 100_000.0
 SOURCE_REQUEST, SOURCE_EXIF, SOURCE_DEFAULT = "request", "exif", "default"
-#: The Cityscapes rig (fx 2262.52 px at 2048 px wide, ``data.focal_length``): the canonical
-#: camera of a model whose export does not say (models trained before the canonical camera).
-CITYSCAPES_FOCAL_PX, CITYSCAPES_WIDTH_PX = 2262.52, 2048
 #: A 35 mm film frame's diagonal (36 x 24 mm), what FocalLengthIn35mmFilm is relative to.
 FILM_35MM_DIAGONAL_MM = math.hypot(36.0, 24.0)
 _EXIF_IFD = 0x8769
@@ -74,7 +72,9 @@ class CanonicalCamera:
 
     @classmethod
     def cityscapes(cls, width_px: int) -> CanonicalCamera:
-        """The Cityscapes rig's field of view at ``width_px``."""
+        """The Cityscapes rig's field of view at ``width_px``: the canonical camera of training
+        (``depth_common.data.cityscapes.canonical_focal_px``), and the one assumed for a model
+        whose export names none (trained before the canonical camera, on that rig)."""
         return cls(CITYSCAPES_FOCAL_PX * width_px / CITYSCAPES_WIDTH_PX, width_px)
 
     def default_focal(self, image_width: int) -> float:

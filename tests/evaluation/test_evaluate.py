@@ -183,3 +183,12 @@ def test_predict_files_focal_scales_depth_and_points_go_to_a_ply(trained, tmp_pa
         predict_files(result.checkpoint_path, [img], tmp_path / "f3", focal_px=0.5)
     with pytest.raises(ValueError, match="one PLY path takes one image"):
         predict_files(result.checkpoint_path, [img, one[0]], tmp_path / "f4", points=ply)
+
+
+def test_metric_scales_turn_canonical_depth_into_metres() -> None:
+    from depth_common.evaluation.evaluate import metric_scales
+
+    # A frame shot at twice the canonical focal is twice as far as the model's canonical depth.
+    assert metric_scales({"canonical_focal_px": 100.0}, [200.0, 50.0]) == [2.0, 0.5]
+    assert metric_scales({"canonical_focal_px": None}, [200.0, 50.0]) == [1.0, 1.0]
+    assert metric_scales({}, [200.0]) == [1.0]  # a checkpoint from before the canonical camera
