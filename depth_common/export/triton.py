@@ -32,7 +32,7 @@ from typing import Any
 from depth_common.atomic import atomic_path, remove_leftovers, scratch_dir
 from depth_common.config import ExportConfig
 from depth_common.errors import DataError
-from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME
+from depth_common.export.onnx import CANONICAL_FOCAL_KEY, INPUT_NAME, OUTPUT_NAME, read_metadata
 
 #: ``instance_group.kind`` values accepted for the ONNX model. KIND_AUTO is the default: Triton
 #: places instances on the GPUs when the predictor pod has any and on the CPU otherwise, so the
@@ -262,6 +262,9 @@ def build_triton_repository(
             ONNX_FILENAME,
         )
     ]
+    # The canonical camera travels from the ONNX metadata to every model's config parameters,
+    # where the transformer reads it (Triton's model metadata has no free-form fields).
+    focal = read_metadata(onnx_path).get(CANONICAL_FOCAL_KEY, "")
     if plan_path is not None:
         plan_path = Path(plan_path)
         if not plan_path.is_file():
@@ -271,6 +274,9 @@ def build_triton_repository(
             (trt_name, plan_model_config(trt_name, img_size, export_cfg), plan_path, PLAN_FILENAME)
         )
 
+    if focal:
+        for _, cfg, _, _ in models:
+            cfg.parameters[CANONICAL_FOCAL_KEY].string_value = focal
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir.parent, recursive=False)  # of exports killed half-way
     if not out_dir.exists():

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from depth_common.data.transforms import prepare_image
 from depth_common.serving.camera import (
@@ -149,6 +151,51 @@ def geometry_from_metadata(meta: pb.ModelMetadataResponse) -> PredictorGeometry:
     if inp.datatype != "FP32":
         raise ValueError(f"model {meta.name!r}: input {inp.name!r} is {inp.datatype}, not FP32")
     return PredictorGeometry(inp.name, out.name, shape[-2], shape[-1], len(shape) == 4)
+
+
+def _config_response_type() -> type:
+    """A message type reading only ``config.parameters`` of Triton's ``ModelConfigResponse``.
+
+    kserve's v2 protocol has no ModelConfig RPC and ``tritonclient.grpc`` cannot be imported
+    beside kserve (module docstring of kserve_import), so the few fields needed are declared
+    here with Triton's field numbers (response.config = 1, ModelConfig.parameters = 14,
+    ModelParameter.string_value = 1) in a private pool; every other field is skipped.
+    """
+    F = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="depth_config_subset.proto", package="subset")
+    param = proto.message_type.add(name="ModelParameter")
+    param.field.add(name="string_value", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    config = proto.message_type.add(name="ModelConfig")
+    entry = config.nested_type.add(name="ParametersEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
+                    type_name=".subset.ModelParameter")  # fmt: skip
+    config.field.add(name="parameters", number=14, type=F.TYPE_MESSAGE, label=F.LABEL_REPEATED,
+                     type_name=".subset.ModelConfig.ParametersEntry")  # fmt: skip
+    response = proto.message_type.add(name="ModelConfigResponse")
+    response.field.add(name="config", number=1, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
+                       type_name=".subset.ModelConfig")  # fmt: skip
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("subset.ModelConfigResponse"))
+
+
+ConfigResponse = _config_response_type()
+
+
+def canonical_focal_from_config(response: Any, model: str) -> float | None:
+    """The ``canonical_focal_px`` config parameter (pixels at the input width), None if unset."""
+    param = response.config.parameters.get(CANONICAL_FOCAL_PARAMETER)
+    if param is None or not param.string_value:
+        return None
+    try:
+        return check_focal(float(param.string_value), CANONICAL_FOCAL_PARAMETER)
+    except (ValueError, FocalError):
+        raise ValueError(
+            f"model {model!r}: config parameter {CANONICAL_FOCAL_PARAMETER} is "
+            f"{param.string_value!r}, expected a number of pixels in (1, 100000]"
+        ) from None
 
 
 def _b64(text: Any, where: str) -> bytes:
@@ -336,10 +383,30 @@ class DepthTransformer(kserve.Model):
             raise ServerNotReady("no predictor host configured (--predictor_host)")
         async with grpc.aio.insecure_channel(config.predictor_host) as channel:
             stub = GRPCInferenceServiceStub(channel)
-            meta = await stub.ModelMetadata(
-                pb.ModelMetadataRequest(name=self.predictor_model), timeout=timeout_s
-            )
-        return geometry_from_metadata(meta)
+            request = pb.ModelMetadataRequest(name=self.predictor_model)
+            meta = await stub.ModelMetadata(request, timeout=timeout_s)
+            focal = await self._fetch_canonical_focal(channel, request, timeout_s)
+        return dataclasses.replace(geometry_from_metadata(meta), canonical_focal_px=focal)
+
+    async def _fetch_canonical_focal(
+        self, channel: grpc.aio.Channel, request: pb.ModelMetadataRequest, timeout_s: float
+    ) -> float | None:
+        """The model's canonical focal from Triton's ModelConfig RPC; None where the predictor
+        does not implement it (then the Cityscapes field of view applies)."""
+        # ModelConfigRequest has ModelMetadataRequest's fields (name = 1, version = 2).
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelConfig",
+            request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=ConfigResponse.FromString,
+        )
+        try:
+            response = await call(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            log.warning("predictor has no ModelConfig RPC: assuming the Cityscapes camera")
+            return None
+        return canonical_focal_from_config(response, self.predictor_model)
 
     async def predictor_geometry(self) -> PredictorGeometry:
         """The Triton model's geometry, read once; 503 while the predictor does not answer."""

@@ -1,18 +1,18 @@
 """Focal length resolution, exact depth scaling, back-projection and PLY: the pure functions of
 :mod:`depth_common.serving.camera`, then the same rules through :class:`DepthTransformer`'s
-preprocess/postprocess (Triton replaced by fixed depth maps; the real stack is in
-test_transformer.py)."""
+preprocess/postprocess (camera_transformer_cases.py, run in a process of its own; the real
+stack is in test_transformer.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import jpeg_with_exif
 
 from depth_common.serving.camera import (
     CITYSCAPES_FOCAL_PX,
@@ -27,30 +27,9 @@ from depth_common.serving.camera import (
     resolve_focal,
     scale_depth,
 )
-from depth_common.serving.kserve_import import (
-    InferInput,
-    InferRequest,
-    InvalidInput,
-    RequestedOutput,
-)
-from depth_common.serving.transformer import DepthTransformer, Prediction, PredictorGeometry
 
+ROOT = Path(__file__).resolve().parents[2]
 CAMERA = CanonicalCamera(100.0, 64)  # 100 px at the 64 px model input
-
-
-def _jpeg(
-    size: tuple[int, int] = (80, 60), f35: float | None = None, orientation: int = 1
-) -> bytes:
-    """A W x H JPEG whose EXIF says FocalLengthIn35mmFilm = ``f35`` and ``orientation``."""
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    if f35 is not None:
-        exif.get_ifd(0x8769)[0xA405] = int(f35)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif.tobytes())
-    return buf.getvalue()
 
 
 # -- pure functions ---------------------------------------------------------------------------
@@ -77,9 +56,9 @@ def test_35mm_equivalent_converts_through_the_diagonal() -> None:
 
 
 def test_exif_focal_is_read_from_the_exif_ifd_and_absent_or_zero_is_none() -> None:
-    assert exif_focal_35mm(_jpeg(f35=28)) == 28.0
-    assert exif_focal_35mm(_jpeg()) is None
-    assert exif_focal_35mm(_jpeg(f35=0)) is None  # EXIF: 0 means unknown
+    assert exif_focal_35mm(jpeg_with_exif(f35=28)) == 28.0
+    assert exif_focal_35mm(jpeg_with_exif()) is None
+    assert exif_focal_35mm(jpeg_with_exif(f35=0)) is None  # EXIF: 0 means unknown
     assert exif_focal_35mm(b"not an image") is None
 
 
@@ -134,122 +113,15 @@ def test_ply_round_trip_keeps_valid_points_and_their_colours() -> None:
     np.testing.assert_array_equal(rgb, [[255, 0, 0], [0, 0, 255]])
 
 
-# -- through the transformer (Triton replaced by fixed depth maps) ----------------------------
-
-
-def _transformer(canonical: float | None = 100.0) -> DepthTransformer:
-    t = DepthTransformer()
-    t.geometry = PredictorGeometry("image", "depth", 32, 64, True, canonical)
-    return t
-
-
-def _run(t: DepthTransformer, payload, depth_value: float = 10.0):
-    batch = asyncio.run(t.preprocess(payload))
-    depths = [np.full((32, 64), depth_value, np.float32) for _ in batch.tensors]
-    return batch, asyncio.run(t.postprocess(Prediction(batch, depths)))
-
-
-def _v1(*instances: dict) -> dict:
-    return {"instances": list(instances)}
-
-
-def _inst(data: bytes, **extra) -> dict:
-    return {"image_bytes": {"b64": base64.b64encode(data).decode()}, **extra}
-
-
-def test_v1_reports_focal_and_source_in_the_documented_order() -> None:
-    exif_photo, plain = _jpeg((80, 60), f35=28), _jpeg((80, 60))
-    _, body = _run(
-        _transformer(),
-        _v1(_inst(exif_photo, focal_px=250.0), _inst(exif_photo), _inst(plain)),
+def test_the_transformer_applies_the_same_rules() -> None:
+    """camera_transformer_cases.py in a process without tritonclient (see its docstring)."""
+    cases = Path(__file__).with_name("camera_transformer_cases.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
-    preds = body["predictions"]
-    assert [p["focal_source"] for p in preds] == ["request", "exif", "default"]
-    assert preds[0]["focal_px"] == 250.0
-    assert preds[1]["focal_px"] == pytest.approx(28 * 100 / math.hypot(36, 24))
-    assert preds[2]["focal_px"] == pytest.approx(100.0 * 80 / 64)
-    # default focal → the model's depth as is; 250 px is 2x the 125 px default → 2x depth
-    assert preds[2]["median_m"] == pytest.approx(10.0)
-    assert preds[0]["median_m"] == pytest.approx(20.0)
-
-
-def test_exif_focal_uses_the_displayed_size_after_orientation() -> None:
-    turned = _jpeg((80, 60), f35=28, orientation=6)  # stored 80 x 60, shown 60 x 80
-    batch, body = _run(_transformer(), _v1(_inst(turned)))
-    assert batch.sizes == [(80, 60)]
-    assert body["predictions"][0]["focal_px"] == pytest.approx(28 * 100 / math.hypot(36, 24))
-    assert body["predictions"][0]["width"] == 60
-
-
-@pytest.mark.parametrize("bad", [0.5, -1, 1e6, "wide", None, [300]])
-def test_v1_bad_focal_is_a_400_naming_focal_px(bad) -> None:
-    payload = _v1(_inst(_jpeg()), {**_inst(_jpeg()), "focal_px": bad})
-    if bad is None:  # JSON null: no focal given, the next source applies
-        _run(_transformer(), payload)
-        return
-    with pytest.raises(InvalidInput, match=r"instances\[1\]\.focal_px"):
-        _run(_transformer(), payload)
-
-
-def test_v1_images_only_response_is_unchanged_for_a_model_without_a_canonical_focal() -> None:
-    _, body = _run(_transformer(canonical=None), _v1(_inst(_jpeg())))
-    (pred,) = body["predictions"]
-    assert pred["median_m"] == pytest.approx(10.0)  # no scaling at the default focal
-    assert pred["focal_source"] == "default"
-    assert pred["focal_px"] == pytest.approx(CITYSCAPES_FOCAL_PX * 80 / 2048)
-    assert {"depth_png_b64", "height", "width", "min_m", "median_m", "max_m"} <= set(pred)
-    assert "ply_b64" not in pred
-
-
-def test_v1_ply_extra_has_one_coloured_point_per_pixel() -> None:
-    data = _jpeg((80, 60))
-    _, body = _run(_transformer(), _v1(_inst(data, focal_px=125.0, outputs=["ply"])))
-    xyz, rgb = decode_ply(base64.b64decode(body["predictions"][0]["ply_b64"]))
-    assert xyz.shape == (80 * 60, 3)
-    np.testing.assert_allclose(xyz[:, 2], 10.0, rtol=1e-6)
-    want_rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).reshape(-1, 3)
-    np.testing.assert_array_equal(rgb, want_rgb)
-    with pytest.raises(InvalidInput, match=r"instances\[0\]\.outputs"):
-        _run(_transformer(), _v1(_inst(data, outputs=["mesh"])))
-
-
-def _v2(images: list[bytes], focals: list[float] | None, outputs: list[str]) -> InferRequest:
-    inputs = [InferInput("image_bytes", [len(images)], "BYTES")]
-    inputs[0]._raw_data = b"".join(len(i).to_bytes(4, "little") + i for i in images)
-    if focals is not None:
-        inputs.append(InferInput("focal_px", [len(focals)], "FP32", data=focals))
-    return InferRequest(
-        "depth",
-        inputs,
-        request_outputs=[RequestedOutput(n, {"binary_data": False}) for n in outputs],
-    )
-
-
-def test_v2_points_and_focal_follow_the_requested_focal() -> None:
-    images = [_jpeg((80, 60)), _jpeg((80, 60))]
-    _, resp = _run(_transformer(), _v2(images, [125.0, 250.0], ["depth", "focal_px", "points"]))
-    out = {o.name: o.as_numpy() for o in resp.outputs}
-    np.testing.assert_array_equal(out["focal_px"], np.float32([125.0, 250.0]))
-    np.testing.assert_array_equal(out["depth"][1], 2 * out["depth"][0])
-    assert out["points"].shape == (2, 60, 80, 3) and out["points"].dtype == np.float32
-    for k, f in enumerate([125.0, 250.0]):
-        np.testing.assert_allclose(out["points"][k], back_project(out["depth"][k], f))
-
-
-@pytest.mark.parametrize(
-    ("focals", "match"),
-    [
-        ([0.0, 100.0], r"focal_px'\[0\]"),
-        ([100.0, math.nan], r"focal_px'\[1\]"),
-        ([100.0], r"shape"),
-    ],
-)
-def test_v2_bad_focal_input_is_a_400_naming_focal_px(focals, match) -> None:
-    with pytest.raises(InvalidInput, match=match):
-        _run(_transformer(), _v2([_jpeg(), _jpeg()], focals, ["depth"]))
-
-
-def test_v2_without_focal_or_new_outputs_answers_as_before() -> None:
-    batch, resp = _run(_transformer(), _v2([_jpeg()], None, []))
-    assert [o.name for o in resp.outputs] == ["depth", "depth_png"]
-    assert batch.focal_sources == ["default"]
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout

@@ -179,6 +179,42 @@ def test_focal_scales_depth_exactly_and_points_follow_it(stack, onnx_path: Path)
     assert len(xyz) == h * w and rgb.dtype == np.uint8
 
 
+def test_the_canonical_focal_reaches_the_transformer_through_tritons_config(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from helpers import TinyDepthNet
+
+    from depth_common.export.onnx import export_model
+    from depth_common.export.triton import build_triton_repository
+
+    torch.manual_seed(0)
+    meta = {"canonical_focal_px": "50.0"}  # pixels at the 64 px model input
+    onnx_file = export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(32, W), metadata=meta)
+    repo = build_triton_repository(onnx_file.path, tmp_path / "repo")
+    photo = (PHOTOS / "rocket.jpg").read_bytes()
+    h, w = load_rgb(photo).shape[:2]
+    want = image_reference(onnx_file.path, photo)
+    with (
+        LocalTritonServer(repo, log_path=tmp_path / "triton.log") as triton,
+        LocalTransformer(triton.grpc_url, log_path=tmp_path / "transformer.log") as transformer,
+    ):
+        code, body = _v1(transformer.url, photo)
+        assert code == 200, body
+        (pred,) = body["predictions"]
+        assert pred["focal_source"] == "default"
+        assert pred["focal_px"] == pytest.approx(50.0 * w / W)  # the canonical FoV at w
+        assert pred["median_m"] == pytest.approx(float(np.median(want)), rel=1e-4)
+        inst = {"image_bytes": {"b64": base64.b64encode(photo).decode()}, "focal_px": 100.0 * w / W}
+        code, raw, _ = _post(
+            f"{transformer.url}/v1/models/depth:predict",
+            json.dumps({"instances": [inst]}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        (pred,) = json.loads(raw)["predictions"]
+        assert pred["median_m"] == pytest.approx(2 * float(np.median(want)), rel=1e-4)
+
+
 def test_v2_json_with_base64_and_both_outputs(stack, onnx_path: Path) -> None:
     _, transformer = stack
     photos = [skimage_data.astronaut()[:200, :300], skimage_data.coffee()[:200, :300]]
