@@ -21,7 +21,7 @@ def push_hf(
 
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.export.hub import ModelCardInfo, push_to_hub
+    from depth_common.export.hub import ModelCardInfo, push_to_hub, with_onnx_camera
 
     record_startup("push_hf")
 
@@ -37,6 +37,7 @@ def push_hf(
         registered_model=p.mlflow.model_name,
     )
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
+    card = with_onnx_camera(card, onnx_file)  # the canonical camera, as exported
     result = push_to_hub(onnx_file, p.export.hf_repo_id, card=card, repository_dir=repository.path)
     print(f"pushed to {result.repo_url}: {result.commit_url}")
     return result.commit_url
