@@ -21,7 +21,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from depth_common.data.synthetic import generate_cityscapes
 
     summary = generate_cityscapes(
-        args.out, cities=args.cities, per_split=args.per_split, size=args.size, seed=args.seed
+        args.out,
+        cities=args.cities,
+        per_split=args.per_split,
+        size=args.size,
+        seed=args.seed,
+        focal_range=args.focal_range,
     )
     print(json.dumps(summary, indent=2))
     return 0

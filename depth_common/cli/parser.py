@@ -33,6 +33,19 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _focal_range(text: str) -> tuple[float, float]:
+    """``0.6,1.4`` → (0.6, 1.4): factors on the Cityscapes focal, 0 < low <= high."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--focal-range {text!r}: expected LOW,HIGH factors, e.g. 0.6,1.4"
+        ) from None
+    if not 0 < lo <= hi < float("inf"):
+        raise argparse.ArgumentTypeError(f"--focal-range {text!r}: expected 0 < LOW <= HIGH")
+    return lo, hi
+
+
 def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     """``--params FILE`` and repeatable ``--set section.key=value`` (every entry point's)."""
     parser.add_argument(
@@ -75,6 +88,12 @@ def _add_synth(sub: _Subparsers) -> None:
     p.add_argument("--per-split", type=int, default=8, help="images per city per split")
     p.add_argument("--size", type=_size, default=(128, 256), help="HEIGHTxWIDTH (default 128x256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--focal-range",
+        type=_focal_range,
+        help="LOW,HIGH: each city's focal is the Cityscapes one times a factor drawn from it "
+        "(e.g. 0.6,1.4; default: the Cityscapes field of view)",
+    )
 
 
 def _add_preprocess(sub: _Subparsers) -> None:
