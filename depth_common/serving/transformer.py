@@ -23,10 +23,12 @@ pixels of the upright image), EXIF ``FocalLengthIn35mmFilm``, or the model's can
 field of view at the image's width. Depth is the model's canonical depth times
 ``focal / default focal`` (exactly proportional to the focal; 1 at the default). v1 predictions
 also carry ``focal_px`` and ``focal_source`` (``request`` | ``exif`` | ``default``); a v1
-instance may add ``"outputs": ["ply"]`` for ``ply_b64``, a binary PLY of the coloured points.
-v2 outputs sent only when requested: ``focal_px`` FP32 ``[N]`` and ``points`` FP32
-``[N, H, W, 3]`` (metres, camera frame X right, Y down, Z forward). A bad focal is a 400
-naming ``focal_px``.
+instance may add ``"outputs": ["ply", "confidence_png"]`` for ``ply_b64`` (a binary PLY of the
+coloured points) and ``confidence_png_b64`` (8-bit, confidence x 255). v2 outputs sent only
+when requested: ``focal_px`` FP32 ``[N]``, ``points`` FP32 ``[N, H, W, 3]`` (metres, camera
+frame X right, Y down, Z forward) and ``confidence`` FP32 ``[N, H, W]`` in [0, 1]
+(:mod:`depth_common.serving.confidence`: an image that asks for it goes to Triton with its
+mirror as one batch-2 request). A bad focal is a 400 naming ``focal_px``.
 
 The depth PNG is 16-bit, metres x 256, 0 = invalid (:mod:`depth_common.serving.codec`). Every
 refusal is a :class:`kserve.errors.InvalidInput` (HTTP 400) naming the input and what was
@@ -68,6 +70,11 @@ from depth_common.serving.codec import (
     load_rgb,
     resize_depth_bilinear,
 )
+from depth_common.serving.confidence import (
+    confidence_from_mirror,
+    encode_confidence_png,
+    mirror_input,
+)
 from depth_common.serving.kserve_import import (
     GRPCInferenceServiceStub,
     InferenceError,
@@ -87,9 +94,9 @@ log = logging.getLogger(__name__)
 INPUT = "image_bytes"
 OUTPUTS = ("depth", "depth_png")
 #: v2 outputs sent only when asked for (clients that name no output keep getting ``OUTPUTS``).
-CAMERA_OUTPUTS = (FOCAL_KEY, "points")
+EXTRA_OUTPUTS = (FOCAL_KEY, "points", "confidence")
 #: v1 instance key ``"outputs"``: extras a v1 client may ask for, each a prediction key.
-V1_EXTRAS = {"ply": "ply_b64"}
+V1_EXTRAS = {"ply": "ply_b64", "confidence_png": "confidence_png_b64"}
 #: Triton model config parameter holding the canonical focal (pixels at the input width).
 CANONICAL_FOCAL_PARAMETER = "canonical_focal_px"
 DEFAULT_MAX_IMAGES = 16
@@ -128,6 +135,8 @@ class ImageBatch:
     scales: list[float] = field(default_factory=list)  # canonical depth → metres
     extras: list[list[str]] = field(default_factory=list)  # v1: each instance's "outputs"
     rgbs: list[np.ndarray] = field(default_factory=list)  # kept only when colours are needed
+    mirror: list[bool] = field(default_factory=list)  # also predict the mirror (confidence)
+    confidences: list[np.ndarray | None] = field(default_factory=list)  # at the image's size
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class Prediction:
 
     batch: ImageBatch
     depths: list[np.ndarray]
+    mirrored: list[np.ndarray | None] = field(default_factory=list)  # the mirror's, as predicted
 
 
 def geometry_from_metadata(meta: pb.ModelMetadataResponse) -> PredictorGeometry:
@@ -282,9 +292,9 @@ def v2_outputs(request: InferRequest) -> dict[str, bool]:
         return dict.fromkeys(OUTPUTS, default_binary)
     chosen = {}
     for out in request.request_outputs:
-        if out.name not in OUTPUTS + CAMERA_OUTPUTS:
+        if out.name not in OUTPUTS + EXTRA_OUTPUTS:
             raise InvalidInput(
-                f"unknown output {out.name!r}; this model has {list(OUTPUTS + CAMERA_OUTPUTS)}"
+                f"unknown output {out.name!r}; this model has {list(OUTPUTS + EXTRA_OUTPUTS)}"
             )
         flag = out.binary_data
         chosen[out.name] = default_binary if flag is None else bool(flag)
@@ -374,6 +384,7 @@ class DepthTransformer(kserve.Model):
             {"name": "depth_png", "datatype": "BYTES", "shape": [-1]},
             {"name": FOCAL_KEY, "datatype": "FP32", "shape": [-1]},
             {"name": "points", "datatype": "FP32", "shape": [-1, -1, -1, 3]},
+            {"name": "confidence", "datatype": "FP32", "shape": [-1, -1, -1]},
         ]
 
     # -- the predictor -----------------------------------------------------------------------
@@ -467,7 +478,7 @@ class DepthTransformer(kserve.Model):
             )
         )
         sizes = [rgb.shape[:2] for rgb, _, _ in prepared]
-        stacked = [name for name in ("depth", "points") if name in outputs]
+        stacked = [name for name in ("depth", "points", "confidence") if name in outputs]
         if stacked and len(set(sizes)) > 1:
             raise InvalidInput(
                 f"output {stacked[0]!r} needs images of one size, got {sorted(set(sizes))} "
@@ -476,6 +487,12 @@ class DepthTransformer(kserve.Model):
         request = payload if protocol == "v2" else None
         batch = ImageBatch(protocol, sizes, [t for _, t, _ in prepared], request, outputs)
         batch.extras = extras
+        batch.mirror = ["confidence" in outputs or "confidence_png" in e for e in extras]
+        if any(batch.mirror) and not geometry.batched:
+            raise InvalidInput(
+                "confidence needs the image and its mirror in one batch; the predictor model "
+                f"{self.predictor_model!r} has no batch dimension"
+            )
         if any("ply" in e for e in extras):
             batch.rgbs = [rgb for rgb, _, _ in prepared]
         camera = geometry.camera
@@ -497,6 +514,26 @@ class DepthTransformer(kserve.Model):
         )
 
     async def _infer_one(self, request: InferRequest, metadata: tuple) -> np.ndarray:
+        out = await self._infer_raw(request, metadata)
+        return out.reshape(out.shape[-2:])
+
+    async def _infer_with_mirror(
+        self, tensor: np.ndarray, geometry: PredictorGeometry, metadata: tuple
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(depth, depth of the mirror as predicted): one request of batch 2 (Triton runs both
+        in one model call)."""
+        x = np.stack([tensor, mirror_input(tensor)])
+        request = InferRequest(
+            model_name=self.predictor_model,
+            infer_inputs=[InferInput(geometry.input_name, list(x.shape), "FP32", data=x)],
+            request_id=str(uuid.uuid4()),
+            request_outputs=[RequestedOutput(geometry.output_name)],
+        )
+        out = await self._infer_raw(request, metadata)
+        pair = out.reshape(2, *out.shape[-2:])
+        return pair[0], pair[1]
+
+    async def _infer_raw(self, request: InferRequest, metadata: tuple) -> np.ndarray:
         try:
             response = await self._grpc_client.infer(infer_request=request, headers=metadata)
         except grpc.RpcError as exc:
@@ -504,8 +541,7 @@ class DepthTransformer(kserve.Model):
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise ServerNotReady(f"{where}: {exc.code().name}: {exc.details()}") from None
             raise InferenceError(f"{where}: {exc.code().name}: {exc.details()}") from None
-        out = response.outputs[0].as_numpy()
-        return np.asarray(out, dtype=np.float32).reshape(out.shape[-2:])
+        return np.asarray(response.outputs[0].as_numpy(), dtype=np.float32)
 
     async def predict(
         self,
@@ -515,9 +551,26 @@ class DepthTransformer(kserve.Model):
     ) -> Prediction:
         geometry = await self.predictor_geometry()
         forward = tuple((k, v) for k, v in (headers or {}).items() if k == "x-request-id")
+        if any(payload.mirror):
+            return await self._predict_with_mirror(payload, geometry, forward)
         requests = [self._infer_request(t, geometry) for t in payload.tensors]
         depths = await asyncio.gather(*(self._infer_one(r, forward) for r in requests))
         return Prediction(payload, list(depths))
+
+    async def _predict_with_mirror(
+        self, payload: ImageBatch, geometry: PredictorGeometry, forward: tuple
+    ) -> Prediction:
+        """Each image that asks for confidence goes with its mirror; the others alone."""
+
+        async def one(tensor: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarray | None]:
+            if mirror:
+                return await self._infer_with_mirror(tensor, geometry, forward)
+            return await self._infer_one(self._infer_request(tensor, geometry), forward), None
+
+        pairs = await asyncio.gather(
+            *(one(t, m) for t, m in zip(payload.tensors, payload.mirror, strict=True))
+        )
+        return Prediction(payload, [d for d, _ in pairs], [m for _, m in pairs])
 
     async def postprocess(
         self,
@@ -532,6 +585,15 @@ class DepthTransformer(kserve.Model):
                 for d, s, k in zip(result.depths, batch.sizes, batch.scales, strict=True)
             )
         )
+        batch.confidences = await asyncio.gather(
+            *(
+                loop.run_in_executor(None, _confidence, d, m, s)
+                for d, m, s in zip(
+                    result.depths, result.mirrored or [None] * len(result.depths), batch.sizes,
+                    strict=True,
+                )
+            )
+        )  # fmt: skip
         want_png = batch.protocol == "v1" or "depth_png" in batch.outputs
         pngs = (
             await asyncio.gather(*(loop.run_in_executor(None, encode_depth_png, d) for d in depths))
@@ -553,7 +615,7 @@ class DepthTransformer(kserve.Model):
             if name == "depth":
                 data = np.stack(depths).astype(np.float32)
                 outputs.append(InferOutput("depth", list(data.shape), "FP32", data=data))
-            elif name in CAMERA_OUTPUTS:
+            elif name in EXTRA_OUTPUTS:
                 data = _camera_output(name, batch, depths)
                 outputs.append(InferOutput(name, list(data.shape), "FP32", data=data))
             else:
@@ -576,10 +638,21 @@ def _metric_depth(depth: np.ndarray, size: tuple[int, int], scale: float) -> np.
     return scale_depth(resize_depth_bilinear(depth, size), scale)
 
 
+def _confidence(
+    depth: np.ndarray, mirrored: np.ndarray | None, size: tuple[int, int]
+) -> np.ndarray | None:
+    """Confidence at the image's size (bilinear, like depth), or None without a mirror."""
+    if mirrored is None:
+        return None
+    return resize_depth_bilinear(confidence_from_mirror(depth, mirrored), size)
+
+
 def _camera_output(name: str, batch: ImageBatch, depths: list[np.ndarray]) -> np.ndarray:
-    """v2 ``focal_px`` [N] or ``points`` [N, H, W, 3] (FP32)."""
+    """v2 ``focal_px`` [N], ``points`` [N, H, W, 3] or ``confidence`` [N, H, W] (FP32)."""
     if name == FOCAL_KEY:
         return np.asarray(batch.focals, dtype=np.float32)
+    if name == "confidence":
+        return np.stack(batch.confidences).astype(np.float32)
     return np.stack([back_project(d, f) for d, f in zip(depths, batch.focals, strict=True)])
 
 
@@ -591,6 +664,9 @@ async def _v1_camera_keys(batch: ImageBatch, depths: list[np.ndarray], k: int) -
         points = back_project(depths[k], batch.focals[k])
         ply = await loop.run_in_executor(None, encode_ply, points, batch.rgbs[k])
         keys[V1_EXTRAS["ply"]] = base64.b64encode(ply).decode("ascii")
+    if "confidence_png" in batch.extras[k]:
+        png = encode_confidence_png(batch.confidences[k])
+        keys[V1_EXTRAS["confidence_png"]] = base64.b64encode(png).decode("ascii")
     return keys
 
 

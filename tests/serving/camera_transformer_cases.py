@@ -151,3 +151,65 @@ def test_v2_without_focal_or_new_outputs_answers_as_before() -> None:
     batch, resp = _run(_transformer(), _v2([jpeg_with_exif()], None, []))
     assert [o.name for o in resp.outputs] == ["depth", "depth_png"]
     assert batch.focal_sources == ["default"]
+
+
+def _through_predict(t: DepthTransformer, payload, mirrored_offset: float = 1.0):
+    """preprocess → predict → postprocess with Triton replaced: the image's depth is 10 m plus
+    its column index; the mirror's prediction is the same scene flipped, plus an offset."""
+    seen: list[tuple[int, ...]] = []
+
+    async def fake_raw(request, metadata):
+        (inp,) = request.inputs
+        x = inp.as_numpy()
+        seen.append(tuple(x.shape))
+        base = 10.0 + np.arange(64, dtype=np.float32)[None, :].repeat(32, 0)
+        if x.shape[0] == 2:  # image + mirror, one request
+            np.testing.assert_array_equal(x[1], x[0][..., ::-1])
+            return np.stack([base, base[:, ::-1] + mirrored_offset])[:, None]
+        return base[None, None]
+
+    t._infer_raw = fake_raw
+
+    async def run():
+        batch = await t.preprocess(payload)
+        return batch, await t.postprocess(await t.predict(batch))
+
+    batch, response = asyncio.run(run())
+    return seen, batch, response
+
+
+def test_v2_confidence_comes_from_one_request_with_the_mirror() -> None:
+    from depth_common.serving.confidence import confidence_from_mirror
+
+    t = _transformer()
+    request = _v2([jpeg_with_exif((64, 32))], None, ["depth", "confidence"])
+    seen, _, resp = _through_predict(t, request)
+    assert seen == [(2, 3, 32, 64)]  # one call, batch of two
+    out = {o.name: o.as_numpy() for o in resp.outputs}
+    base = 10.0 + np.arange(64, dtype=np.float32)[None, :].repeat(32, 0)
+    np.testing.assert_allclose(out["depth"][0], base)  # the image's own depth, not an average
+    want = confidence_from_mirror(base, base[:, ::-1] + 1.0)
+    np.testing.assert_allclose(out["confidence"][0], want, rtol=1e-6)
+    assert out["confidence"].shape == (1, 32, 64) and 0 < out["confidence"].min() < 1
+
+
+def test_without_confidence_each_image_goes_alone_and_v1_can_ask_per_instance() -> None:
+    t = _transformer()
+    seen, _, _ = _through_predict(t, _v2([jpeg_with_exif((64, 32))] * 2, None, ["depth"]))
+    assert seen == [(1, 3, 32, 64)] * 2
+    payload = _v1(_inst(jpeg_with_exif((64, 32)), outputs=["confidence_png"]),
+                  _inst(jpeg_with_exif((64, 32))))  # fmt: skip
+    seen, _, body = _through_predict(t, payload, mirrored_offset=0.0)
+    assert sorted(seen) == [(1, 3, 32, 64), (2, 3, 32, 64)]
+    first, second = body["predictions"]
+    png = Image.open(io.BytesIO(base64.b64decode(first["confidence_png_b64"])))
+    assert png.mode == "L" and png.size == (64, 32)
+    np.testing.assert_array_equal(np.asarray(png), 255)  # mirror-consistent: fully confident
+    assert "confidence_png_b64" not in second
+
+
+def test_confidence_needs_a_batched_predictor() -> None:
+    t = DepthTransformer()
+    t.geometry = PredictorGeometry("image", "depth", 32, 64, False, 100.0)
+    with pytest.raises(InvalidInput, match="mirror in one batch"):
+        asyncio.run(t.preprocess(_v2([jpeg_with_exif()], None, ["confidence"])))

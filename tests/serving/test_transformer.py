@@ -179,6 +179,36 @@ def test_focal_scales_depth_exactly_and_points_follow_it(stack, onnx_path: Path)
     assert len(xyz) == h * w and rgb.dtype == np.uint8
 
 
+def test_confidence_is_the_mirror_agreement_of_onnxruntime(stack, onnx_path: Path) -> None:
+    import onnxruntime as ort
+
+    from depth_common.data.transforms import prepare_image
+    from depth_common.serving.codec import resize_depth_bilinear
+    from depth_common.serving.confidence import confidence_from_mirror
+
+    _, transformer = stack
+    photo = (PHOTOS / "coffee.png").read_bytes()
+    rgb = load_rgb(photo)
+    x = prepare_image(rgb, (32, W))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    a, b = session.run(None, {"image": np.stack([x, x[..., ::-1]])})[0][:, 0]
+    want = resize_depth_bilinear(confidence_from_mirror(a, b), rgb.shape[:2])
+    body = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(photo).decode()]}],
+            "outputs": [{"name": "confidence"}, {"name": "depth"}]}  # fmt: skip
+    code, raw, _ = _post(
+        f"{transformer.url}/v2/models/depth/infer",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert code == 200, raw
+    out = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
+           for o in json.loads(raw)["outputs"]}  # fmt: skip
+    np.testing.assert_allclose(out["confidence"][0], want, atol=1e-5)
+    assert out["confidence"].min() >= 0 and out["confidence"].max() <= 1
+    np.testing.assert_allclose(out["depth"][0], image_reference(onnx_path, photo), atol=1e-5)
+
+
 def test_the_canonical_focal_reaches_the_transformer_through_tritons_config(
     tmp_path: Path,
 ) -> None:
