@@ -95,7 +95,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from depth_common.serving.predict import predict_files
 
     outputs = predict_files(
-        args.checkpoint, args.images, args.out, focal_px=args.focal_px, points=args.points
+        args.checkpoint,
+        args.images,
+        args.out,
+        focal_px=args.focal_px,
+        points=args.points,
+        confidence=args.confidence,
     )
     for out in outputs:
         print(out)

@@ -152,6 +152,11 @@ def _add_predict(sub: _Subparsers) -> None:
         "else the model's canonical field of view)",
     )
     p.add_argument("--points", metavar="PLY", help="write the coloured 3-D points (one image)")
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write <stem>_confidence.png (image vs mirror agreement, 255 = sure)",
+    )
     p.add_argument("images", nargs="+")
 
 

@@ -179,6 +179,14 @@ def test_predict_files_focal_scales_depth_and_points_go_to_a_ply(trained, tmp_pa
     assert len(xyz) == int(valid.sum())
     np.testing.assert_allclose(xyz, back_project(d2, 120.0)[valid], rtol=1e-6)
     np.testing.assert_array_equal(colours, rgb[valid])
+    three = predict_files(result.checkpoint_path, [img], tmp_path / "f3", confidence=True)
+    assert [p.name for p in three] == ["street_depth.png", "street_depth.npy",
+                                       "street_confidence.png"]  # fmt: skip
+    conf = np.asarray(Image.open(three[2]))
+    assert conf.shape == (40, 70) and conf.dtype == np.uint8 and conf.max() > 0
+    plain = predict_files(result.checkpoint_path, [img], tmp_path / "f0")
+    # the depth is the image's own whether or not its mirror ran beside it
+    np.testing.assert_allclose(np.load(three[1]), np.load(plain[1]), rtol=1e-5, atol=1e-5)
     with pytest.raises(FocalError, match="--focal-px"):
         predict_files(result.checkpoint_path, [img], tmp_path / "f3", focal_px=0.5)
     with pytest.raises(ValueError, match="one PLY path takes one image"):
