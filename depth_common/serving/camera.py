@@ -154,12 +154,15 @@ def back_project(depth: np.ndarray, focal_px: float) -> np.ndarray:
         raise ValueError(f"depth: expected a 2-D map (H, W), got shape {depth.shape}")
     f = check_focal(focal_px)
     h, w = depth.shape
-    z = np.asarray(depth, dtype=np.float64)
-    u = np.arange(w, dtype=np.float64) - (w - 1) / 2.0
-    v = np.arange(h, dtype=np.float64) - (h - 1) / 2.0
-    x = u[None, :] * z / f
-    y = v[:, None] * z / f
-    return np.stack([x, y, z], axis=-1).astype(np.float32)
+    z = np.asarray(depth, dtype=np.float32)
+    # float32 throughout, written in place: a 12 MP photo's points are 144 MB in float64.
+    u = ((np.arange(w, dtype=np.float64) - (w - 1) / 2.0) / f).astype(np.float32)
+    v = ((np.arange(h, dtype=np.float64) - (h - 1) / 2.0) / f).astype(np.float32)
+    points = np.empty((h, w, 3), dtype=np.float32)
+    np.multiply(z, u[None, :], out=points[..., 0])
+    np.multiply(z, v[:, None], out=points[..., 1])
+    points[..., 2] = z
+    return points
 
 
 def encode_ply(points: np.ndarray, colors: np.ndarray) -> bytes:
