@@ -13,8 +13,10 @@ data, seed and DEMO preset train two models that differ only in ``data.camera_aw
   multiplied back by ``f_image / f_canonical`` with the frame's focal from its camera JSON.
 
 Both are scored by ``depth_common.evaluation.evaluate`` (full-resolution ground truth, the
-project's protocol) on val (focals seen in training) and test (the held-out focal). Results go
-to ``bench/results_camera.json``; README's "Camera" table quotes them.
+project's protocol) on val (focals seen in training) and test (the held-out focal), with the
+median predicted / true depth ratio. Results go to ``bench/results_camera.json``
+(``--test-focal 0.5 --out bench/results_camera_wide.json`` for the wider lens); README's
+canonical-camera table quotes both.
 """
 
 from __future__ import annotations
