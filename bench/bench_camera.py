@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 def _data(root: Path, args: argparse.Namespace) -> Path:
     from depth_common.config import load_params
-    from depth_common.config.presets import DEMO
+    from depth_common.config.params import overlay_overrides
     from depth_common.data.preprocess import preprocess_dataset
     from depth_common.data.synthetic import generate_cityscapes
 
@@ -46,7 +46,7 @@ def _data(root: Path, args: argparse.Namespace) -> Path:
                         focal_range=tuple(args.train_focal), **common)  # fmt: skip
     generate_cityscapes(raw, cities=2, splits=("test",),
                         focal_range=(args.test_focal, args.test_focal), **common)  # fmt: skip
-    params = load_params(ROOT / "params.yaml", DEMO)
+    params = load_params(ROOT / "params.yaml", overlay_overrides(ROOT / "params.demo.yaml"))
     preprocess_dataset(raw, processed, params.data, progress=False)
     return processed
 
@@ -76,12 +76,12 @@ def _scale_ratio(checkpoint: Path, processed: Path, split: str) -> float:
 
 def _run(processed: Path, root: Path, aware: bool, args: argparse.Namespace) -> dict:
     from depth_common.config import load_params
-    from depth_common.config.presets import DEMO
+    from depth_common.config.params import overlay_overrides
     from depth_common.evaluation.evaluate import evaluate
     from depth_common.training.train import train
 
     name = "camera-aware" if aware else "camera-blind"
-    overrides = DEMO + (
+    overrides = overlay_overrides(ROOT / "params.demo.yaml") + (
         f"data.camera_aware={'true' if aware else 'false'}",
         f"training.epochs={args.epochs}",
         f"training.checkpoint_every={args.epochs}",

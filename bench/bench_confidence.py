@@ -29,12 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 def _train_demo(root: Path) -> tuple[Path, Path]:
     from depth_common.config import load_params
-    from depth_common.config.presets import DEMO, DEMO_SYNTHETIC
+    from depth_common.config.params import overlay_overrides
     from depth_common.data.preprocess import preprocess_dataset
     from depth_common.data.synthetic import generate_cityscapes
     from depth_common.training.train import train
+    from pipelines.run_local import DEMO_SYNTHETIC
 
-    params = load_params(ROOT / "params.yaml", DEMO + ('training.init_from=""',))
+    params = load_params(
+        ROOT / "params.yaml",
+        (*overlay_overrides(ROOT / "params.demo.yaml"), 'training.init_from=""'),
+    )
     generate_cityscapes(root / "raw", size=(128, 256), seed=0, **DEMO_SYNTHETIC)
     preprocess_dataset(root / "raw", root / "processed", params.data, progress=False)
     result = train(params, root / "processed", root / "ckpt", tracking=False)

@@ -211,10 +211,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from depth_common.deploy.report import DeployError, write_deploy_report
     from depth_common.deploy.rollback import rollback
+    from depth_common.deploy.rollout import serving_target
+    from depth_common.registry.registry import Registry
 
     _log_info()
+    params = _params(args)
     try:
-        result = rollback(_params(args))
+        result = rollback(Registry.from_params(params), serving_target(params))
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -224,6 +227,40 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from depth_common.deploy.rollback import status
+    from depth_common.deploy.rollout import serving_target
+    from depth_common.registry.registry import Registry
 
-    print("\n".join(status(_params(args))))
+    params = _params(args)
+    print("\n".join(status(Registry.from_params(params), serving_target(params))))
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """One version (``--alias`` / ``--version``) as an object; ``--run`` / ``--dataset`` as
+    ``{"versions": [...]}`` (JSON) or one table per version."""
+    from depth_common.registry import lineage
+    from depth_common.registry.aliases import registry_client
+    from depth_common.registry.store import sqlite_path
+
+    params = _params(args)
+    uri = params.mlflow.tracking_uri
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # never create an empty store just to say "none"
+        raise FileNotFoundError(f"{db}: no MLflow store (mlflow.tracking_uri {uri})")
+    client = registry_client(uri)
+    name = params.mlflow.model_name
+    if args.alias is not None:
+        versions = [lineage.alias_version(client, name, args.alias)]
+    elif args.version is not None:
+        versions = [args.version]
+    elif args.run is not None:
+        versions = lineage.versions_of_run(client, name, args.run)
+    else:
+        versions = lineage.versions_of_dataset(client, name, args.dataset)
+    entries = [lineage.describe_version(client, name, v) for v in versions]
+    one = args.alias is not None or args.version is not None
+    if args.json:
+        print(json.dumps(entries[0] if one else {"versions": entries}, indent=2))
+    else:
+        print("\n\n".join(lineage.format_lineage(e) for e in entries))
     return 0

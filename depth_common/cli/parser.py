@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from depth_common.cli import commands
 from depth_common.config import ConfigError
 from depth_common.errors import DataError
+from depth_common.registry.lineage import LineageNotFound
 
 if TYPE_CHECKING:  # what add_subparsers returns (argparse does not name it publicly)
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -46,10 +47,23 @@ def _focal_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+class _ParamsFiles(argparse.Action):
+    """``--params`` given once or more replaces the default file list, in the order given."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        files = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*([] if files is self.default else files), values])
+
+
 def add_params_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--params FILE`` and repeatable ``--set section.key=value`` (every entry point's)."""
+    """Repeatable ``--params FILE`` and ``--set section.key=value`` (every entry point's)."""
     parser.add_argument(
-        "--params", default="params.yaml", help="the params file (default: params.yaml)"
+        "--params",
+        action=_ParamsFiles,
+        default=["params.yaml"],
+        metavar="FILE",
+        help="the params file (default: params.yaml); repeated, each later file is laid over "
+        "the ones before it, e.g. --params params.yaml --params params.demo.yaml",
     )
     parser.add_argument(
         "--set",
@@ -271,6 +285,23 @@ def _add_operations(sub: _Subparsers) -> None:
     )
 
 
+def _add_lineage(sub: _Subparsers) -> None:
+    p = _command(
+        sub,
+        "lineage",
+        commands.cmd_lineage,
+        "where a registered model version came from: code, data, params, runs, files, serving",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--alias", help="the version holding this alias, e.g. champion")
+    which.add_argument("--version", type=int, help="this registered model version")
+    which.add_argument("--run", metavar="RUN_ID", help="versions from this MLflow run")
+    which.add_argument(
+        "--dataset", metavar="DIGEST", help="every version trained on this data digest"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 # In the order `--help` lists them.
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_synth,
@@ -284,6 +315,7 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve,
     _add_demo,
     _add_operations,
+    _add_lineage,
 )
 
 
@@ -302,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, LineageNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

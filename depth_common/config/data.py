@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import typing
-import warnings
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
@@ -14,22 +13,7 @@ from depth_common.config.base import Bool, ConfigModel, Float, Int, Str, reject,
 DataLayout = Literal["cityscapes", "depth_xy"]
 #: Layout names of ``data.layout`` (besides ``auto``); ``depth_xy`` is ``depth_X/`` + ``depth_y/``.
 DATA_LAYOUTS: tuple[str, ...] = typing.get_args(DataLayout)
-#: Former layout names still accepted (with a deprecation warning) → their current name.
-DEPRECATED_LAYOUTS = {"seed": "depth_xy"}
 MAX_NUM_WORKERS = 64
-
-
-def canonical_layout(layout: str, key: str = "data.layout") -> str:
-    """``layout`` under its current name; a former name is accepted with a ``FutureWarning``."""
-    if layout in DEPRECATED_LAYOUTS:
-        new = DEPRECATED_LAYOUTS[layout]
-        warnings.warn(
-            f"{key}: {layout!r} is deprecated, use {new!r} (the same depth_X/ + depth_y/ folders)",
-            FutureWarning,
-            stacklevel=3,
-        )
-        return new
-    return layout
 
 
 def _safe_split_name(name: str) -> bool:
@@ -62,11 +46,6 @@ class DataConfig(ConfigModel):
     # Train for the canonical camera (Metric3D): each target times f_canonical / f_image, so
     # depth follows the focal at inference. false: every camera is treated as the same one.
     camera_aware: Bool = True
-
-    @field_validator("layout", mode="before")
-    @classmethod
-    def _current_layout_name(cls, value: Any) -> Any:
-        return canonical_layout(value) if isinstance(value, str) else value
 
     @field_validator("img_size", mode="before")
     @classmethod

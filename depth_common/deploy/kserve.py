@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from depth_common.config import DeployConfig
 from depth_common.deploy.manifests import (
     MODEL_VERSION_LABEL,
@@ -23,6 +25,8 @@ from depth_common.deploy.manifests import (
 )
 from depth_common.deploy.report import DeployError, DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
+from depth_common.export.onnx import file_sha256, read_metadata
+from depth_common.registry.lineage import ONNX_SHA256, carried
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 MLFLOW_MODEL_ANNOTATION = "depth-mlops.io/mlflow-model-name"
 MLFLOW_VERSION_ANNOTATION = "depth-mlops.io/mlflow-model-version"
 MLFLOW_RUN_ANNOTATION = "depth-mlops.io/mlflow-run-id"
+#: Prefix of the lineage annotations (code, data, params, checkpoint and ONNX digests, runs).
+LINEAGE_ANNOTATION_PREFIX = "depth-mlops.io/"
 #: KServe then tags the revisions it splits traffic between ("latest", "prev") and gives each
 #: its own URL in status.components.predictor.traffic: the canary analysis calls them there.
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
@@ -44,19 +50,40 @@ class DeployTimeout(DeployError):
 
 
 def model_annotations(
-    registered_model: str, model_version: str | int, run_id: str | None
+    registered_model: str,
+    model_version: str | int,
+    run_id: str | None,
+    onnx_path: str | Path | None = None,
 ) -> dict[str, str]:
-    """The annotations naming the registered model version an InferenceService serves."""
-    return {
+    """The annotations naming the registered model version an InferenceService serves, and
+    with ``onnx_path`` its lineage (``depth-mlops.io/git-commit``, ``.../data-digest``, ...,
+    ``.../onnx-sha256``) from the ONNX file's metadata."""
+    out = {
         MLFLOW_MODEL_ANNOTATION: registered_model,
         MLFLOW_VERSION_ANNOTATION: str(model_version),
         MLFLOW_RUN_ANNOTATION: run_id or "",
         TAG_ROUTING_ANNOTATION: "true",
     }
+    if onnx_path is not None:
+        facts = {**carried(read_metadata(onnx_path)), ONNX_SHA256: file_sha256(onnx_path)}
+        for key, value in facts.items():
+            out[f"{LINEAGE_ANNOTATION_PREFIX}{key.replace('_', '-')}"] = value
+    return out
 
 
 def kubernetes_api() -> Any:
-    """``CustomObjectsApi`` from the in-cluster service account, else from ``~/.kube/config``."""
+    """``CustomObjectsApi`` from the in-cluster service account, else from ``~/.kube/config``.
+
+    Not ``kserve.KServeClient`` (0.21), although it gets, patches and waits: importing
+    ``kserve`` registers its own copy of the v2 protobuf messages, after which ``tritonclient``'s
+    gRPC client fails to import in the same process ("duplicate symbol
+    inference.ServerLiveRequest") -- and a deploy runs both. Its methods would not do either:
+    they wrap every ``ApiException`` in a ``RuntimeError`` (losing the status that tells a
+    missing object, 404, and an API server restart, 5xx, from a failure), take typed models
+    whose serialisation drops ``None`` (a merge patch could not remove
+    ``canaryTrafficPercent``), and wait without failing fast on a failed load or checking a
+    canary's traffic split (:func:`wait_ready` does both, at the new ``observedGeneration``).
+    """
     from kubernetes import client, config
 
     try:
@@ -235,9 +262,11 @@ def _rollback_target(
         labels = live.get("metadata", {}).get("labels") or {}
         previous_model_version = previous_model_version or labels.get(MODEL_VERSION_LABEL)
     if previous_annotations is None and live is not None:
-        known = (MLFLOW_MODEL_ANNOTATION, MLFLOW_VERSION_ANNOTATION, MLFLOW_RUN_ANNOTATION)
+        # The MLflow and lineage annotations (one prefix): the served version's own.
         live_ann = live.get("metadata", {}).get("annotations") or {}
-        previous_annotations = {k: live_ann[k] for k in known if k in live_ann}
+        previous_annotations = {
+            k: v for k, v in live_ann.items() if k.startswith(LINEAGE_ANNOTATION_PREFIX)
+        }
     if previous_storage_uri == storage_uri:
         previous_storage_uri = None  # redeploying the same model: nothing else to return to
     return previous_storage_uri, previous_model_version, previous_annotations
@@ -261,6 +290,7 @@ def deploy_kserve(
     smoke_test: Callable[..., SmokeResult] = smoke_test_v2,
     annotations: dict[str, str] | None = None,
     previous_annotations: dict[str, str] | None = None,
+    image: np.ndarray | None = None,
 ) -> DeployResult:
     """Serve ``storage_uri`` (a Triton repository on object storage) as ``cfg.name``.
 
@@ -272,7 +302,8 @@ def deploy_kserve(
     live InferenceService's storageUri (if any, and different) is the rollback target.
     ``endpoint`` overrides the URL the smoke test calls. ``annotations`` (see
     :func:`model_annotations`) name the registered model version; ``previous_annotations``
-    those restored on rollback (default: the live object's). Raises :class:`DeployError`
+    those restored on rollback (default: the live object's); ``image`` (uint8 (h, w, 3)) is
+    the smoke test's input (default: its own). Raises :class:`DeployError`
     (after rolling back) when the service does not become Ready or the smoke test fails.
     """
     storage_uri = storage_uri or cfg.storage_uri
@@ -305,7 +336,7 @@ def deploy_kserve(
             api, ns, name, generation=generation, timeout_s=cfg.timeout_s, poll_s=poll_s
         )
         url = endpoint or endpoint_of(ready)
-        smoke = smoke_test(url, model_name, onnx_path=onnx_path, atol=atol)
+        smoke = smoke_test(url, model_name, onnx_path=onnx_path, atol=atol, image=image)
         if not smoke.ok:
             raise DeployError(f"smoke test failed on {url}: {smoke.detail}")
     except DeployError as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from helpers import DEMO
+
 from depth_common.cli.parser import main
-from depth_common.config.presets import DEMO
 
 
 def test_cli_train_then_evaluate(processed_data, tmp_path, capsys) -> None:

@@ -197,3 +197,15 @@ def test_the_card_says_which_camera_the_depth_is_for(tmp_path: Path) -> None:
     assert "49.1 deg horizontal field of view" in text  # 2 atan(32 / 70)
     blind = export_model(TinyDepthNet(), tmp_path / "b.onnx", img_size=(32, 64))
     assert with_onnx_camera(CARD, blind.path) == dataclasses.replace(CARD)
+
+
+def test_card_states_lineage_and_links_the_report() -> None:
+    from dataclasses import replace
+
+    lineage = {"git_commit": "a" * 40, "data_digest": "b" * 32, "onnx_sha256": "c" * 64}
+    card = render_model_card(replace(CARD, lineage=lineage, report="evaluation/report.html"))
+    provenance = card.split("## Provenance", 1)[1]
+    for key, value in lineage.items():
+        assert f"- {key}: `{value}`" in provenance
+    assert "[evaluation/report.html](evaluation/report.html)" in provenance
+    assert "report.html" not in render_model_card(CARD)  # no report: no link

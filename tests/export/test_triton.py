@@ -208,3 +208,17 @@ def test_the_canonical_focal_travels_from_onnx_metadata_to_every_config(tmp_path
         assert cfg.parameters["canonical_focal_px"].string_value == "70.5", name
     blind = build_triton_repository(_export(tmp_path / "b.onnx", (32, 48)), tmp_path / "blind")
     assert "canonical_focal_px" not in parse_model_config(blind / "depth/config.pbtxt").parameters
+
+
+def test_lineage_of_the_onnx_metadata_becomes_config_parameters(tmp_path: Path) -> None:
+    import hashlib
+
+    torch.manual_seed(0)
+    lineage = {"git_commit": "a" * 40, "data_digest": "b" * 32, "params_sha256": "c" * 64}
+    meta = {**lineage, "encoder": "vit_tiny"}  # not a lineage key: stays out of the config
+    onnx = export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(32, 48), metadata=meta)
+    repo = build_triton_repository(onnx.path, tmp_path / "repo", version=2)
+    params = parse_model_config(repo / "depth/config.pbtxt").parameters
+    got = {k: v.string_value for k, v in params.items()}
+    sha = hashlib.sha256(onnx.path.read_bytes()).hexdigest()
+    assert got == {**lineage, "onnx_sha256": sha}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DEMO
 
 from depth_common.config import Params, load_params
-from depth_common.config.presets import DEMO
 from depth_common.model.checkpoint import load_checkpoint
 from depth_common.training.state import lr_factor
 from depth_common.training.train import TrainingError, TrainingInterrupted, train
