@@ -21,7 +21,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from depth_common.data.synthetic import generate_cityscapes
 
     summary = generate_cityscapes(
-        args.out, cities=args.cities, per_split=args.per_split, size=args.size, seed=args.seed
+        args.out,
+        cities=args.cities,
+        per_split=args.per_split,
+        size=args.size,
+        seed=args.seed,
+        focal_range=args.focal_range,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -89,7 +94,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from depth_common.serving.predict import predict_files
 
-    for out in predict_files(args.checkpoint, args.images, args.out):
+    outputs = predict_files(
+        args.checkpoint,
+        args.images,
+        args.out,
+        focal_px=args.focal_px,
+        points=args.points,
+        confidence=args.confidence,
+    )
+    for out in outputs:
         print(out)
     return 0
 

@@ -34,6 +34,19 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _focal_range(text: str) -> tuple[float, float]:
+    """``0.6,1.4`` → (0.6, 1.4): factors on the Cityscapes focal, 0 < low <= high."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--focal-range {text!r}: expected LOW,HIGH factors, e.g. 0.6,1.4"
+        ) from None
+    if not 0 < lo <= hi < float("inf"):
+        raise argparse.ArgumentTypeError(f"--focal-range {text!r}: expected 0 < LOW <= HIGH")
+    return lo, hi
+
+
 class _ParamsFiles(argparse.Action):
     """``--params`` given once or more replaces the default file list, in the order given."""
 
@@ -89,6 +102,12 @@ def _add_synth(sub: _Subparsers) -> None:
     p.add_argument("--per-split", type=int, default=8, help="images per city per split")
     p.add_argument("--size", type=_size, default=(128, 256), help="HEIGHTxWIDTH (default 128x256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--focal-range",
+        type=_focal_range,
+        help="LOW,HIGH: each city's focal is the Cityscapes one times a factor drawn from it "
+        "(e.g. 0.6,1.4; default: the Cityscapes field of view)",
+    )
 
 
 def _add_preprocess(sub: _Subparsers) -> None:
@@ -140,6 +159,18 @@ def _add_predict(sub: _Subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions")
+    p.add_argument(
+        "--focal-px",
+        type=float,
+        help="focal length in pixels of the upright image (default: EXIF 35 mm equivalent, "
+        "else the model's canonical field of view)",
+    )
+    p.add_argument("--points", metavar="PLY", help="write the coloured 3-D points (one image)")
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write <stem>_confidence.png (image vs mirror agreement, 255 = sure)",
+    )
     p.add_argument("images", nargs="+")
 
 
