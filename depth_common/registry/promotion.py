@@ -38,6 +38,8 @@ from depth_common.registry.registry import Registry
 
 #: Tag of a challenger version: until when (epoch seconds) its rollout counts as in flight.
 IN_FLIGHT_TAG = "in_flight_until"
+#: Version tag: the MLflow 3 logged model (``m-...``) the version was registered from.
+LOGGED_MODEL_TAG = "logged_model_id"
 #: Where train logs the model inside its run (``runs:/<run_id>/model``).
 MODEL_ARTIFACT_PATH = "model"
 #: The metric promotion compares (metres, lower is better).
@@ -184,7 +186,9 @@ def _logged_model_source(client, run_id: str) -> tuple[str, str | None]:
     models = [m for m in found if m.source_run_id == run_id]
     if models:
         newest = max(models, key=lambda m: m.creation_timestamp)
-        return f"models:/{newest.model_id}", newest.model_id
+        # The logged model's storage location, not "models:/<id>": MLflow's SQL store resolves
+        # a models:/ source with a client on the process-wide tracking URI, not this client's.
+        return newest.artifact_location, newest.model_id
     listed = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT_PATH)}
     if f"{MODEL_ARTIFACT_PATH}/MLmodel" not in listed:
         raise PromotionError(
@@ -218,6 +222,8 @@ def _register_version(reg: Registry, run_id: str, pipeline_run: str) -> int:
         source, model_id = _logged_model_source(client, run_id)
         mv = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
         version = int(mv.version)
+        if model_id:  # the link MLflow keeps only for models:/ sources (see _logged_model_source)
+            tags[LOGGED_MODEL_TAG] = model_id
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     return version

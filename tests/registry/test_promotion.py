@@ -150,7 +150,9 @@ def test_one_registry_carries_a_whole_promotion(params, monkeypatch):
     assert opened == []
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
     mv = registry.version(2)
-    assert mv.run_id == better and mv.source.startswith("models:/m-")  # the run's logged model
+    # the run's logged model, registered from its storage location (no process-wide URI needed)
+    logged = registry.client.get_logged_model(mv.tags["logged_model_id"])
+    assert mv.run_id == better == logged.source_run_id and mv.source == logged.artifact_location
 
 
 def test_better_challenger_moves_champion_and_keeps_previous(params):
