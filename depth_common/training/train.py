@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from depth_common.atomic import claim_dir
 from depth_common.config import ConfigError, Params
 from depth_common.data.samplers import eval_sampler, train_sampler
 from depth_common.threads import apply_torch_threads
@@ -238,6 +239,8 @@ def _train(
     threads: str,
 ) -> TrainResult:
     t_cfg, device = params.training, ctx.device
+    if ctx.is_main:  # the checkpoints directory: refuse a foreign one before any work
+        claim_dir(out_dir)
     dist_.seed_everything(t_cfg.seed)  # the same initial weights on every rank
     # DDP: each rank feeds micro-batches of batch_size / (world x accumulation) samples.
     plan = dist_.plan_batches(params.data.batch_size, ctx.world_size, t_cfg.micro_batch_size)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from depth_common.atomic import MARKER, UnmanagedDirectoryError
 from depth_common.config import Params, load_params
 from depth_common.config.presets import DEMO
 from depth_common.model.checkpoint import load_checkpoint
@@ -250,3 +251,14 @@ def test_learning_beats_median_baseline(tmp_path) -> None:
     )
     assert trained < 0.75 * baseline["abs_rel"]
     assert result.best_val["val_rmse"] < baseline["rmse"]
+
+
+def test_checkpoints_never_go_into_a_foreign_directory(processed_data, tiny_params, tmp_path):
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "best.pt").write_bytes(b"someone else's")
+    with pytest.raises(UnmanagedDirectoryError, match=f"^{foreign}: not empty"):
+        train(tiny_params, processed_data, foreign)
+    assert (foreign / "best.pt").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in foreign.iterdir()) == ["best.pt"]
+    assert MARKER not in {p.name for p in foreign.iterdir()}
