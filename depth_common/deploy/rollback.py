@@ -25,10 +25,12 @@ from depth_common.registry.aliases import (
     restore_previous,
     source_of,
 )
+from depth_common.registry.store import require_sqlite_store
 
 
 def _previous(params: Params) -> tuple[Any, int, str]:
     """(client, previous version, its serving source); DeployError when there is none."""
+    require_sqlite_store(params.mlflow.tracking_uri)  # a mistyped URI creates no store
     client = registry_client(params.mlflow.tracking_uri)
     name = params.mlflow.model_name
     previous = aliases(client, name).get(PREVIOUS_ALIAS)
@@ -84,6 +86,7 @@ def rollback(params: Params, *, api: Any = None, poll_s: float = 2.0) -> DeployR
 
 
 def _registry_lines(params: Params) -> list[str]:
+    require_sqlite_store(params.mlflow.tracking_uri)  # status only reads: it creates no store
     client = registry_client(params.mlflow.tracking_uri)
     name = params.mlflow.model_name
     current = aliases(client, name)
