@@ -252,7 +252,7 @@ def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
                 },
                 (999).to_bytes(4, "little") + b"abcd",
             ),
-            "length prefix says 999",
+            "not a BYTES tensor of shape [1]",
         ),  # fmt: skip
         ("v1-no-instances", v1p, b'{"images": []}', js, 'expected {\\"instances'),
         ("v1-not-b64", v1p, b'{"instances": [{"image_bytes": "abc"}]}', js, "b64"),
