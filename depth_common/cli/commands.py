@@ -161,7 +161,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from depth_common.serving.local_stack import serve_forever
     from depth_common.serving.server import TritonServerError
 
-    repository = args.repository or _params(args).export.repository_dir
+    params = _params(args)
+    repository = args.repository or params.export.repository_dir
     try:
         serve_forever(
             repository,
@@ -170,6 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             log_path=args.log,
             transformer_port=None if args.no_transformer else args.transformer_port,
+            limits=params.deploy,
         )
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -91,6 +91,16 @@ class DeployConfig(ConfigModel):
         ge=1, le=10_000,
     )  # fmt: skip
 
+    def transformer_args(self) -> list[str]:
+        """The serving transformer's limits as its command-line arguments (the local stack and
+        the InferenceService's transformer container both get them from here)."""
+        return [
+            "--max_request_pixels", str(self.max_request_pixels),
+            "--max_response_bytes", str(self.max_response_bytes),
+            "--read_timeout_s", repr(self.read_timeout_s),
+            "--max_connections", str(self.max_connections),
+        ]  # fmt: skip
+
     @field_validator("canary_steps")
     @classmethod
     def _steps_end_in_promotion(cls, value: tuple[int, ...]) -> tuple[int, ...]:

@@ -246,6 +246,7 @@ def _deploy_kserve(
         namespace=ns,
         storage_uri=storage_uri,
         model_version=version,
+        transformer_args=cfg.transformer_args(),
     )
     isvc["metadata"].setdefault("annotations", {}).update(annotations)
     target = KServeCanary(

@@ -64,3 +64,16 @@ def test_a_request_not_sent_in_time_is_closed(url: str) -> None:
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
     assert time.monotonic() - started < 8
+
+
+def test_the_local_stack_passes_the_limits_of_params() -> None:
+    # kserve (the transformer's parser) and tritonclient (the local stack) cannot share a
+    # process: the flags are read from the command line built.
+    from depth_common.config import DeployConfig
+    from depth_common.serving.local_stack import LocalTransformer
+
+    limits = DeployConfig(max_request_pixels=5, max_response_bytes=4096, read_timeout_s=2.5)
+    command = LocalTransformer("127.0.0.1:1", limits=limits)._command()
+    flags = dict(zip(command[3::2], command[4::2], strict=True))  # after python -m <module>
+    assert (flags["--max_request_pixels"], flags["--max_response_bytes"]) == ("5", "4096")
+    assert (flags["--read_timeout_s"], flags["--max_connections"]) == ("2.5", "64")
