@@ -182,9 +182,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from depth_common.serving.demo import launch_demo
 
+    params = _params(args)
     onnx = args.onnx
     if not args.endpoint and not args.transformer and not onnx:
-        onnx = _params(args).export.onnx_path
+        onnx = params.export.onnx_path
     launch_demo(
         endpoint=args.endpoint,
         transformer=args.transformer,
@@ -193,6 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         host=args.host,
         port=args.port,
+        limits=params.deploy,
     )
     return 0
 

@@ -9,6 +9,10 @@ input is :func:`depth_common.data.transforms.prepare_image` and the depth is res
 image's own size (bilinear), colourised with inferno (0 m to the 99th percentile) and shown
 with a colour bar in metres. Very large results are downscaled for display (the summary is
 computed at full size); tiny ones are enlarged so the colour bar's labels stay readable.
+
+:func:`launch_demo` serves the app on uvicorn itself rather than through gradio's ``launch()``,
+which offers no read timeout and no connection cap: :func:`demo_server` sets both
+(:mod:`depth_common.serving.http_guard`, ``deploy.read_timeout_s`` / ``deploy.max_connections``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvicorn
 from PIL import Image
 
+from depth_common.config import DeployConfig
 from depth_common.serving.client import DepthClient
 from depth_common.serving.codec import ImageSource, load_rgb, resize_depth_bilinear
+from depth_common.serving.http_guard import guard_uvicorn
 
 #: (the image as given, its decoded uint8 HxWx3) → depth (float32 HxW, metres, same size).
 Predictor = Callable[[ImageSource, np.ndarray], np.ndarray]
@@ -264,9 +271,27 @@ def launch_demo(
     model_name: str = "depth",
     host: str = "127.0.0.1",
     port: int = 7860,
+    limits: DeployConfig | None = None,
 ) -> None:
-    """``python -m depth_common demo``: serve the app until Ctrl-C."""
+    """``python -m depth_common demo``: serve the app until Ctrl-C (``limits``: the read
+    timeout and connection cap of ``params.deploy``; default: their defaults)."""
     demo = build_demo(
         endpoint, onnx_path, transformer=transformer, protocol=protocol, model_name=model_name
     )
-    demo.launch(server_name=host, server_port=port, show_error=True)
+    print(f"demo: http://{host}:{port}", flush=True)
+    demo_server(demo, host, port, limits).run()
+
+
+def demo_server(demo: Any, host: str, port: int, limits: DeployConfig | None = None) -> Any:
+    """A ``uvicorn.Server`` (not started) serving ``demo`` on ``host:port``, with a deadline to
+    send each request and a cap on connections (over it: 408, 503)."""
+    import gradio as gr  # heavy: only the demo needs it
+    from fastapi import FastAPI
+
+    limits = limits if limits is not None else DeployConfig()
+    app = gr.mount_gradio_app(
+        FastAPI(), demo, path="", server_name=host, server_port=port, show_error=True
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    guard_uvicorn(config, limits.read_timeout_s, limits.max_connections)
+    return uvicorn.Server(config)
