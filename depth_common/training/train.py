@@ -330,10 +330,8 @@ def _fit(
             "look at train_loss in the history (a learning rate too high, or bad data)"
         )
     if loop.log_metrics and state.run_id is not None:
-        from depth_common.model.checkpoint import model_from_checkpoint
         from depth_common.registry import tracking as mlt
 
-        best_model, _ = model_from_checkpoint(best_path)
-        mlt.log_pytorch_model(state.run_id, best_model, params.data.img_size)
+        mlt.log_model(state.run_id, best_path, params.data.img_size)
         mlt.log_artifact(state.run_id, best_path, "checkpoint")
         mlt.set_tags(state.run_id, {"best_checkpoint": str(best_path.resolve())})

@@ -10,13 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from depth_common.atomic import MARKER, UnmanagedDirectoryError
 from depth_common.config import Params, load_params
 from depth_common.config.presets import DEMO
-from depth_common.model.checkpoint import load_checkpoint
+from depth_common.model.checkpoint import load_checkpoint, model_from_checkpoint
 from depth_common.training.state import lr_factor
 from depth_common.training.train import TrainingError, TrainingInterrupted, train
 
@@ -63,9 +64,15 @@ def test_epochs_zero_saves_initial_model_and_logs(processed_data, tiny_params, t
     assert run.data.metrics["val_rmse"] == pytest.approx(result.best_val["val_rmse"])
     names = {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoint")}
     assert names == {"checkpoint/best.pt"}
-    # the MLflow model loads back and predicts like the checkpoint
-    model = mlflow.pytorch.load_model(f"runs:/{result.mlflow_run_id}/model")
-    assert model(torch.zeros(1, 3, 64, 128)).shape == (1, 1, 64, 128)
+    # the MLflow model loads back (no pickle in it) and predicts like the checkpoint
+    files = {a.path for a in client.list_artifacts(result.mlflow_run_id, "model")}
+    assert not any(f.endswith((".pkl", ".pth", "pickle")) for f in files), files
+    model = mlflow.pyfunc.load_model(f"runs:/{result.mlflow_run_id}/model")
+    x = torch.rand(2, 3, 64, 128)
+    reference, _ = model_from_checkpoint(result.checkpoint_path)
+    with torch.no_grad():
+        want = reference(x).numpy()
+    np.testing.assert_array_equal(model.predict(x.numpy()), want)
 
 
 def test_mlflow_per_epoch_metrics(processed_data, tiny_params, tmp_path) -> None:
