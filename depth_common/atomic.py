@@ -93,7 +93,8 @@ def check_managed(path: str | Path) -> None:
         return
     raise UnmanagedDirectoryError(
         f"{path}: not empty and not written by this project (no {MARKER} file in it); "
-        "refusing to replace or write into it: choose another path or empty it yourself"
+        "refusing to replace or write into it: choose another path, or empty it yourself (an "
+        f"output of this project from before the marker: `touch {path / MARKER}`)"
     )
 
 
