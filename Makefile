@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The whole pipeline (kfp.local, same function as the compiled YAML) on generated data with the
-# DEMO preset; MLflow in mlflow.db, artifacts and task logs under runs/. Twice in a row:
+# demo overlay (params.demo.yaml); MLflow in mlflow.db, artifacts and task logs under runs/. Twice in a row:
 # challenger vs champion. RUNNER=docker: every task in the component image (`make images`
 # first), on the engine images/engine.sh finds or starts; its MLflow store is
 # runs/containers/mlflow.db.
@@ -86,14 +86,14 @@ bench: $(STAMP)
 # demo configuration and generated data; the same command runs on a GPU node with NPROC=<GPUs>.
 NPROC ?= 2
 DDP_DIR ?= runs/ddp
-DEMO_SETS = $(shell $(PY) -c "from depth_common.config.presets import DEMO; print(' '.join('--set ' + o for o in DEMO))")
+DEMO_PARAMS = --params $(PARAMS) --params params.demo.yaml
 train-ddp: $(STAMP)
 	@test -f $(DDP_DIR)/processed/manifest.json || { \
 	  $(PY) -m depth_common synth --out $(DDP_DIR)/raw --cities 2 --per-split 8 && \
-	  $(PY) -m depth_common preprocess --params $(PARAMS) $(DEMO_SETS) \
+	  $(PY) -m depth_common preprocess $(DEMO_PARAMS) \
 	    --raw $(DDP_DIR)/raw --out $(DDP_DIR)/processed; }
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) \
-	  -m depth_common train --params $(PARAMS) $(DEMO_SETS) \
+	  -m depth_common train $(DEMO_PARAMS) \
 	  --data $(DDP_DIR)/processed --out $(DDP_DIR)/checkpoints
 
 lint: $(STAMP)

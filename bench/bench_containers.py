@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from depth_common.config.presets import DEMO, DEMO_SYNTHETIC
-from pipelines.run_local import run_local
+from depth_common.config.params import overlay_overrides
+from pipelines.run_local import DEMO_FILE, DEMO_SYNTHETIC, run_local
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results_containers.json"
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--docker-first", action="store_true", help="start each pair with docker")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    overrides = [*DEMO, *args.set]
+    overrides = [*overlay_overrides(DEMO_FILE), *args.set]
     synthetic = dict(args.synthetic if args.synthetic is not None else DEMO_SYNTHETIC)
     load = os.getloadavg()[0]
     runs = []

@@ -131,7 +131,9 @@ def main() -> None:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.worker:
-        from depth_common.config.presets import DEMO
+        from depth_common.config.params import overlay_overrides
+
+        DEMO = overlay_overrides(ROOT / "params.demo.yaml")
 
         # --set adds to the DEMO preset (random-init weights: nothing is downloaded)
         args.set = [*DEMO, *(args.set or [])]

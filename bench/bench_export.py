@@ -4,7 +4,7 @@
     python bench/bench_export.py --runs 10 --out bench/results_export.json
 
 Models (random weights: nothing is downloaded): params.yaml's default ``vit_base_patch16_224``
-DPT at 224x224 with 256 decoder features, and the demo model (``depth_common.config.presets.DEMO``).
+DPT at 224x224 with 256 decoder features, and the demo model (``params.demo.yaml``).
 Each is exported with the real exporter (:func:`depth_common.export.onnx.export_model`, parity
 gate included) into a temporary directory; then each runtime runs the same float32 input, and
 the median of ``--runs`` timed calls after ``--warmup`` untimed ones is reported.
@@ -44,7 +44,9 @@ MODELS: dict[str, tuple[str, ...]] = {
 
 
 def _models() -> dict[str, tuple[str, ...]]:
-    from depth_common.config.presets import DEMO
+    from depth_common.config.params import overlay_overrides
+
+    DEMO = overlay_overrides(ROOT / "params.demo.yaml")
 
     return {**MODELS, "demo": DEMO}
 

@@ -47,7 +47,9 @@ class BenchModel:
 
 
 def default_models() -> list[BenchModel]:
-    from depth_common.config.presets import DEMO
+    from depth_common.config.params import overlay_overrides
+
+    DEMO = overlay_overrides(ROOT / "params.demo.yaml")
 
     return [
         BenchModel(

@@ -3,7 +3,7 @@
     python -m bench.bench_threads                 # 3 rounds x (quiet, contended) x (old, new)
     python -m bench.bench_threads --rounds 1 --steps 4     # a smoke run
 
-Each cell is a fresh process that trains the demo model (``depth_common.config.presets.DEMO``: vit_tiny
+Each cell is a fresh process that trains the demo model (``params.demo.yaml``: vit_tiny
 DPT, 64x128, batch 8, in-process loading) for a fixed number of optimiser steps on generated
 data, through the real loader and loss, and reports samples/s after warm-up steps:
 
@@ -53,7 +53,9 @@ def _cell(policy: str, data: Path, steps: int, warmup: int) -> dict[str, Any]:
     import torch
 
     from depth_common.config import load_params
-    from depth_common.config.presets import DEMO
+    from depth_common.config.params import overlay_overrides
+
+    DEMO = overlay_overrides(ROOT / "params.demo.yaml")
     from depth_common.data.dataset import dataset_for, loader_for
     from depth_common.model.dpt import build_model
     from depth_common.threads import apply_torch_threads, single_thread
@@ -127,7 +129,9 @@ def _run_cell(policy: str, data: Path, steps: int, warmup: int, timeout: float) 
 
 def _prepare_data(root: Path) -> Path:
     from depth_common.config import load_params
-    from depth_common.config.presets import DEMO
+    from depth_common.config.params import overlay_overrides
+
+    DEMO = overlay_overrides(ROOT / "params.demo.yaml")
     from depth_common.data.preprocess import preprocess_dataset
     from depth_common.data.synthetic import generate_cityscapes
 

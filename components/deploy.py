@@ -22,8 +22,12 @@ def deploy(
 
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
+    from depth_common.data.synthetic import probe_scenes
+    from depth_common.deploy.probe import ProbeSet
     from depth_common.deploy.report import DeployError, write_deploy_report
-    from depth_common.deploy.rollout import deploy_model
+    from depth_common.deploy.rollout import deploy_model, serving_target
+    from depth_common.deploy.target import Release
+    from depth_common.export.triton import read_onnx_io
 
     record_startup("deploy")
 
@@ -32,14 +36,16 @@ def deploy(
     # KFP names its MinIO store minio://bucket/key; KServe's storage initializer reads it
     # as the S3 API it is (endpoint from the storage Secret's annotations).
     uri = p.deploy.storage_uri or repository.uri.replace("minio://", "s3://", 1)
+    source = uri if p.deploy.target == "kserve" else str(Path(repository.path).resolve())
+    # The canary's probes (street scenes with their true depth, at the model's input size) are
+    # made here and handed to the deploy: the library's deploy knows no generator.
+    probes = None
+    if p.deploy.strategy == "canary":
+        probes = ProbeSet(*probe_scenes(read_onnx_io(onnx_file), p.deploy.probe_images))
+    target = serving_target(p, image=probes.images[0] if probes else None)
     try:
         result = deploy_model(
-            p,
-            version=int(version),
-            run_id=run_id,
-            onnx_path=onnx_file,
-            repository=repository.path,
-            storage_uri=uri if p.deploy.target == "kserve" else None,
+            p, target, Release(int(version), source, run_id, onnx_file), probes=probes
         )
     except DeployError as exc:
         if exc.result is not None:  # what was observed stays visible in the UI

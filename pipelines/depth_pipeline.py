@@ -1,44 +1,10 @@
 """The depth pipeline: data → preprocess → train → evaluate → decide → (promote | record why not).
 
-How the configuration reaches the components (one source of truth, ``params.yaml``):
-
-* ``make_pipeline(params)`` bakes ``params`` (normally ``params.yaml``) into the compiled
-  pipeline as the ``base_params`` constant of the first task, ``configure``.
-* The pipeline parameters a user typically changes per run (``PARAM_KEYS``: encoder,
-  img_size, epochs, learning rates, batch size, MLflow URI, ...) take their defaults from those
-  same params; ``params_overrides`` takes any other ``section.key=value``.
-* ``configure`` merges base ← parameters ← overrides, validates them with
-  ``depth_common.config`` (an unknown encoder or a bad value fails here, naming the pipeline
-  parameter), and hands the resolved Params to every later task as one JSON string.
-* Compile-time settings (resources, the train GPU request from ``training.train_gpu``, the
-  Secret names from ``cluster.mlflow_secret`` / ``cluster.storage_secret``) come from the
-  same params, so changing ``params.yaml`` makes ``python compile.py --check`` fail until the
-  YAML is regenerated.
-
-Secrets never become parameters: MLflow and object-store credentials enter the tasks that
-need them through ``kfp.kubernetes.use_secret_as_env``, and ``HF_TOKEN`` (Secret
-``hf-token``) enters the Hub push only. kfp.local ignores platform configs (it warns and goes
-on), so the same function runs locally, where no credentials are needed.
-
-Promotion branch (``dsl.If(decide.promote == True)``): register re-decides under the
-registry's promotion lock (a run crowned meanwhile may win) and, when it still promotes
-(nested ``dsl.If(register.promoted == True)``; else it records why it stood down): export
-ONNX → Triton repository → push to the Hub (nested ``dsl.If(hf_repo_id != "")``: skipped when
-empty) and deploy (``deploy.target`` local Triton or KServe; ``deploy.strategy`` replace, or a
-canary analysed at each traffic step, promoted or rolled back; the registry's aliases follow).
-``dsl.Else`` records why the champion stays. TensorRT is compile-time, like the
-train GPU request: with ``export.tensorrt`` true the branch gets an ``export_tensorrt`` task
-(ONNX → parity-gated ``model.plan``, CUDA image, one ``nvidia.com/gpu``) whose plan the Triton
-repository task takes as its optional ``plan`` input, adding ``<name>_trt``; with it false
-(the committed params) the compiled pipeline has no TensorRT task.
-
-The data source is a ``dsl.If`` / ``dsl.Else`` on ``data_uri``: "synthetic" generates a
-Cityscapes-layout dataset, anything else enters through ``dsl.importer`` (a local path, or an
-``s3://`` / ``gs://`` / ``minio://`` URI on a cluster). kfp.local cannot merge artifacts with
-``dsl.OneOf``, so each branch calls the same sub-pipeline ``train_and_promote`` on its raw
-Dataset (the compiled YAML holds it once per branch; exactly one runs).
+How the configuration reaches the tasks, how secrets enter them, the promotion branch and the
+data branches: docs/pipeline.md.
 """
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -84,11 +50,6 @@ PARAM_KEYS: dict[str, str] = {
     "deploy_target": "deploy.target",
 }
 
-#: Requests of the train task on a cluster (CPU cores, memory); GPUs from training.train_gpu.
-#: The CPU limit equals the request: the cgroup quota it sets is what the thread policy
-#: (depth_common.threads) sizes torch's pools by, so the task runs TRAIN_CPU threads.
-TRAIN_CPU = "4"
-TRAIN_MEMORY = "16G"
 #: The Secret holding the Hugging Face token (key HF_TOKEN), mounted on push_hf only.
 HF_SECRET = "hf-token"
 
@@ -157,8 +118,11 @@ def _export_and_serve(
 def _train_task(prep: dsl.PipelineTask, params: str, settings: Params) -> dsl.PipelineTask:
     """The train task with its resources, GPU request, credentials and scale-out volume."""
     trained = train(processed=prep.outputs["processed"], params=params)
-    trained.set_display_name("train").set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
-    trained.set_cpu_limit(TRAIN_CPU)
+    # CPU limit = request: its cgroup quota is what the thread policy (depth_common.threads)
+    # sizes torch's pools by, so the task runs training.train_cpu threads.
+    cpu = str(settings.training.train_cpu)
+    trained.set_display_name("train").set_cpu_request(cpu).set_cpu_limit(cpu)
+    trained.set_memory_request(settings.training.train_memory)
     train_gpu = settings.training.train_gpu
     if train_gpu > 0:
         trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpu)
@@ -270,53 +234,46 @@ def make_pipeline(params: Params, name: str = PIPELINE_NAME) -> Any:
     base_params = json.dumps(params.to_dict(), sort_keys=True)
     train_and_promote = _train_and_promote_pipeline(params)
 
-    @dsl.pipeline(
-        name=name,
-        description="Monocular metric depth (DPT on a timm ViT): train, evaluate, and promote "
-        "through the MLflow registry; defaults from params.yaml",
-    )
-    def depth_pipeline(
-        data_uri: str = params.data.raw_dir,
-        synthetic: dict = {},  # noqa: B006 - KFP needs a literal default
-        encoder: str = params.model.encoder,
-        pretrained: bool = params.model.pretrained,
-        img_size: list = list(params.data.img_size),  # noqa: B006,B008
-        batch_size: int = params.data.batch_size,
-        epochs: int = params.training.epochs,
-        encoder_lr: float = params.training.encoder_lr,
-        decoder_lr: float = params.training.decoder_lr,
-        mlflow_uri: str = params.mlflow.tracking_uri,
-        mlflow_experiment: str = params.mlflow.experiment,
-        min_improvement: float = params.promotion.min_improvement,
-        hf_repo_id: str = params.export.hf_repo_id,
-        deploy_target: str = params.deploy.target,
-        params_overrides: list = [],  # noqa: B006 - KFP needs a literal default
-    ):
+    def depth_pipeline(*values: Any):
         """``data_uri``: "synthetic", a local directory or an s3:// / gs:// / minio:// URI of a
         Cityscapes root. ``synthetic``: options of depth_common.data.synthetic.generate_cityscapes.
         ``params_overrides``: extra ``section.key=value`` settings, applied last."""
+        named = dict(zip(signature.parameters, values, strict=True))
         cfg = configure(
             base_params=base_params,
             keys=PARAM_KEYS,
-            values={
-                "encoder": encoder,
-                "pretrained": pretrained,
-                "img_size": img_size,
-                "batch_size": batch_size,
-                "epochs": epochs,
-                "encoder_lr": encoder_lr,
-                "decoder_lr": decoder_lr,
-                "mlflow_uri": mlflow_uri,
-                "mlflow_experiment": mlflow_experiment,
-                "min_improvement": min_improvement,
-                "hf_repo_id": hf_repo_id,
-                "deploy_target": deploy_target,
-            },
-            overrides=params_overrides,
+            values={name: named[name] for name in PARAM_KEYS},
+            overrides=named["params_overrides"],
         ).set_display_name("configure")
-        _train_on_data(train_and_promote, cfg, data_uri, synthetic)
+        _train_on_data(train_and_promote, cfg, named["data_uri"], named["synthetic"])
 
-    return depth_pipeline
+    # KFP reads the pipeline's parameters from its signature: one per PARAM_KEYS entry, its
+    # default and type that key's value in ``params``, between the data and the overrides.
+    signature = _pipeline_signature(params)
+    depth_pipeline.__signature__ = signature
+    description = (
+        "Monocular metric depth (DPT on a timm ViT): train, evaluate, and promote through the "
+        "MLflow registry; defaults from params.yaml"
+    )
+    return dsl.pipeline(name=name, description=description)(depth_pipeline)
+
+
+def _pipeline_signature(params: Params) -> inspect.Signature:
+    """``data_uri``, ``synthetic``, the ``PARAM_KEYS`` parameters, ``params_overrides``."""
+    flat = params.flat()
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    keyed = [
+        inspect.Parameter(name, kind, default=flat[key], annotation=type(flat[key]))
+        for name, key in PARAM_KEYS.items()
+    ]
+    return inspect.Signature(
+        [
+            inspect.Parameter("data_uri", kind, default=params.data.raw_dir, annotation=str),
+            inspect.Parameter("synthetic", kind, default={}, annotation=dict),
+            *keyed,
+            inspect.Parameter("params_overrides", kind, default=[], annotation=list),
+        ]
+    )
 
 
 #: The pipeline with the defaults of the committed params.yaml (what compile.py compiles).

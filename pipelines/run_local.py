@@ -13,8 +13,8 @@ The same pipeline function that ``compile.py`` compiles runs through ``kfp.local
   the tasks and writable by the image's user.
 
 Artifacts land under ``<root>/<timestamp>/``, each task's full output in its ``logs/``; the
-console gets one line per finished task (the log tail of a failed one). ``--demo`` applies
-``depth_common.config.presets.DEMO`` (small encoder, small images, few epochs) before ``--set``.
+console gets one line per finished task (the log tail of a failed one). ``--demo`` lays
+``params.demo.yaml`` (small encoder, small images, few epochs) over the params before ``--set``.
 At the end it prints each stage's status and time, the test metrics, the promotion decision
 and the champion version; the exit status is 1 when a task failed.
 """
@@ -40,11 +40,16 @@ from depth_common.cli.parser import add_params_arguments
 from depth_common.cli.startup import ENV as STARTUP_ENV
 from depth_common.cli.startup import format_startup, read_startup_log
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
-from depth_common.config.presets import DEMO, DEMO_SYNTHETIC
+from depth_common.config.params import overlay_overrides
 from pipelines.docker_run import ContainerError
 from pipelines.task_logs import TaskLogRouter
 
 RUNNERS = ("subprocess", "docker")
+#: The demo's overlay of params.yaml (what ``--demo`` applies) and its synthetic data: 2 cities
+#: x 24 images per split (48 train / 48 val / 48 test at 128x256), enough that 12 epochs show
+#: real learning (test AbsRel about 0.24 on the full-resolution protocol) in about a minute.
+DEMO_FILE = Path(__file__).resolve().parents[1] / "params.demo.yaml"
+DEMO_SYNTHETIC: dict[str, int] = {"cities": 2, "per_split": 24}
 #: Under ``root``: the MLflow store and served repository of containerized runs.
 CONTAINER_STORE = "containers"
 
@@ -150,7 +155,7 @@ class LocalRun:
 
 
 def run_local(
-    params_path: str | Path = "params.yaml",
+    params_path: str | Path | Sequence[str | Path] = "params.yaml",
     overrides: Sequence[str] = (),
     *,
     data_uri: str = "synthetic",
@@ -161,7 +166,7 @@ def run_local(
     quiet: bool = True,
     console: Any = None,
 ) -> LocalRun:
-    """Run the pipeline built from ``params_path`` with ``overrides`` as ``params_overrides``.
+    """Run the pipeline built from ``params_path`` (one file, or files laid over each other) with ``overrides`` as ``params_overrides``.
 
     ``arguments`` sets other pipeline parameters (e.g. ``{"epochs": 3}``); it wins over an
     override of the same key. The params file and
@@ -330,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="apply the DEMO preset first (and its synthetic data size unless --synthetic)",
+        help="lay params.demo.yaml over the params first (and use its synthetic data size "
+        "unless --synthetic)",
     )
     parser.add_argument(
         "--data-uri", default="synthetic", help='"synthetic" (default) or a Cityscapes root'
@@ -354,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--verbose", action="store_true", help="stream every task's output (not only to its log)"
     )
     args = parser.parse_args(argv)
-    overrides = [*(DEMO if args.demo else ()), *args.set]
+    overrides = [*(overlay_overrides(DEMO_FILE) if args.demo else ()), *args.set]
     try:
         if args.synthetic is None:
             synthetic = dict(DEMO_SYNTHETIC) if args.demo else {}

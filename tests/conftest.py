@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import DEMO
 
 from depth_common.config import Params, load_params
-from depth_common.config.presets import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,14 @@ import torch
 
 from depth_common.config import ExportConfig, load_params
 from depth_common.config.container_images import read_images_env
+from depth_common.config.params import overlay_overrides
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import build_triton_repository
 from depth_common.scaleout.job import ScaleOutJob, job_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The demo overlay (params.demo.yaml) as overrides: what `make run` lays over params.yaml.
+DEMO: tuple[str, ...] = overlay_overrides(ROOT / "params.demo.yaml")
 
 # -- a tiny depth model served by Triton ------------------------------------------------------
 

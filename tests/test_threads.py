@@ -153,11 +153,13 @@ def test_a_process_pinned_to_one_cpu_chooses_one_thread() -> None:
 
 
 def test_the_train_task_gets_as_many_threads_as_it_requests_cpus(tmp_path) -> None:
-    """TRAIN_CPU is the train task's CPU request and limit; the limit's cgroup quota gives
-    exactly TRAIN_CPU threads (on a node with at least that many cores)."""
+    """training.train_cpu is the train task's CPU request and limit; the limit's cgroup quota
+    gives exactly that many threads (on a node with at least that many cores)."""
     import yaml
 
-    from pipelines.depth_pipeline import TRAIN_CPU
+    from depth_common.config import load_params
+
+    TRAIN_CPU = str(load_params(ROOT / "params.yaml").training.train_cpu)
 
     # the compiled pipeline's first document (the second holds the platform settings)
     spec = next(yaml.safe_load_all((ROOT / "pipelines" / "depth_pipeline.yaml").read_text()))

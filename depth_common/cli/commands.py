@@ -202,10 +202,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from depth_common.deploy.report import DeployError, write_deploy_report
     from depth_common.deploy.rollback import rollback
+    from depth_common.deploy.rollout import serving_target
+    from depth_common.registry.registry import Registry
 
     _log_info()
+    params = _params(args)
     try:
-        result = rollback(_params(args))
+        # must_exist: a mistyped mlflow.tracking_uri creates no empty store
+        result = rollback(Registry.from_params(params, must_exist=True), serving_target(params))
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -215,6 +219,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from depth_common.deploy.rollback import status
+    from depth_common.deploy.rollout import serving_target
+    from depth_common.registry.registry import Registry
 
-    print("\n".join(status(_params(args))))
+    params = _params(args)
+    registry = Registry.from_params(params, must_exist=True)  # status creates no store
+    print("\n".join(status(registry, serving_target(params))))
     return 0

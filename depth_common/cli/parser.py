@@ -37,10 +37,23 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+class _ParamsFiles(argparse.Action):
+    """``--params`` given once or more replaces the default file list, in the order given."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        files = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*([] if files is self.default else files), values])
+
+
 def add_params_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--params FILE`` and repeatable ``--set section.key=value`` (every entry point's)."""
+    """Repeatable ``--params FILE`` and ``--set section.key=value`` (every entry point's)."""
     parser.add_argument(
-        "--params", default="params.yaml", help="the params file (default: params.yaml)"
+        "--params",
+        action=_ParamsFiles,
+        default=["params.yaml"],
+        metavar="FILE",
+        help="the params file (default: params.yaml); repeated, each later file is laid over "
+        "the ones before it, e.g. --params params.yaml --params params.demo.yaml",
     )
     parser.add_argument(
         "--set",

@@ -3,19 +3,17 @@
 A task calls :func:`record_startup` right after its imports. It measures the start-up: from
 the process's start (``/proc``) to that call (interpreter, the runner's own set-up, the task's
 imports). With ``DEPTH_STARTUP_LOG`` set (``make run`` points it into the pipeline root) it
-also times the imports the task makes later (deferred to the code that needs them) and, at
-exit, appends one JSON line ``{"task", "startup_s", "later_imports_s", ...}`` to that file;
-the run summary shows one row per task. Linux only; elsewhere it records nothing.
+appends, at exit, one JSON line ``{"task", "startup_s", "run_s", ...}`` to that file; the run
+summary shows one row per task. Linux only; elsewhere it records nothing. Where the imports'
+time goes, module by module, is Python's own ``python -X importtime`` (README, "Speed").
 """
 
 from __future__ import annotations
 
 import atexit
-import builtins
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,26 +36,6 @@ def seconds_since_process_start(proc: Path = Path("/proc")) -> float | None:
     return max(0.0, uptime - started)
 
 
-class _ImportTimer:
-    """Wall time spent in outermost ``import`` statements from now on (nested ones are inside)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._depth = 0
-        self._real = builtins.__import__
-
-    def __call__(self, name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
-        if self._depth or (name in sys.modules and not fromlist):
-            return self._real(name, globals, locals, fromlist, level)
-        self._depth += 1
-        t0 = time.perf_counter()
-        try:
-            return self._real(name, globals, locals, fromlist, level)
-        finally:
-            self._depth -= 1
-            self.seconds += time.perf_counter() - t0
-
-
 def _append(target: str, row: dict[str, Any]) -> None:
     # One short append per task: atomic enough for tasks that run one after another.
     with open(target, "a", encoding="utf-8") as fh:
@@ -65,16 +43,14 @@ def _append(target: str, row: dict[str, Any]) -> None:
 
 
 def record_startup(task: str) -> float | None:
-    """Log the start-up; with ``DEPTH_STARTUP_LOG`` set, time later imports and append the
-    task's row at exit. Returns the start-up seconds (``None`` off Linux)."""
+    """Log the start-up; with ``DEPTH_STARTUP_LOG`` set, append the task's row at exit.
+    Returns the start-up seconds (``None`` off Linux)."""
     seconds = seconds_since_process_start()
     if seconds is None:
         return None
     log.info("%s: ready %.2f s after the process started (interpreter + imports)", task, seconds)
     target = os.environ.get(ENV)
     if target:
-        timer = _ImportTimer()
-        builtins.__import__ = timer
         row = {
             "task": task,
             "startup_s": round(seconds, 3),
@@ -83,8 +59,6 @@ def record_startup(task: str) -> float | None:
         }
 
         def at_exit() -> None:
-            builtins.__import__ = timer._real
-            row["later_imports_s"] = round(timer.seconds, 3)
             row["run_s"] = round(time.time() - row["time"], 3)
             _append(target, row)
 
@@ -110,19 +84,19 @@ def read_startup_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def format_startup(rows: list[dict[str, Any]]) -> list[str]:
-    """Summary lines: each task's start-up, its later (deferred) imports, and the totals."""
+    """Summary lines: each task's start-up and run time, and the totals."""
     if not rows:
         return []
     lines = [
         "",
-        f"{'task imports':<24} {'start-up':>9} {'later':>7}   (start-up: process start to the "
-        "task's imports done; later: imports deferred to where they are used)",
+        f"{'task start-up':<24} {'start-up':>9} {'run':>7}   (start-up: process start to the "
+        "task's imports done; run: from there to the task's exit)",
     ]
     total = [0.0, 0.0]
     for r in rows:
-        start, later = float(r["startup_s"]), float(r.get("later_imports_s", 0.0))
+        start, run = float(r["startup_s"]), float(r.get("run_s", 0.0))
         total[0] += start
-        total[1] += later
-        lines.append(f"{r['task']:<24} {start:>8.2f}s {later:>6.2f}s")
+        total[1] += run
+        lines.append(f"{r['task']:<24} {start:>8.2f}s {run:>6.2f}s")
     lines.append(f"{'total':<24} {total[0]:>8.2f}s {total[1]:>6.2f}s")
     return lines

@@ -7,13 +7,11 @@ Every stage reads its configuration through :func:`load_params`. Overrides use t
 """
 
 from depth_common.config.base import ConfigError, ConfigModel
-from depth_common.config.cluster import MOVED_TO_CLUSTER, ClusterConfig, toleration
+from depth_common.config.cluster import ClusterConfig, toleration
 from depth_common.config.data import (
     DATA_LAYOUTS,
-    DEPRECATED_LAYOUTS,
     MAX_NUM_WORKERS,
     DataConfig,
-    canonical_layout,
 )
 from depth_common.config.params import (
     Params,
@@ -34,9 +32,7 @@ from depth_common.config.serving import DeployConfig, ExportConfig
 
 __all__ = [
     "DATA_LAYOUTS",
-    "DEPRECATED_LAYOUTS",
     "MAX_NUM_WORKERS",
-    "MOVED_TO_CLUSTER",
     "AugmentationConfig",
     "ClusterConfig",
     "ConfigError",
@@ -50,7 +46,6 @@ __all__ = [
     "Params",
     "PromotionConfig",
     "TrainingConfig",
-    "canonical_layout",
     "data_config_from_dict",
     "load_params",
     "params_from_dict",

@@ -1,31 +1,13 @@
 """The ``cluster:`` section: where the train job and the served model run on Kubernetes
-(namespace, service account, node placement) and the Secrets their pods mount.
-
-Its keys once lived under ``training:`` and ``deploy:``; :func:`move_cluster_keys` still
-accepts them there, with a ``FutureWarning`` that names the new key.
-"""
+(namespace, service account, node placement) and the Secrets their pods mount."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping
-from typing import Any
-
 from pydantic import field_validator
 
-from depth_common.config.base import ConfigError, ConfigModel, Str, reject
+from depth_common.config.base import ConfigModel, Str, reject
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-
-#: Former ``section.key`` → its key under ``cluster:``.
-MOVED_TO_CLUSTER = {
-    ("training", "node_selector"): "node_selector",
-    ("training", "tolerations"): "tolerations",
-    ("training", "mlflow_secret"): "mlflow_secret",
-    ("training", "storage_secret"): "storage_secret",
-    ("deploy", "namespace"): "namespace",
-    ("deploy", "service_account"): "service_account",
-}
 
 
 def toleration(text: str) -> dict[str, str]:
@@ -85,43 +67,3 @@ class ClusterConfig(ConfigModel):
     def toleration_specs(self) -> tuple[dict[str, str], ...]:
         """``tolerations`` as Kubernetes tolerations."""
         return tuple(toleration(s) for s in self.tolerations)
-
-
-def _same(a: Any, b: Any) -> bool:
-    norm = [list(v) if isinstance(v, list | tuple) else v for v in (a, b)]
-    return norm[0] == norm[1]
-
-
-def cluster_key(section: str, key: str) -> str | None:
-    """The ``cluster:`` key a former ``section.key`` moved to (warning that it moved), or None."""
-    new = MOVED_TO_CLUSTER.get((section, key))
-    if new is not None:
-        warnings.warn(
-            f"{section}.{key} is deprecated, use cluster.{new} (the settings train and deploy "
-            "share on the cluster)",
-            FutureWarning,
-            stacklevel=4,
-        )
-    return new
-
-
-def move_cluster_keys(sections: dict[str, Any]) -> None:
-    """Move the former keys of ``sections`` (a mutable ``{section: {key: value}}``) under
-    ``cluster:``; a former key and its new one with different values is an error."""
-    for (section, key), new in MOVED_TO_CLUSTER.items():
-        old = sections.get(section)
-        if not isinstance(old, dict) or key not in old:
-            continue
-        cluster_key(section, key)
-        value = old.pop(key)
-        cluster = sections.setdefault("cluster", {})
-        if cluster is None:
-            cluster = sections["cluster"] = {}
-        if not isinstance(cluster, Mapping):
-            continue  # validation names the malformed section
-        if new in cluster and not _same(cluster[new], value):
-            raise ConfigError(
-                f"{section}.{key}: got {value!r}, expected it unset (it moved to cluster.{new}, "
-                f"which is {cluster[new]!r}); set cluster.{new} only"
-            )
-        sections["cluster"] = {**cluster, new: value}

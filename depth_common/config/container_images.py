@@ -45,8 +45,3 @@ def _reference(path: str | Path, name_key: str, tag_key: str) -> str:
 def component_image(cuda: bool = False, path: str | Path = IMAGES_ENV) -> str:
     """``REGISTRY/COMPONENT_IMAGE:TAG`` (``COMPONENT_CUDA_TAG`` when ``cuda``)."""
     return _reference(path, "COMPONENT_IMAGE", "COMPONENT_CUDA_TAG" if cuda else "COMPONENT_TAG")
-
-
-def transformer_image(path: str | Path = IMAGES_ENV) -> str:
-    """``REGISTRY/TRANSFORMER_IMAGE:TRANSFORMER_TAG``: the KServe transformer's image."""
-    return _reference(path, "TRANSFORMER_IMAGE", "TRANSFORMER_TAG")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import typing
-import warnings
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
@@ -14,23 +13,8 @@ from depth_common.config.base import ConfigModel, Float, Int, Str, reject, spec
 DataLayout = Literal["cityscapes", "depth_xy"]
 #: Layout names of ``data.layout`` (besides ``auto``); ``depth_xy`` is ``depth_X/`` + ``depth_y/``.
 DATA_LAYOUTS: tuple[str, ...] = typing.get_args(DataLayout)
-#: Former layout names still accepted (with a deprecation warning) → their current name.
-DEPRECATED_LAYOUTS = {"seed": "depth_xy"}
 MAX_NUM_WORKERS = 64
 MAX_IMG_SIDE = 8192  # data.img_size: pixels a side the model is trained at
-
-
-def canonical_layout(layout: str, key: str = "data.layout") -> str:
-    """``layout`` under its current name; a former name is accepted with a ``FutureWarning``."""
-    if layout in DEPRECATED_LAYOUTS:
-        new = DEPRECATED_LAYOUTS[layout]
-        warnings.warn(
-            f"{key}: {layout!r} is deprecated, use {new!r} (the same depth_X/ + depth_y/ folders)",
-            FutureWarning,
-            stacklevel=3,
-        )
-        return new
-    return layout
 
 
 def _safe_split_name(name: str) -> bool:
@@ -60,11 +44,6 @@ class DataConfig(ConfigModel):
     max_depth: Float = 80.0  # finite and > min_depth: checked with min_depth below
     baseline: Float = spec(0.209313, "a number in (0, 100] (metres)", gt=0, le=100)
     focal_length: Float = spec(2262.52, "a number in (0, 1000000] (pixels)", gt=0, le=1e6)
-
-    @field_validator("layout", mode="before")
-    @classmethod
-    def _current_layout_name(cls, value: Any) -> Any:
-        return canonical_layout(value) if isinstance(value, str) else value
 
     @field_validator("img_size", mode="before")
     @classmethod

@@ -1,9 +1,11 @@
-"""``Params`` (every section) and how it is read: ``params.yaml``, ``section.key=value``
-overrides (values parsed as YAML), the pipeline's JSON."""
+"""``Params`` (every section) and how it is read: ``params.yaml`` and the overlay files laid over
+it (``params.demo.yaml``), ``section.key=value`` overrides (values parsed as YAML), the
+pipeline's JSON."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from depth_common.config.base import ConfigError, ConfigModel, reject_message, validate_section
-from depth_common.config.cluster import ClusterConfig, cluster_key, move_cluster_keys
+from depth_common.config.cluster import ClusterConfig
 from depth_common.config.data import DataConfig
 from depth_common.config.sections import (
     AugmentationConfig,
@@ -57,8 +59,13 @@ class Params(ConfigModel):
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
     def with_overrides(self, overrides: Iterable[str] = ()) -> Params:
-        """A copy with ``section.key=value`` overrides applied and validated."""
+        """A copy with a user's ``section.key=value`` overrides applied and validated."""
         return params_from_dict(self.to_dict(), overrides)
+
+    def updated(self, section: str, **values: Any) -> Params:
+        """A copy with keys of one section changed (values the code computed, already typed)."""
+        changed = getattr(self, section).model_copy(update=values)
+        return self.model_copy(update={section: changed})
 
 
 def _plain(obj: Any) -> Any:
@@ -85,15 +92,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def params_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Params:
-    """``{section: {key: value}}`` with ``section.key=value`` overrides → validated ``Params``.
-
-    A key that moved under ``cluster:`` is accepted at its former place (``FutureWarning``);
-    an override of it sets the new key.
-    """
+    """``{section: {key: value}}`` with ``section.key=value`` overrides → validated ``Params``."""
     merged: dict[str, Any] = {
         k: ({} if v is None else dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()
     }
-    move_cluster_keys(merged)
     for text in overrides:
         (section, key), value = parse_override(text)
         if section not in Params.model_fields:
@@ -101,9 +103,6 @@ def params_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> P
                 f"{section}.{key}: no such section; known sections: "
                 + ", ".join(Params.model_fields)
             )
-        moved = cluster_key(section, key)
-        if moved is not None:
-            section, key = "cluster", moved
         sec = merged.setdefault(section, {})
         if not isinstance(sec, dict):
             raise ConfigError(f"{section}: got {sec!r}, expected a mapping of keys")
@@ -122,9 +121,7 @@ def data_config_from_dict(raw: Mapping[str, Any]) -> DataConfig:
     return validate_section(DataConfig, raw.get("data") or {}, "data")
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Read ``path`` (YAML), apply ``section.key=value`` overrides, validate, freeze."""
-    path = Path(path)
+def _read_params_file(path: Path) -> Mapping[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -140,7 +137,35 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def overlay_overrides(path: str | Path) -> tuple[str, ...]:
+    """An overlay file (a partial params file such as ``params.demo.yaml``) as the
+    ``section.key=value`` overrides it stands for, in file order: what a pipeline run takes
+    as its ``params_overrides``. Values are written as JSON, which YAML reads back as is."""
+    path = Path(path)
+    raw = _read_params_file(path)
+    overrides = []
+    for section, keys in raw.items():
+        if not isinstance(keys, Mapping):
+            raise ConfigError(f"{path}: {section}: got {keys!r}, expected a mapping of keys")
+        overrides += [f"{section}.{key}={json.dumps(value)}" for key, value in keys.items()]
+    return tuple(overrides)
+
+
+def load_params(
+    path: str | Path | Sequence[str | Path] = "params.yaml", overrides: Iterable[str] = ()
+) -> Params:
+    """Read ``path`` (YAML) — or several files, each later one laid over the ones before it
+    (``["params.yaml", "params.demo.yaml"]``) —, apply ``section.key=value`` overrides,
+    validate, freeze."""
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    if not paths:
+        raise ConfigError("params: expected at least one params file")
+    base, overlays = paths[0], paths[1:]
+    layered = [*(overlay_overrides(p) for p in overlays), tuple(overrides)]
     try:
-        return params_from_dict(raw, overrides)
+        return params_from_dict(_read_params_file(base), [o for layer in layered for o in layer])
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{', '.join(map(str, paths))}: {exc}") from None

@@ -71,6 +71,13 @@ class TrainingConfig(ConfigModel):
     sync_batchnorm: Bool = False
     launcher: Literal["trainjob", "pytorchjob"] = spec("trainjob", one_of("trainjob", "pytorchjob"))
     train_gpu: Int = spec(0, "an integer in [0, 64] (GPUs a train pod)", ge=0, le=64)
+    train_cpu: Int = spec(
+        4, "CPU cores of the train task on a cluster, an integer in [1, 256]", ge=1, le=256
+    )
+    train_memory: Str = spec(
+        "16G", "memory of the train task on a cluster, a Kubernetes quantity such as 16G or 8Gi",
+        pattern=r"^[1-9][0-9]*(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$",
+    )  # fmt: skip
     micro_batch_size: Int | None = spec(None, "null or an integer in [1, 65536]", ge=1, le=65536)
     dist_timeout_s: Float = spec(1800.0, "seconds in (0, 604800] (a week)", gt=0, le=604_800)
     job_timeout_s: Int = spec(86400, "seconds in [1, 2592000] (30 days)", ge=1, le=2_592_000)

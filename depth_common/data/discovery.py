@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from depth_common.config import DATA_LAYOUTS, canonical_layout
+from depth_common.config import DATA_LAYOUTS
 from depth_common.data.cityscapes import (
     CAMERA_SUFFIX,
     DISPARITY_SUFFIX,
@@ -82,10 +82,9 @@ def detect_layout(raw_dir: str | Path) -> str:
 
 
 def resolve_layout(root: Path, layout: str) -> str:
-    """``layout`` checked and under its current name (``auto``: detected from ``root``)."""
+    """``layout`` checked (``auto``: detected from ``root``)."""
     if layout == "auto":
         return detect_layout(root)
-    layout = canonical_layout(layout, "layout")
     if layout not in LAYOUTS:
         raise DataError(f"layout {layout!r}: expected one of auto, {', '.join(LAYOUTS)}")
     if not root.is_dir():

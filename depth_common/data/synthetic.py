@@ -76,6 +76,24 @@ def cityscapes_camera(
     }
 
 
+PROBE_SEED = 20_240_601  # any fixed number: the same probes at every step and every deploy
+
+
+def probe_scenes(
+    size: tuple[int, int], count: int, seed: int = PROBE_SEED
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """``count`` rendered street scenes of ``size`` = (H, W) pixels: (uint8 RGB images, their
+    true float32 depth in metres, 0 = sky), the same for the same seed (a canary's probes)."""
+    if count < 1:
+        raise ValueError(f"count: got {count}, expected >= 1 probe image")
+    camera = cityscapes_camera(size)
+    scenes = [render_scene(np.random.default_rng([seed, i]), size, camera) for i in range(count)]
+    return (
+        tuple(rgb for rgb, _ in scenes),
+        tuple(depth.astype(np.float32) for _, depth in scenes),
+    )
+
+
 def depth_to_disparity_png(depth: np.ndarray, baseline: float, focal: float) -> np.ndarray:
     """Depth (metres, 0 = invalid) → Cityscapes disparity PNG values (uint16).
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from depth_common.config import DeployConfig
 from depth_common.deploy.manifests import (
     MODEL_VERSION_LABEL,
@@ -56,7 +58,18 @@ def model_annotations(
 
 
 def kubernetes_api() -> Any:
-    """``CustomObjectsApi`` from the in-cluster service account, else from ``~/.kube/config``."""
+    """``CustomObjectsApi`` from the in-cluster service account, else from ``~/.kube/config``.
+
+    Not ``kserve.KServeClient`` (0.21), although it gets, patches and waits: importing
+    ``kserve`` registers its own copy of the v2 protobuf messages, after which ``tritonclient``'s
+    gRPC client fails to import in the same process ("duplicate symbol
+    inference.ServerLiveRequest") -- and a deploy runs both. Its methods would not do either:
+    they wrap every ``ApiException`` in a ``RuntimeError`` (losing the status that tells a
+    missing object, 404, and an API server restart, 5xx, from a failure), take typed models
+    whose serialisation drops ``None`` (a merge patch could not remove
+    ``canaryTrafficPercent``), and wait without failing fast on a failed load or checking a
+    canary's traffic split (:func:`wait_ready` does both, at the new ``observedGeneration``).
+    """
     from kubernetes import client, config
 
     try:
@@ -261,6 +274,7 @@ def deploy_kserve(
     smoke_test: Callable[..., SmokeResult] = smoke_test_v2,
     annotations: dict[str, str] | None = None,
     previous_annotations: dict[str, str] | None = None,
+    image: np.ndarray | None = None,
 ) -> DeployResult:
     """Serve ``storage_uri`` (a Triton repository on object storage) as ``cfg.name``.
 
@@ -272,7 +286,8 @@ def deploy_kserve(
     live InferenceService's storageUri (if any, and different) is the rollback target.
     ``endpoint`` overrides the URL the smoke test calls. ``annotations`` (see
     :func:`model_annotations`) name the registered model version; ``previous_annotations``
-    those restored on rollback (default: the live object's). Raises :class:`DeployError`
+    those restored on rollback (default: the live object's); ``image`` (uint8 (h, w, 3)) is
+    the smoke test's input (default: its own). Raises :class:`DeployError`
     (after rolling back) when the service does not become Ready or the smoke test fails.
     """
     storage_uri = storage_uri or cfg.storage_uri
@@ -306,7 +321,7 @@ def deploy_kserve(
             api, ns, name, generation=generation, timeout_s=cfg.timeout_s, poll_s=poll_s
         )
         url = endpoint or endpoint_of(ready)
-        smoke = smoke_test(url, model_name, onnx_path=onnx_path, atol=atol)
+        smoke = smoke_test(url, model_name, onnx_path=onnx_path, atol=atol, image=image)
         if not smoke.ok:
             raise DeployError(f"smoke test failed on {url}: {smoke.detail}")
     except DeployError as exc:

@@ -1,4 +1,5 @@
-"""KServe canary (serverless mode): ``spec.predictor.canaryTrafficPercent`` steps on one ISVC.
+"""The KServe target: :class:`KServeTarget` (serve, canary, describe one InferenceService) and
+its canary in serverless mode, ``spec.predictor.canaryTrafficPercent`` steps on one ISVC.
 
 KServe keeps the last revision that had 100 % of the traffic and splits traffic between it and
 the latest revision while ``canaryTrafficPercent`` is set; with
@@ -20,11 +21,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from depth_common.config import DeployConfig
+from depth_common.deploy import kserve
 from depth_common.deploy.kserve import (
     MLFLOW_RUN_ANNOTATION,
     MLFLOW_VERSION_ANNOTATION,
@@ -32,10 +37,17 @@ from depth_common.deploy.kserve import (
     patch_inferenceservice,
     wait_ready,
 )
-from depth_common.deploy.manifests import MODEL_VERSION_LABEL, storage_uri_of
+from depth_common.deploy.manifests import (
+    MODEL_VERSION_LABEL,
+    build_inferenceservice,
+    storage_uri_of,
+)
 from depth_common.deploy.probe import VersionEndpoint
-from depth_common.deploy.report import DeployError
+from depth_common.deploy.report import DeployError, DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
+from depth_common.deploy.target import Release, Served
+from depth_common.registry.lease import lease_ttl_s, serving_lease
+from depth_common.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +129,11 @@ class KServeCanary:
         atol: float = 1e-3,
         poll_s: float = 2.0,
         smoke_test: Callable[..., SmokeResult] = smoke_test_v2,
+        image: np.ndarray | None = None,
     ) -> None:
         self.api, self.cfg = api, cfg
-        self.smoke_test = smoke_test
+        self.smoke_test, self.image = smoke_test, image
+        self.restores: str | None = champion.storage_uri
         self.ns, self.name = namespace, cfg.name
         self.challenger_isvc, self.champion = challenger_isvc, champion
         self.model_name, self.challenger_label = model_name, challenger_label
@@ -150,8 +164,9 @@ class KServeCanary:
         self._apply(patch, percent)
         _, challenger = self.endpoints()
         self.smoke = self.smoke_test(
-            challenger.url, self.model_name, onnx_path=self.onnx_path, atol=self.atol
-        )
+            challenger.url, self.model_name, onnx_path=self.onnx_path, atol=self.atol,
+            image=self.image,
+        )  # fmt: skip
         if not self.smoke.ok:
             raise DeployError(
                 f"smoke test of the challenger at {challenger.url}: {self.smoke.detail}"
@@ -179,6 +194,12 @@ class KServeCanary:
     def promote(self) -> None:
         self._apply({"spec": {"predictor": {"canaryTrafficPercent": None}}}, 100)
 
+    def endpoint(self) -> str:
+        return kserve.endpoint_of(self.live) if self.live else ""
+
+    def close(self) -> None:
+        """Nothing to release: the InferenceService is the cluster's."""
+
     def roll_back(self) -> None:
         live = get_inferenceservice(self.api, self.ns, self.name) or {}
         labels = {MODEL_VERSION_LABEL: self.champion.model_version}
@@ -195,3 +216,95 @@ class KServeCanary:
             log.warning("rolling back %s/%s to %s", self.ns, self.name, self.champion.storage_uri)
             self._apply(restore, 0)
         self._apply({"spec": {"predictor": {"canaryTrafficPercent": None}}}, 100)
+
+
+class KServeTarget:
+    """:class:`~depth_common.deploy.target.ServingTarget` ``kserve``: InferenceService
+    ``cfg.name`` in ``namespace``, built from the ``overlay`` of ``manifests/``.
+
+    ``model_name`` is the Triton model the smoke test calls, ``registered_model`` the MLflow
+    model whose versions the annotations name; ``atol`` (metres) bounds the smoke test's
+    difference from ONNX Runtime; ``image`` is its input (default: its own seeded image).
+    """
+
+    kind = "kserve"
+
+    def __init__(
+        self,
+        api: Any,
+        cfg: DeployConfig,
+        *,
+        namespace: str,
+        model_name: str,
+        registered_model: str,
+        atol: float,
+        poll_s: float = 2.0,
+        image: np.ndarray | None = None,
+        overlay: str = "cpu",
+    ) -> None:
+        self.api = api if api is not None else kserve.kubernetes_api()
+        self.cfg, self.ns, self.model_name = cfg, namespace, model_name
+        self.registered_model, self.atol, self.poll_s = registered_model, atol, poll_s
+        self.image, self.overlay = image, overlay
+        self.resource = f"{namespace}/{cfg.name}"
+
+    def lease(self, registry: Registry) -> AbstractContextManager[object]:
+        ttl = lease_ttl_s(self.cfg.timeout_s, len(self.cfg.canary_steps))
+        return serving_lease(registry, self.ns, self.cfg.name, ttl_s=ttl)
+
+    def _live(self) -> ServedModel | None:
+        live = get_inferenceservice(self.api, self.ns, self.cfg.name)
+        return served_model(live) if live is not None else None
+
+    def describe(self) -> Served | None:
+        live = self._live()
+        return None if live is None else Served(live.model_version, live.storage_uri)
+
+    def _annotations(self, release: Release) -> dict[str, str]:
+        return kserve.model_annotations(self.registered_model, release.version, release.run_id)
+
+    def serve(self, release: Release) -> DeployResult:
+        return kserve.deploy_kserve(
+            release.source, release.version, self.cfg, namespace=self.ns,
+            model_name=self.model_name, overlay=self.overlay, onnx_path=release.onnx_path,
+            atol=self.atol, api=self.api, poll_s=self.poll_s,
+            annotations=self._annotations(release), image=self.image,
+        )  # fmt: skip
+
+    def canary(self, release: Release, champion: Served) -> KServeCanary:
+        live = self._live()
+        if live is None or live.storage_uri != champion.source:
+            raise DeployError(
+                f"InferenceService {self.resource} no longer serves {champion.source} "
+                f"(now: {live.storage_uri if live else 'nothing'})"
+            )
+        isvc = build_inferenceservice(
+            self.overlay, name=self.cfg.name, namespace=self.ns, storage_uri=release.source,
+            model_version=release.version, transformer_args=self.cfg.transformer_args(),
+        )  # fmt: skip
+        isvc["metadata"].setdefault("annotations", {}).update(self._annotations(release))
+        return KServeCanary(
+            self.api, self.cfg, isvc, live, namespace=self.ns, model_name=self.model_name,
+            challenger_label=f"v{release.version}", onnx_path=release.onnx_path,
+            atol=self.atol, poll_s=self.poll_s, image=self.image,
+        )  # fmt: skip
+
+    def status_lines(self) -> list[str]:
+        live = get_inferenceservice(self.api, self.ns, self.cfg.name)
+        if live is None:
+            return [f"kserve: no InferenceService {self.resource}"]
+        served = served_model(live)
+        ready = kserve.ready_condition(live) or {}
+        canary = live["spec"]["predictor"].get("canaryTrafficPercent")
+        lines = [
+            f"kserve: {self.resource} Ready={ready.get('status', '?')} serves "
+            f"{served.storage_uri if served else '-'} (model version "
+            f"{served.model_version if served else '-'}, run {served.run_id if served else '-'})",
+            f"  canaryTrafficPercent: {canary if canary is not None else 'unset (no canary)'}",
+        ]
+        for tag, entry in sorted(traffic_split(live).items()):
+            lines.append(
+                f"  traffic {tag:<6} {entry.get('percent')} % → {entry.get('revisionName')}"
+                + (f" ({entry['url']})" if entry.get("url") else "")
+            )
+        return lines

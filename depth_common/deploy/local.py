@@ -1,6 +1,7 @@
 """Deploy target ``local``: serve the Triton repository on 127.0.0.1, smoke-test it, stop it,
 and install the repository where ``make serve`` looks (``export.repository_dir``).
 
+:class:`LocalTarget` is the local :class:`~depth_common.deploy.target.ServingTarget`.
 ``deploy.strategy: replace`` is :func:`deploy_local`; ``canary`` is :class:`LocalCanary`, the
 local :class:`~depth_common.deploy.canary.RolloutTarget`: champion and challenger as two
 versions of one model in one local Triton (``version_policy: specific``). A deploy holds
@@ -21,11 +22,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from depth_common.atomic import copy_atomic, remove_leftovers
 from depth_common.deploy.probe import VersionEndpoint
 from depth_common.deploy.report import DeployError, DeployResult
-from depth_common.deploy.smoke import smoke_test_v2
+from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
+from depth_common.deploy.target import Release, Served
 from depth_common.errors import DataError
+from depth_common.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +68,15 @@ def deploy_local(
     onnx_path: str | Path | None = None,
     atol: float = 1e-3,
     ready_timeout_s: float = 60.0,
+    image: np.ndarray | None = None,
 ) -> DeployResult:
     """Smoke-test ``repository_dir`` on a local Triton, then install it at ``serve_dir``.
 
     ``serve_dir`` is ``export.repository_dir`` (``make serve`` serves it). ``model_version``
     defaults to the repository's latest version of ``model_name``; ``onnx_path`` (the
     reference for the ONNX Runtime comparison, ``atol`` metres) defaults to that version's
-    ``model.onnx``. Raises :class:`DeployError` (and leaves ``serve_dir`` untouched) when the
-    smoke test fails.
+    ``model.onnx``; ``image`` (uint8 (h, w, 3)) is the smoke test's input (default: its own).
+    Raises :class:`DeployError` (and leaves ``serve_dir`` untouched) when the smoke test fails.
     """
     from depth_common.serving.local_stack import LocalTransformer
     from depth_common.serving.server import LocalTritonServer
@@ -93,7 +99,7 @@ def deploy_local(
         endpoint = f"http://{server.http_url}"
         smoke = smoke_test_v2(
             server.http_url, model_name, onnx_path=onnx_path, atol=atol,
-            transformer_url=transformer.url,
+            transformer_url=transformer.url, image=image,
         )  # fmt: skip
     result = DeployResult("local", endpoint, model_name, label, str(repository), smoke)
     if not smoke.ok:
@@ -184,15 +190,18 @@ class LocalCanary:
         serve_dir: Path,
         model_name: str,
         *,
-        onnx_path: Path,
+        onnx_path: Path | None,
         atol: float,
         ready_timeout_s: float = 60.0,
+        image: np.ndarray | None = None,
     ) -> None:
         self.repository, self.serve_dir, self.model_name = repository, serve_dir, model_name
         self.onnx_path, self.atol, self.ready_timeout_s = onnx_path, atol, ready_timeout_s
+        self.image = image
         self.versions: tuple[int, int] | None = None
         self.server = None
-        self.smoke = None
+        self.smoke: SmokeResult | None = None
+        self.restores: str | None = None  # a rollback leaves serve_dir as it was
         self._tmp: Path | None = None
 
     def begin(self, percent: int) -> None:
@@ -211,6 +220,7 @@ class LocalCanary:
             onnx_path=self.onnx_path,
             atol=self.atol,
             model_version=str(self.versions[1]),
+            image=self.image,
         )
         if not self.smoke.ok:
             raise DeployError(f"smoke test of challenger v{self.versions[1]}: {self.smoke.detail}")
@@ -227,6 +237,9 @@ class LocalCanary:
             VersionEndpoint("challenger", f"v{chall}", url, self.model_name, str(chall)),
         )
 
+    def endpoint(self) -> str:
+        return "(local Triton, stopped)"  # the canary's server only lives for the analysis
+
     def promote(self) -> None:
         self.close()
         install_repository(self.repository, self.serve_dir)
@@ -241,3 +254,61 @@ class LocalCanary:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+class LocalTarget:
+    """:class:`~depth_common.deploy.target.ServingTarget` ``local``: what ``make serve`` serves
+    from ``serve_dir`` (``export.repository_dir``), changed under :func:`serve_lock`.
+
+    ``atol`` (metres) bounds the smoke test's difference from ONNX Runtime; ``image`` (uint8
+    (h, w, 3)) is the smoke test's input (default: its own seeded image).
+    """
+
+    kind = "local"
+    resource = None
+
+    def __init__(
+        self,
+        serve_dir: str | Path,
+        model_name: str,
+        *,
+        atol: float,
+        image: np.ndarray | None = None,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        self.serve_dir, self.model_name = Path(serve_dir), model_name
+        self.atol, self.image, self.ready_timeout_s = atol, image, ready_timeout_s
+
+    def lease(self, registry: Registry) -> contextlib.AbstractContextManager[object]:
+        return serve_lock(self.serve_dir)  # one machine: a file lock is enough
+
+    def describe(self) -> Served | None:
+        try:
+            version = latest_version(self.serve_dir, self.model_name)
+        except DataError:  # nothing (valid) served yet
+            return None
+        return Served(str(version), str(self.serve_dir.resolve()))
+
+    def serve(self, release: Release) -> DeployResult:
+        repository = Path(release.source)
+        if not repository.is_dir():
+            raise DeployError(f"{repository}: the repository of version {release.version} is gone")
+        return deploy_local(
+            repository, self.serve_dir, model_name=self.model_name,
+            model_version=release.version, onnx_path=release.onnx_path, atol=self.atol,
+            ready_timeout_s=self.ready_timeout_s, image=self.image,
+        )  # fmt: skip
+
+    def canary(self, release: Release, champion: Served) -> LocalCanary:
+        return LocalCanary(
+            Path(release.source), self.serve_dir, self.model_name, onnx_path=release.onnx_path,
+            atol=self.atol, ready_timeout_s=self.ready_timeout_s, image=self.image,
+        )  # fmt: skip
+
+    def status_lines(self) -> list[str]:
+        model_dir = self.serve_dir / self.model_name
+        found = [p.name for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+        if not found:
+            return [f"local: nothing served at {self.serve_dir} (no {model_dir.name}/<version>/)"]
+        versions = ", ".join(sorted(found))
+        return [f"local: {self.serve_dir} serves {model_dir.name} version(s) {versions}"]

@@ -1,25 +1,37 @@
 """The InferenceService the pipeline deploys, built from ``manifests/`` (the one source of truth).
 
 ``build_inferenceservice`` loads ``manifests/base/inferenceservice.yaml``, applies the overlay's
-patches (``manifests/overlays/<overlay>/kustomization.yaml``) as JSON merge patches -- which is
-how kustomize patches a custom resource it has no schema for -- and sets only what a deploy
-changes: name, namespace, model-version label, storage URI, service account. With every argument
-left at ``None`` the result equals ``kubectl kustomize manifests/overlays/<overlay>`` (tested).
+patches (``manifests/overlays/<overlay>/kustomization.yaml``) as RFC 7386 JSON merge patches
+(the ``json-merge-patch`` package) -- which is how kustomize patches a custom resource it has no
+schema for -- and sets only what a deploy changes: name, namespace, model-version label, storage
+URI, service account. With every argument left at ``None`` the result equals
+``kubectl kustomize manifests/overlays/<overlay>`` (tested). kustomize itself is a Go program
+the component image does not carry, and no Python port renders these overlays, so the overlay
+reader below understands exactly what the overlays use (namespace, merge patches) and refuses
+anything else.
+
+The manifests are read with :mod:`importlib.resources` from the ``manifests`` package (the
+repository's folder, installed with the library as package data), or from
+``$DEPTH_MANIFESTS_DIR`` when set.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import os
 from collections.abc import Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+import json_merge_patch
 import yaml
 
 from depth_common.errors import DataError
 
-MANIFESTS_ENV = "DEPTH_MANIFESTS_DIR"  # set in the component image (the package is installed)
+MANIFESTS_ENV = "DEPTH_MANIFESTS_DIR"  # overrides where the manifests are read from
+MANIFESTS_PACKAGE = "manifests"  # the repository's folder, installed as package data
 MODEL_VERSION_LABEL = "depth-mlops.io/model-version"
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"
@@ -28,19 +40,25 @@ ISVC_KIND = "InferenceService"
 _OVERLAY_KEYS = {"apiVersion", "kind", "namespace", "resources", "patches"}
 
 
-def manifests_dir() -> Path:
-    """``$DEPTH_MANIFESTS_DIR``, else ``manifests/`` of the source checkout this package is in."""
+def manifests_dir() -> Traversable:
+    """``$DEPTH_MANIFESTS_DIR``, else the ``manifests`` package's folder (importlib.resources)."""
     env = os.environ.get(MANIFESTS_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "manifests"
+    try:
+        path = Path(env) if env else importlib.resources.files(MANIFESTS_PACKAGE)
+    except ModuleNotFoundError:
+        raise DataError(
+            f"no {MANIFESTS_PACKAGE!r} package installed: install the project (pip install .), "
+            f"or set {MANIFESTS_ENV} to the manifests/ folder"
+        ) from None
     if not (path / "base" / "inferenceservice.yaml").is_file():
         raise DataError(
             f"{path}: no base/inferenceservice.yaml; expected the project's manifests/ folder "
-            f"(set {MANIFESTS_ENV} to it when the package is installed outside the checkout)"
+            f"(set {MANIFESTS_ENV} to it)"
         )
     return path
 
 
-def _load_yaml(path: Path) -> Any:
+def _load_yaml(path: Traversable) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -50,21 +68,15 @@ def _load_yaml(path: Path) -> Any:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: maps merge recursively, ``null`` deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
+    """RFC 7386 JSON merge patch of copies: maps merge recursively, ``null`` deletes, anything
+    else replaces (``json_merge_patch.merge`` changes its first argument in place)."""
+    return json_merge_patch.merge(copy.deepcopy(target), copy.deepcopy(patch))
 
 
-def _overlay(root: Path, overlay: str) -> tuple[str | None, list[dict[str, Any]]]:
+def _overlay(root: Traversable, overlay: str) -> tuple[str | None, list[dict[str, Any]]]:
     """The overlay's namespace and its InferenceService patches (in order)."""
-    path = root / "overlays" / overlay / "kustomization.yaml"
+    overlay_dir = root / "overlays" / overlay
+    path = overlay_dir / "kustomization.yaml"
     if not path.is_file():
         known = sorted(p.name for p in (root / "overlays").iterdir() if p.is_dir())
         raise DataError(f"{path}: no such overlay {overlay!r}; known overlays: {', '.join(known)}")
@@ -81,7 +93,7 @@ def _overlay(root: Path, overlay: str) -> tuple[str | None, list[dict[str, Any]]
     for i, entry in enumerate(kust.get("patches") or []):
         if not isinstance(entry, dict) or set(entry) != {"path"}:
             raise DataError(f"{path}: patches[{i}]: expected {{path: <file>}}, got {entry!r}")
-        patch_path = path.parent / entry["path"]
+        patch_path = overlay_dir / entry["path"]
         patch = _load_yaml(patch_path)
         if not isinstance(patch, dict) or patch.get("kind") != ISVC_KIND:
             raise DataError(f"{patch_path}: expected a merge patch of kind {ISVC_KIND}")
@@ -97,7 +109,7 @@ def build_inferenceservice(
     storage_uri: str | None = None,
     model_version: str | int | None = None,
     service_account: str | None = None,
-    root: str | Path | None = None,
+    root: str | Path | Traversable | None = None,
     transformer_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The InferenceService object (a plain dict) for ``overlay`` (``cpu`` or ``gpu``).
@@ -108,7 +120,10 @@ def build_inferenceservice(
     ``transformer_args`` are appended to the transformer container's (the limits of
     ``params.deploy``: :meth:`~depth_common.config.DeployConfig.transformer_args`).
     """
-    root = Path(root) if root is not None else manifests_dir()
+    if root is None:
+        root = manifests_dir()
+    elif isinstance(root, str):
+        root = Path(root)
     base_path = root / "base" / "inferenceservice.yaml"
     isvc = _load_yaml(base_path)
     if not isinstance(isvc, dict) or isvc.get("kind") != ISVC_KIND:

@@ -1,8 +1,8 @@
 """The canary's probe set and how it is sent: the measuring half of the analysis.
 
-The probe set is fixed: ``count`` street scenes rendered by :mod:`depth_common.data.synthetic` at
-the model's input size from seed ``seed``, each with its true depth (metres) -- the known
-reference output. :func:`measure` sends every probe to both versions, one request of batch 1
+The probe set is given by the caller (the deploy component renders fixed street scenes with
+:func:`depth_common.data.synthetic.probe_scenes` at the model's input size), each image with its
+true depth (metres) -- the known reference output. :func:`measure` sends every probe to both versions, one request of batch 1
 at a time, alternating which version goes first so drift on a shared machine (load, caches)
 falls on both; a warm-up request per version is sent first and not counted.
 """
@@ -16,13 +16,18 @@ import numpy as np
 
 from depth_common.deploy.analysis import VersionSample
 
-PROBE_SEED = 20_240_601  # any fixed number: the same probes at every step and every deploy
-
 
 @dataclass(frozen=True)
 class ProbeSet:
     images: tuple[np.ndarray, ...]  # uint8 HxWx3
     depths: tuple[np.ndarray, ...]  # float32 HxW metres, 0 = sky (no depth)
+
+    def __post_init__(self) -> None:
+        if not self.images or len(self.images) != len(self.depths):
+            raise ValueError(
+                f"probe set: {len(self.images)} images and {len(self.depths)} depth maps; "
+                "expected at least one image, each with its depth"
+            )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -43,21 +48,6 @@ class VersionEndpoint:
     @property
     def title(self) -> str:
         return f"{self.role} {self.label}"
-
-
-def make_probe_set(size: tuple[int, int], count: int, seed: int = PROBE_SEED) -> ProbeSet:
-    """``count`` rendered scenes of ``size`` = (H, W) pixels with their true depth."""
-    from depth_common.data.synthetic import cityscapes_camera, render_scene
-
-    if count < 1:
-        raise ValueError(f"count: got {count}, expected >= 1 probe image")
-    camera = cityscapes_camera(size)
-    images, depths = [], []
-    for i in range(count):
-        rgb, depth = render_scene(np.random.default_rng([seed, i]), size, camera)
-        images.append(rgb)
-        depths.append(depth.astype(np.float32))
-    return ProbeSet(tuple(images), tuple(depths))
 
 
 class _Caller:

@@ -3,7 +3,8 @@
 :func:`smoke_test_v2` looks at what ``url`` serves (its model metadata):
 
 - a Triton tensor endpoint (input ``[batch, 3, H, W]`` FP32): health, metadata and one
-  inference on a seeded input through :class:`DepthClient` (the client users call), checked
+  inference on an image (the caller's, e.g. a canary probe; else a seeded gradient), prepared
+  as the transformer prepares it, through :class:`DepthClient` (the client users call), checked
   for shape and finiteness and -- with the ONNX file at hand -- against ONNX Runtime
   in-process on the same input;
 - the image transformer (input ``image_bytes`` BYTES; an InferenceService with a transformer
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depth_common.export.onnx import parity_inputs
+from depth_common.data.transforms import prepare_image
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,22 @@ def onnx_reference(onnx_path: str | Path, batch: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
 
-def smoke_image(size: tuple[int, int] = (96, 160), seed: int = 0) -> bytes:
-    """A seeded PNG (gradients plus noise) of ``size`` = (H, W): not the model's input size,
-    so the transformer's resize in both directions is exercised."""
-    from PIL import Image
-
+def smoke_rgb(size: tuple[int, int] = (96, 160), seed: int = 0) -> np.ndarray:
+    """A seeded uint8 (H, W, 3) image of ``size`` (gradients plus noise): not the model's
+    input size, so every resize on the way is exercised."""
     h, w = size
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], axis=-1)
-    rgb = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def smoke_image(size: tuple[int, int] = (96, 160), seed: int = 0) -> bytes:
+    """:func:`smoke_rgb` as a PNG file's bytes."""
+    from PIL import Image
+
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
+    Image.fromarray(smoke_rgb(size, seed)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -68,7 +73,6 @@ def image_reference(onnx_path: str | Path, data: bytes) -> np.ndarray:
     Runtime and resize, in-process."""
     import onnxruntime as ort
 
-    from depth_common.data.transforms import prepare_image
     from depth_common.serving.codec import load_rgb, resize_depth_bilinear
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -160,9 +164,11 @@ def smoke_test_image(
     return SmokeResult(True, detail, latency_ms, shape, diff, latency_ms)
 
 
-def _tensor_smoke(client: object, url: str, onnx_path, atol: float, seed: int) -> SmokeResult:
+def _tensor_smoke(
+    client: object, url: str, onnx_path, atol: float, image: np.ndarray
+) -> SmokeResult:
     info = client.info  # type: ignore[attr-defined]
-    batch = parity_inputs(1, (info.height, info.width), seed)
+    batch = prepare_image(image, (info.height, info.width))[None].astype(np.float32)
     start = time.perf_counter()
     out = client.infer_tensor(batch)  # type: ignore[attr-defined]
     latency_ms = (time.perf_counter() - start) * 1e3
@@ -199,12 +205,14 @@ def smoke_test_v2(
     seed: int = 0,
     transformer_url: str | None = None,
     model_version: str = "",
+    image: np.ndarray | None = None,
 ) -> SmokeResult:
     """Smoke-test the v2 endpoint at ``url`` (``host:port`` or ``http://host[:port]``).
 
     A tensor endpoint passes when the server and model report ready within
     ``ready_timeout_s`` seconds, the metadata names a ``[batch, 3, H, W]`` input, one inference
-    on a seeded ``[1, 3, H, W]`` input returns a finite ``[1, 1, H, W]`` depth map and, with
+    on ``image`` (uint8 (h, w, 3); default :func:`smoke_rgb` of ``seed``) prepared to
+    ``[1, 3, H, W]`` returns a finite ``[1, 1, H, W]`` depth map and, with
     ``onnx_path``, that map is within ``atol`` metres of ONNX Runtime's. An image endpoint (the
     transformer) gets :func:`smoke_test_image`; ``transformer_url`` runs it after the tensor
     test. ``model_version`` ("" = the one served) picks one version of a model served in
@@ -224,7 +232,8 @@ def smoke_test_v2(
                 return SmokeResult(False, not_ready)
             if _is_image_endpoint(client.metadata()):
                 return smoke_test_image(url, model_name, **kwargs)
-            tensor = _tensor_smoke(client, url, onnx_path, atol, seed)
+            rgb = image if image is not None else smoke_rgb(seed=seed)
+            tensor = _tensor_smoke(client, url, onnx_path, atol, rgb)
     # Any failure here is a failed smoke test, not a crash: tritonclient raises plain
     # exceptions for transport errors (refused, reset, timeouts) besides DepthServingError.
     except Exception as exc:

@@ -6,10 +6,7 @@ re-exports them, so ``depth_common.export.tensorrt`` stays the one import of the
 ``tensorrt`` and the CUDA bindings are imported only inside the functions of this module, so
 the rest of the project (and its tests) work on machines without them.
 
-TensorRT versions: 10.x builds an FP16 engine from the FP32 ONNX with ``BuilderFlag.FP16``.
-TensorRT 11 removed weak typing (all precision flags); there the FP32 ONNX is first converted
-to mixed precision with NVIDIA ModelOpt AutoCast (``nvidia-modelopt``), keeping FP32 I/O,
-which is the replacement NVIDIA documents, and the strongly typed network is built from it.
+TensorRT 10 and 11 build the engine differently (docs/export.md, "TensorRT versions").
 """
 
 from __future__ import annotations
@@ -49,17 +46,7 @@ __all__ = [
 #: Parity tolerance of the FP16 engine against FP32 ONNX Runtime, elementwise
 #: ``|trt - ort| <= FP16_ATOL_M + FP16_RTOL * |ort|`` (depth in metres).
 #:
-#: Why these numbers: FP16 has an 11-bit significand, a unit roundoff of 2^-11 ≈ 4.9e-4, i.e.
-#: about 3 decimal digits. Merely storing the output in FP16 costs up to half a spacing: the
-#: spacing is 2^-5 m = 0.031 m between 32 and 64 m and 0.0625 m between 64 and 80 m, so even a
-#: perfect FP16 engine is off by up to ~0.03 m at the far end (absolute) or ~0.05 % (relative).
-#: A ViT runs ~12 blocks of layer norm, softmax and GELU plus the decoder, each adding rounding
-#: of that order; published FP16 ViT engines land around 1e-3 .. 5e-3 relative. RTOL = 1 % gives
-#: that headroom (0.8 m at 80 m) and ATOL = 0.05 m covers near depths where a relative bound
-#: alone would demand sub-millimetre agreement. Both stay far below the model's own error
-#: (RMSE of metres, AbsRel ~0.1), so a gate at this level cannot hide a real regression, while a
-#: broken engine (wrong layout, overflow to inf, a dropped layer) misses it by orders of
-#: magnitude.
+#: Why these numbers: docs/export.md, "The FP16 parity tolerance".
 FP16_ATOL_M = 0.05
 FP16_RTOL = 1e-2
 #: Builder scratch memory (bytes); TensorRT uses less when tactics need less.

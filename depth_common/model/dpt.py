@@ -190,13 +190,8 @@ class DPT(nn.Module):
 
         # Keep only what the taps use: the blocks after the last hook, the final norm and the
         # classifier head would get no gradient (DDP would then need find_unused_parameters)
-        # and cost time for nothing. Checkpoints that still hold them load (see the hook).
-        full = set(self.encoder.state_dict())
+        # and cost time for nothing.
         self.encoder.prune_intermediate_layers(list(hooks), prune_norm=True, prune_head=True)
-        self._pruned_keys = frozenset(
-            f"encoder.{k}" for k in full.difference(self.encoder.state_dict())
-        )
-        self.register_load_state_dict_pre_hook(_drop_pruned_keys)
 
         self.encoder_name = encoder
         self.img_size = (h, w)
@@ -240,13 +235,6 @@ class DPT(nn.Module):
             {"name": "encoder", "params": list(self.encoder.parameters()), "lr": encoder_lr},
             {"name": "decoder", "params": decoder, "lr": decoder_lr},
         ]
-
-
-def _drop_pruned_keys(module: DPT, state_dict: dict, prefix: str, *_: object) -> None:
-    """``load_state_dict`` pre-hook: ignore the encoder parts the DPT pruned (a checkpoint
-    written before pruning, or a full timm state dict, still loads strictly otherwise)."""
-    for key in [k for k in state_dict if k[len(prefix) :] in module._pruned_keys]:
-        del state_dict[key]
 
 
 def build_model(params: Params, *, init_depth: float = 10.0) -> DPT:

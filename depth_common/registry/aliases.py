@@ -11,14 +11,12 @@ Each crowned version carries tag ``replaced_version`` (the champion before it), 
 can move ``previous`` one step further back, and tag ``serving_source`` (its Triton
 repository: a ``storageUri``, or a directory for the local target) so that any later rollback
 can serve it again. Every function takes an ``MlflowClient``; the promotion lock
-(:mod:`depth_common.registry.lock`) is the caller's business.
+(:mod:`depth_common.registry.lock`) is the caller's business. Callers go through
+:class:`depth_common.registry.registry.Registry`, which holds the client.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 CHAMPION_ALIAS = "champion"
@@ -37,34 +35,6 @@ def registry_client(tracking_uri: str) -> Any:  # -> mlflow.MlflowClient
 
     ensure_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-@contextmanager
-def process_uris(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking and registry URIs set to ``uri`` for a block, then restored.
-
-    For the fluent calls that read only those (``mlflow.register_model``): set without a
-    restore, they would leak into every later client of the process, and through the
-    ``MLFLOW_*_URI`` variables MLflow exports into its subprocesses.
-    """
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {name: os.environ.get(name) for name in names}
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def is_missing(exc: Exception) -> bool:

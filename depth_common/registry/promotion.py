@@ -13,9 +13,11 @@ re-makes the decision before giving the ``challenger`` alias, and :func:`crown_c
 ``champion`` moves. So ``champion`` only ever moves to a version that beat the champion of that
 moment.
 
-Pure library code: real MLflow client calls, no kfp. Every function takes the tracking URI
-from ``params.mlflow.tracking_uri`` (a Kubernetes Secret may add credentials through MLflow's
-own environment variables, e.g. ``MLFLOW_TRACKING_TOKEN``; nothing here reads or logs them).
+Pure library code: real MLflow client calls, no kfp. Every function takes an optional
+:class:`~depth_common.registry.registry.Registry` (one client for a whole deploy); without it,
+one is opened on ``params.mlflow.tracking_uri`` (a Kubernetes Secret may add credentials through
+MLflow's own environment variables, e.g. ``MLFLOW_TRACKING_TOKEN``; nothing here reads or logs
+them).
 """
 
 from __future__ import annotations
@@ -28,17 +30,10 @@ from depth_common.config import Params
 from depth_common.registry.aliases import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
-    aliases,
-    crown,
     format_aliases,
     is_missing,
-    process_uris,
-    registry_client,
-    set_challenger,
-    version_by_alias,
-    withdraw_challenger,
 )
-from depth_common.registry.lock import registry_lock
+from depth_common.registry.registry import Registry
 
 #: Tag of a challenger version: until when (epoch seconds) its rollout counts as in flight.
 IN_FLIGHT_TAG = "in_flight_until"
@@ -68,8 +63,8 @@ class Decision:
     champion_run_id: str | None = None
 
 
-def _client(params: Params):  # -> mlflow.MlflowClient (imported lazily: mlflow is slow to import)
-    return registry_client(params.mlflow.tracking_uri)
+def _registry(params: Params, registry: Registry | None) -> Registry:
+    return registry if registry is not None else Registry.from_params(params)
 
 
 def _run_metric(client, run_id: str, role: str) -> tuple[dict[str, float], float]:
@@ -90,17 +85,13 @@ def _run_metric(client, run_id: str, role: str) -> tuple[dict[str, float], float
     return metrics, float(value)
 
 
-def _champion(client, name: str):  # -> ModelVersion | None
-    return version_by_alias(client, name, CHAMPION_ALIAS)
-
-
-def champion_version(params: Params) -> int | None:
+def champion_version(params: Params, *, registry: Registry | None = None) -> int | None:
     """The version number holding alias ``champion`` of ``params.mlflow.model_name``, or None."""
-    mv = _champion(_client(params), params.mlflow.model_name)
+    mv = _registry(params, registry).version_by_alias(CHAMPION_ALIAS)
     return None if mv is None else int(mv.version)
 
 
-def decide_promotion(run_id: str, params: Params) -> Decision:
+def decide_promotion(run_id: str, params: Params, *, registry: Registry | None = None) -> Decision:
     """Should run ``run_id`` replace the current champion?
 
     Promote when there is no champion, or when the challenger's ``test_rmse`` is lower than
@@ -109,11 +100,11 @@ def decide_promotion(run_id: str, params: Params) -> Decision:
     pipeline finishes its (idempotent) promotion steps. Raises :class:`PromotionError` when
     the challenger or the champion's run lacks ``test_rmse``.
     """
-    client = _client(params)
-    name = params.mlflow.model_name
+    reg = _registry(params, registry)
+    client, name = reg.client, reg.model_name
     margin = params.promotion.min_improvement
     _, challenger = _run_metric(client, run_id, "challenger")
-    mv = _champion(client, name)
+    mv = reg.version_by_alias(CHAMPION_ALIAS)
     if mv is None:
         return Decision(
             True,
@@ -167,30 +158,46 @@ class Registration:
     reason: str
 
 
-def promotion_lock(client, params: Params, holder: str):
-    """The registry's promotion lock of ``params.mlflow.model_name`` (a context manager)."""
-    return registry_lock(
-        client, params.mlflow.model_name, holder, timeout_s=params.promotion.lock_timeout_s
-    )
-
-
-def _in_flight(client, name: str, run_id: str):  # -> (ModelVersion, rmse) | None
+def _in_flight(reg: Registry, run_id: str):  # -> (ModelVersion, rmse) | None
     """The live challenger of another run (its rollout has not ended nor expired), or None."""
-    mv = version_by_alias(client, name, CHALLENGER_ALIAS)
+    mv = reg.version_by_alias(CHALLENGER_ALIAS)
     if mv is None or mv.run_id == run_id:
         return None
     if float(mv.tags.get(IN_FLIGHT_TAG, "0") or 0) <= time.time():
         return None  # its run died between register and the end of its deploy
-    _, rmse = _run_metric(client, mv.run_id, f"challenger {name!r} version {mv.version}:")
+    where = f"challenger {reg.model_name!r} version {mv.version}:"
+    _, rmse = _run_metric(reg.client, mv.run_id, where)
     return mv, rmse
 
 
-def _register_version(client, params: Params, run_id: str, pipeline_run: str) -> int:
+def _logged_model_source(client, run_id: str) -> tuple[str, str | None]:
+    """(source URI, MLflow 3 logged-model id) of the model logged at ``runs:/<run_id>/model``.
+
+    What ``mlflow.register_model`` resolves, through the client: the run's logged model named
+    ``model`` (the newest), else an ``MLmodel`` directory among the run's own artifacts.
+    """
+    run = client.get_run(run_id)
+    found = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"name = '{MODEL_ARTIFACT_PATH}'"
+    )
+    models = [m for m in found if m.source_run_id == run_id]
+    if models:
+        newest = max(models, key=lambda m: m.creation_timestamp)
+        return f"models:/{newest.model_id}", newest.model_id
+    listed = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT_PATH)}
+    if f"{MODEL_ARTIFACT_PATH}/MLmodel" not in listed:
+        raise PromotionError(
+            f"run {run_id!r} has no model logged at {MODEL_ARTIFACT_PATH!r} "
+            "(train logs it when tracking is on)"
+        )
+    return f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}", None
+
+
+def _register_version(reg: Registry, run_id: str, pipeline_run: str) -> int:
     """The registry version of ``runs:/<run_id>/model`` (created once), tagged with test_*."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    name = params.mlflow.model_name
+    client, name = reg.client, reg.model_name
     metrics, _ = _run_metric(client, run_id, "challenger")
     tags = {k: f"{v:.6g}" for k, v in sorted(metrics.items()) if k.startswith("test_")}
     if pipeline_run:
@@ -206,23 +213,17 @@ def _register_version(client, params: Params, run_id: str, pipeline_run: str) ->
                 exc.error_code
             ):
                 raise
-        # mlflow.register_model resolves runs:/ URIs to the run's logged model (MLflow 3
-        # LoggedModel or an MLmodel directory); it reads only the process-wide URIs.
-        try:
-            with process_uris(params.mlflow.tracking_uri):
-                mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", name)
-        except MlflowException as exc:
-            raise PromotionError(
-                f"run {run_id!r} has no model logged at {MODEL_ARTIFACT_PATH!r} "
-                f"(train logs it when tracking is on): {exc.message}"
-            ) from None
+        source, model_id = _logged_model_source(client, run_id)
+        mv = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
         version = int(mv.version)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     return version
 
 
-def register_model(run_id: str, params: Params, pipeline_run: str = "") -> Registration:
+def register_model(
+    run_id: str, params: Params, pipeline_run: str = "", *, registry: Registry | None = None
+) -> Registration:
     """Register ``runs:/<run_id>/model`` as the ``challenger``, if it still deserves it.
 
     Under the registry's promotion lock: the champion is read again and the decision of
@@ -232,16 +233,15 @@ def register_model(run_id: str, params: Params, pipeline_run: str = "") -> Regis
     reuses it) gets alias ``challenger`` and tag ``in_flight_until`` (now +
     ``promotion.challenger_ttl_s``); the deploy step crowns it ``champion`` once it serves.
     """
-    client = _client(params)
-    name = params.mlflow.model_name
+    reg = _registry(params, registry)
     margin = params.promotion.min_improvement
-    with promotion_lock(client, params, pipeline_run or run_id):
-        decision = decide_promotion(run_id, params)
+    with reg.promotion_lock(pipeline_run or run_id):
+        decision = decide_promotion(run_id, params, registry=reg)
         if not decision.promote:
             return Registration(
                 False, None, f"re-checked under the registry lock: {decision.reason}"
             )
-        rival = _in_flight(client, name, run_id)
+        rival = _in_flight(reg, run_id)
         if rival is not None and not decision.challenger_rmse < rival[1] - margin:
             mv, rmse = rival
             return Registration(
@@ -251,53 +251,52 @@ def register_model(run_id: str, params: Params, pipeline_run: str = "") -> Regis
                 f"being rolled out and is not beaten by {decision.challenger_rmse:.4f} m - "
                 f"min_improvement {margin:g} m: standing down",
             )
-        version = _register_version(client, params, run_id, pipeline_run)
-        set_challenger(client, name, version)
-        keep_in_flight(client, params, version)
+        version = _register_version(reg, run_id, pipeline_run)
+        reg.set_challenger(version)
+        keep_in_flight(params, version, registry=reg)
     superseded = f"; supersedes in-flight version {rival[0].version}" if rival else ""
     return Registration(True, version, f"{decision.reason}{superseded}")
 
 
-def keep_in_flight(client, params: Params, version: int) -> None:
+def keep_in_flight(params: Params, version: int, *, registry: Registry | None = None) -> None:
     """Mark ``version``'s rollout alive for another ``promotion.challenger_ttl_s`` seconds."""
     until = f"{time.time() + params.promotion.challenger_ttl_s:.0f}"
-    client.set_model_version_tag(params.mlflow.model_name, str(version), IN_FLIGHT_TAG, until)
+    _registry(params, registry).set_version_tag(version, IN_FLIGHT_TAG, until)
 
 
-def is_challenger(params: Params, version: int) -> bool:
+def is_challenger(params: Params, version: int, *, registry: Registry | None = None) -> bool:
     """Is ``version`` still the ``challenger`` (not superseded by a better run)?"""
-    current = aliases(_client(params), params.mlflow.model_name)
-    return current.get(CHALLENGER_ALIAS) == int(version)
+    return _registry(params, registry).aliases().get(CHALLENGER_ALIAS) == int(version)
 
 
-def crown_challenger(params: Params, version: int, holder: str = "") -> tuple[bool, str]:
+def crown_challenger(
+    params: Params, version: int, holder: str = "", *, registry: Registry | None = None
+) -> tuple[bool, str]:
     """After a successful rollout: ``champion`` → ``version`` (``previous`` ← the old one).
 
     Under the promotion lock, and only if ``version`` still is the challenger and still beats
     the champion of this moment; otherwise nothing moves. Returns (crowned, why).
     """
-    client = _client(params)
-    name = params.mlflow.model_name
-    with promotion_lock(client, params, holder or f"crown v{version}"):
-        current = aliases(client, name)
+    reg = _registry(params, registry)
+    with reg.promotion_lock(holder or f"crown v{version}"):
+        current = reg.aliases()
         if current.get(CHALLENGER_ALIAS) != int(version):
             return (
                 False,
                 f"version {version} is no longer the challenger ({format_aliases(current)})",
             )
-        mv = client.get_model_version(name, str(version))
-        decision = decide_promotion(mv.run_id, params)
+        decision = decide_promotion(reg.version(version).run_id, params, registry=reg)
         if not decision.promote:
             return False, decision.reason
-        former = crown(client, name, version)
+        former = reg.crown(version)
     return True, f"version {version} is champion" + (f", previous v{former}" if former else "")
 
 
-def abandon_challenger(params: Params, version: int) -> bool:
+def abandon_challenger(params: Params, version: int, *, registry: Registry | None = None) -> bool:
     """The rollout of ``version`` ended without promotion: clear its ``challenger`` alias."""
-    client = _client(params)
-    with promotion_lock(client, params, f"abandon v{version}"):
-        return withdraw_challenger(client, params.mlflow.model_name, version)
+    reg = _registry(params, registry)
+    with reg.promotion_lock(f"abandon v{version}"):
+        return reg.withdraw_challenger(version)
 
 
 def format_decision(decision: Decision, model_name: str) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-CRD_DIR = Path(__file__).resolve().parents[2] / "manifests" / "training-crds"
+from depth_common.deploy.manifests import manifests_dir
+
 CRD_FILES = {
     "TrainJob": "trainer.kubeflow.org_trainjobs.yaml",
     "PyTorchJob": "kubeflow.org_pytorchjobs.yaml",
@@ -25,10 +26,15 @@ class JobValidationError(ValueError):
     """A job object does not match its operator's CRD schema (message: the field path)."""
 
 
+def default_crd_dir() -> Path:
+    """``manifests/training-crds`` of the installed manifests (or ``$DEPTH_MANIFESTS_DIR``)."""
+    return Path(str(manifests_dir())) / "training-crds"
+
+
 @cache
-def crd_schema(kind: str, crd_dir: str = str(CRD_DIR)) -> dict:
+def crd_schema(kind: str, crd_dir: str | None = None) -> dict:
     """The ``openAPIV3Schema`` of the served version of ``kind``'s CRD (vendored YAML)."""
-    path = Path(crd_dir) / CRD_FILES[kind]
+    path = Path(crd_dir or default_crd_dir()) / CRD_FILES[kind]
     # the C loader: these CRDs are ~0.5 MB of YAML (seconds with the pure-Python one)
     crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     for version in crd["spec"]["versions"]:
@@ -37,13 +43,13 @@ def crd_schema(kind: str, crd_dir: str = str(CRD_DIR)) -> dict:
     raise JobValidationError(f"{path}: no served storage version")
 
 
-def validate_job(obj: Mapping[str, Any], crd_dir: str | Path = CRD_DIR) -> None:
+def validate_job(obj: Mapping[str, Any], crd_dir: str | Path | None = None) -> None:
     """Raise :class:`JobValidationError` (field path + reason) unless ``obj`` matches its CRD."""
     import jsonschema
 
     if obj.get("kind") not in CRD_FILES:
         raise JobValidationError(f"kind: got {obj.get('kind')!r}, expected TrainJob or PyTorchJob")
-    schema = crd_schema(obj["kind"], str(crd_dir))
+    schema = crd_schema(obj["kind"], str(crd_dir) if crd_dir else None)
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(dict(obj)), key=lambda e: list(e.absolute_path))
     if errors:

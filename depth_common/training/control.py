@@ -12,7 +12,7 @@ from typing import Any
 
 from depth_common.config import Params
 from depth_common.errors import Stopped
-from depth_common.training import distributed as dist_
+from depth_common.training import distributed
 
 
 class TrainingError(RuntimeError):
@@ -55,7 +55,7 @@ class StopRequest:
 
     def check(self) -> bool:
         """Whether to stop now (the same answer on every rank)."""
-        return dist_.any_rank(self.requested) if self.distributed else self.requested
+        return distributed.any_rank(self.requested) if self.distributed else self.requested
 
 
 @contextlib.contextmanager
@@ -68,24 +68,24 @@ def tracked_run(
     ``last.pt`` names (status RUNNING), and tags it; at the end it marks the run FINISHED,
     KILLED (SIGTERM) or FAILED (any other exception). Every rank learns rank 0's run id.
     """
-    mlt = None
     if enabled:
-        from depth_common.registry import tracking as mlt
+        from depth_common.registry import tracking
 
         if state.run_id is not None:
-            mlt.configure(params.mlflow)
-            mlt.set_status(state.run_id, "RUNNING")
+            tracking.configure(params.mlflow)
+            tracking.set_status(state.run_id, "RUNNING")
         else:
-            state.run_id = mlt.start_training_run(params)
-        mlt.set_tags(state.run_id, tags)
-    state.run_id = dist_.broadcast_object(state.run_id)  # DDP: every rank reports rank 0's run
+            state.run_id = tracking.start_training_run(params)
+        tracking.set_tags(state.run_id, tags)
+    # DDP: every rank reports rank 0's run
+    state.run_id = distributed.broadcast_object(state.run_id)
     try:
         yield
     except BaseException as exc:
-        if mlt is not None and state.run_id is not None:
+        if enabled and state.run_id is not None:
             status = "KILLED" if isinstance(exc, TrainingInterrupted) else "FAILED"
             with contextlib.suppress(Exception):  # the run's own error is the one to report
-                mlt.set_status(state.run_id, status)
+                tracking.set_status(state.run_id, status)
         raise
-    if mlt is not None and state.run_id is not None:
-        mlt.set_status(state.run_id, "FINISHED")
+    if enabled and state.run_id is not None:
+        tracking.set_status(state.run_id, "FINISHED")

@@ -34,14 +34,14 @@ from depth_common.atomic import claim_dir
 from depth_common.config import ConfigError, Params
 from depth_common.data.samplers import eval_sampler, train_sampler
 from depth_common.threads import apply_torch_threads
-from depth_common.training import distributed as dist_
+from depth_common.training import distributed
 from depth_common.training.control import (
     StopRequest,
     TrainingError,
     TrainingInterrupted,
     tracked_run,
 )
-from depth_common.training.loop import Loop, train_one_epoch, validate
+from depth_common.training.loop import RunSettings, train_one_epoch, validate
 from depth_common.training.losses import DepthLoss
 from depth_common.training.state import TrainState, amp_mode, new_train_state
 from depth_common.training.warm_start import apply_init
@@ -66,53 +66,65 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- epochs
-def _record(state: TrainState, loop: Loop, entry: dict[str, float]) -> None:
+def _record(state: TrainState, settings: RunSettings, entry: dict[str, float]) -> None:
     state.history.append(entry)
-    if loop.log_metrics and state.run_id is not None:
-        from depth_common.registry import tracking as mlt
+    if settings.log_metrics and state.run_id is not None:
+        from depth_common.registry import tracking
 
         metrics = {k: v for k, v in entry.items() if k != "epoch"}
-        mlt.log_metrics(state.run_id, metrics, int(entry["epoch"]))
+        tracking.log_metrics(state.run_id, metrics, int(entry["epoch"]))
 
 
 def _validate_epoch(
-    state: TrainState, val_loader: Any, loop: Loop, out_dir: Path
+    state: TrainState, val_loader: Any, settings: RunSettings, out_dir: Path
 ) -> tuple[dict[str, float], bool]:
     """Validate, keep ``best.pt`` and the early-stopping count → (val metrics, improved)."""
-    dist_.sync_buffers(state.model)  # DDP: rank 0's BatchNorm statistics: what it checkpoints
+    distributed.sync_buffers(state.model)  # DDP: rank 0's BatchNorm statistics: what it checkpoints
     metrics = validate(
-        state.model, val_loader, loop.device, loop.params, loop.autocast, loop.is_main
+        state.model,
+        val_loader,
+        settings.device,
+        settings.params,
+        settings.autocast,
+        settings.is_main,
     )
     val = {f"val_{k}": v for k, v in metrics.items()}
     improved = math.isfinite(metrics["rmse"]) and metrics["rmse"] < state.best_rmse
     if improved:
         state.best_rmse, state.bad_epochs, state.best_val = metrics["rmse"], 0, val
-        if loop.is_main:
-            state.to_checkpoint(out_dir / BEST, loop.params, val, full=False)
+        if settings.is_main:
+            state.to_checkpoint(out_dir / BEST, settings.params, val, full=False)
     else:
         state.bad_epochs += 1
     # DDP: rank 0 decides, so all ranks stop after the same epoch.
-    state.stopped = dist_.broadcast_object(state.bad_epochs >= loop.params.training.patience)
+    state.stopped = distributed.broadcast_object(
+        state.bad_epochs >= settings.params.training.patience
+    )
     return val, improved
 
 
 def _end_epoch(
-    state: TrainState, val_loader: Any, loop: Loop, out_dir: Path, epoch: int, train_loss: float
+    state: TrainState,
+    val_loader: Any,
+    settings: RunSettings,
+    out_dir: Path,
+    epoch: int,
+    train_loss: float,
 ) -> bool:
     """Validation (when due), history, checkpoints, the epoch's log line → last.pt written?"""
-    t_cfg, t0 = loop.params.training, time.perf_counter()
+    t_cfg, t0 = settings.params.training, time.perf_counter()
     entry: dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss}
     state.epoch = epoch + 1  # what best.pt / last.pt record: epochs completed
     val, improved = {}, False
     if (epoch + 1) % t_cfg.val_every == 0 or epoch + 1 == t_cfg.epochs:
-        val, improved = _validate_epoch(state, val_loader, loop, out_dir)
+        val, improved = _validate_epoch(state, val_loader, settings, out_dir)
     entry.update(val)
     entry["learning_rate"] = state.optimizer.param_groups[-1]["lr"]  # the decoder's
-    _record(state, loop, entry)
+    _record(state, settings, entry)
     due = state.epoch % t_cfg.checkpoint_every == 0 or state.epoch == t_cfg.epochs
-    if loop.is_main and (due or state.stopped):
-        state.to_checkpoint(out_dir / LAST, loop.params, val, full=True)
-    if loop.is_main:
+    if settings.is_main and (due or state.stopped):
+        state.to_checkpoint(out_dir / LAST, settings.params, val, full=True)
+    if settings.is_main:
         shown = "  ".join(f"{k} {val[k]:.4f}" for k in ("val_rmse", "val_abs_rel") if k in val)
         log.info(
             "epoch %d/%d  train_loss %.4f  %s  lr %.2e  val %.1fs%s%s",
@@ -132,21 +144,21 @@ def _run_epochs(
     model: torch.nn.Module,
     state: TrainState,
     loaders: tuple[Any, Any],
-    loop: Loop,
+    settings: RunSettings,
     out_dir: Path,
     stop: StopRequest,
 ) -> None:
     train_loader, val_loader = loaders
-    for epoch in range(state.epoch, loop.params.training.epochs):
+    for epoch in range(state.epoch, settings.params.training.epochs):
         if state.stopped:
             break
-        train_loss = train_one_epoch(model, state, train_loader, loop, epoch, stop)
+        train_loss = train_one_epoch(model, state, train_loader, settings, epoch, stop)
         saved = train_loss is not None and _end_epoch(
-            state, val_loader, loop, out_dir, epoch, train_loss
+            state, val_loader, settings, out_dir, epoch, train_loss
         )
         if train_loss is None or stop.check():
-            if loop.is_main and not saved:
-                state.to_checkpoint(out_dir / LAST, loop.params, {}, full=True)
+            if settings.is_main and not saved:
+                state.to_checkpoint(out_dir / LAST, settings.params, {}, full=True)
             where = f"{state.epoch} epochs"
             if state.progress:
                 where += f" + {int(state.progress['micro_batches'])} micro-batches"
@@ -159,7 +171,7 @@ def _loaders(params: Params, processed_dir: Path, micro: int) -> tuple[Any, Any]
     from depth_common.data.dataset import dataset_for, loader_for
 
     if micro != params.data.batch_size:
-        params = params.with_overrides((f"data.batch_size={micro}",))
+        params = params.updated("data", batch_size=micro)
     train_set = dataset_for(processed_dir, "train", params, train=True)
     val_set = dataset_for(processed_dir, "val", params, train=False)
     sampler = train_sampler(len(train_set), seed=params.training.seed)
@@ -169,16 +181,18 @@ def _loaders(params: Params, processed_dir: Path, micro: int) -> tuple[Any, Any]
     )
 
 
-def _describe(state: TrainState, loop: Loop, ctx: dist_.DistContext, amp: str) -> None:
-    p, plan = loop.params, loop.plan
+def _describe(
+    state: TrainState, settings: RunSettings, ctx: distributed.DistContext, amp: str
+) -> None:
+    p, plan = settings.params, settings.plan
     log.info(
         "training %s (%.1fM params) at %s on %s; AMP: %s; %d steps/epoch; head starts at %.2f m",
         p.model.encoder,
         sum(t.numel() for t in state.model.parameters()) / 1e6,
         "x".join(map(str, p.data.img_size)),
-        loop.device,
+        settings.device,
         amp,
-        loop.steps_per_epoch,
+        settings.steps_per_epoch,
         float(state.model.head.conv3.bias.item()),
     )
     if ctx.distributed:
@@ -215,7 +229,7 @@ def train(
     """
     dist = torch.distributed
     group_existed = dist.is_available() and dist.is_initialized()
-    ctx = dist_.init_distributed(params.training.device, params.training.dist_timeout_s)
+    ctx = distributed.init_distributed(params.training.device, params.training.dist_timeout_s)
     try:
         threads = apply_torch_threads(
             params.training.threads, share=ctx.env.local_world_size, role="train"
@@ -226,14 +240,14 @@ def train(
         return _train(params, Path(processed_dir), Path(out_dir), ctx, resume, tracking, tag)
     finally:
         if ctx.distributed and not group_existed:
-            dist_.cleanup_distributed()
+            distributed.cleanup_distributed()
 
 
 def _train(
     params: Params,
     processed_dir: Path,
     out_dir: Path,
-    ctx: dist_.DistContext,
+    ctx: distributed.DistContext,
     resume: bool,
     tracking: bool,
     threads: str,
@@ -241,9 +255,9 @@ def _train(
     t_cfg, device = params.training, ctx.device
     if ctx.is_main:  # the checkpoints directory: refuse a foreign one before any work
         claim_dir(out_dir)
-    dist_.seed_everything(t_cfg.seed)  # the same initial weights on every rank
+    distributed.seed_everything(t_cfg.seed)  # the same initial weights on every rank
     # DDP: each rank feeds micro-batches of batch_size / (world x accumulation) samples.
-    plan = dist_.plan_batches(params.data.batch_size, ctx.world_size, t_cfg.micro_batch_size)
+    plan = distributed.plan_batches(params.data.batch_size, ctx.world_size, t_cfg.micro_batch_size)
     loaders = _loaders(params, processed_dir, plan.micro_batch_size)
     micro_per_epoch = len(loaders[0])
     if t_cfg.max_train_batches is not None:
@@ -253,7 +267,7 @@ def _train(
         raise ConfigError(f"{processed_dir}: the train split gives no batch")
     state = new_train_state(params, processed_dir, device, steps_per_epoch)
     autocast, _, amp_desc = amp_mode(device, t_cfg.amp)
-    loop = Loop(
+    settings = RunSettings(
         params,
         device,
         ctx.rank,
@@ -277,7 +291,7 @@ def _train(
         if ctx.is_main:
             best_path.unlink(missing_ok=True)  # never report an earlier run's best model
     if ctx.is_main:
-        _describe(state, loop, ctx, amp_desc)
+        _describe(state, settings, ctx, amp_desc)
     tags = {
         "amp": amp_desc,
         "device": str(device),
@@ -289,7 +303,7 @@ def _train(
     }
     tracked = tracked_run(params, state, tags, enabled=tracking and ctx.is_main)
     with tracked, StopRequest(distributed=ctx.distributed) as stop:
-        _fit(state, loaders, loop, out_dir, ctx, stop)
+        _fit(state, loaders, settings, out_dir, ctx, stop)
     return TrainResult(
         best_path,
         state.best_val,
@@ -302,36 +316,38 @@ def _train(
 def _fit(
     state: TrainState,
     loaders: tuple[Any, Any],
-    loop: Loop,
+    settings: RunSettings,
     out_dir: Path,
-    ctx: dist_.DistContext,
+    ctx: distributed.DistContext,
     stop: StopRequest,
 ) -> None:
     """Train (or, for ``epochs = 0``, evaluate the initial model), then log the best model."""
-    params, best_path = loop.params, out_dir / BEST
+    params, best_path = settings.params, out_dir / BEST
     if params.training.epochs == 0 and not (best_path.is_file() and state.history):
         # The untrained model, evaluated and saved as "best" (the pipeline's worse model).
-        metrics = validate(state.model, loaders[1], loop.device, params, loop.autocast, ctx.is_main)
+        metrics = validate(
+            state.model, loaders[1], settings.device, params, settings.autocast, ctx.is_main
+        )
         state.best_val = {f"val_{k}": v for k, v in metrics.items()}
         state.best_rmse = metrics["rmse"] if math.isfinite(metrics["rmse"]) else math.inf
-        _record(state, loop, {"epoch": 0, **state.best_val})
+        _record(state, settings, {"epoch": 0, **state.best_val})
         if ctx.is_main and math.isfinite(state.best_rmse):
             state.to_checkpoint(best_path, params, state.best_val, full=False)
             state.to_checkpoint(out_dir / LAST, params, state.best_val, full=True)
     # DDP: wrap after resuming (DDP broadcasts rank 0's weights); ``state.model`` stays the
     # plain module that checkpoints and validation use (validation shards may differ in
     # length, so it must not run DDP's per-forward collectives).
-    model = dist_.wrap_ddp(state.model, ctx, params.training.sync_batchnorm)
-    _run_epochs(model, state, loaders, loop, out_dir, stop)
+    model = distributed.wrap_ddp(state.model, ctx, params.training.sync_batchnorm)
+    _run_epochs(model, state, loaders, settings, out_dir, stop)
     if not math.isfinite(state.best_rmse):
         raise TrainingError(
             f"{out_dir}: every validation gave a non-finite val_rmse "
             f"({[h.get('val_rmse') for h in state.history]}), so there is no usable model; "
             "look at train_loss in the history (a learning rate too high, or bad data)"
         )
-    if loop.log_metrics and state.run_id is not None:
-        from depth_common.registry import tracking as mlt
+    if settings.log_metrics and state.run_id is not None:
+        from depth_common.registry import tracking
 
-        mlt.log_model(state.run_id, best_path, params.data.img_size)
-        mlt.log_artifact(state.run_id, best_path, "checkpoint")
-        mlt.set_tags(state.run_id, {"best_checkpoint": str(best_path.resolve())})
+        tracking.log_model(state.run_id, best_path, params.data.img_size)
+        tracking.log_artifact(state.run_id, best_path, "checkpoint")
+        tracking.set_tags(state.run_id, {"best_checkpoint": str(best_path.resolve())})

@@ -8,8 +8,9 @@ import signal
 import threading
 import time
 
+from helpers import DEMO
+
 from depth_common.cli.parser import EXIT_STOPPED, main
-from depth_common.config.presets import DEMO
 
 
 def test_cli_train_then_evaluate(processed_data, tmp_path, capsys) -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import DEMO
 
 from depth_common.config import ConfigError, Params, load_params, params_from_dict
-from depth_common.config.presets import DEMO
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,6 @@
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -155,49 +154,13 @@ def test_cluster_section_feeds_the_train_job():
     assert {s for _, s, _ in job.secret_env} == {"mlflow-creds"}
 
 
-def test_former_keys_move_to_cluster_with_a_warning():
-    raw = {
-        "training": {"node_selector": ["pool=gpu"], "epochs": 3},
-        "deploy": {"namespace": "team-a", "name": "depth-b"},
-    }
-    with pytest.warns(FutureWarning) as caught:
-        p = params_from_dict(raw)
-    said = [str(w.message) for w in caught]
-    assert any("training.node_selector is deprecated, use cluster.node_selector" in m for m in said)
-    assert any("deploy.namespace is deprecated, use cluster.namespace" in m for m in said)
-    assert p.cluster.node_selector == ("pool=gpu",) and p.cluster.namespace == "team-a"
-    assert (p.training.epochs, p.deploy.name) == (3, "depth-b")
-    assert "node_selector" not in p.to_dict()["training"]
-    assert "namespace" not in p.to_dict()["deploy"]
-    assert raw["training"] == {"node_selector": ["pool=gpu"], "epochs": 3}  # the input is kept
-
-
-def test_a_former_key_as_override_sets_the_cluster_key():
-    with pytest.warns(FutureWarning, match="deploy.service_account is deprecated"):
-        p = load_params(PARAMS_FILE, ["deploy.service_account=sa-b"])
-    assert p.cluster.service_account == "sa-b"
-    with pytest.warns(FutureWarning, match="training.tolerations is deprecated"):
-        again = p.with_overrides(["training.tolerations=[gpu]"])
-    assert again.cluster.tolerations == ("gpu",) and again.cluster.service_account == "sa-b"
-
-
-def test_a_former_key_and_its_cluster_key_must_agree():
-    raw = {"training": {"mlflow_secret": "a"}, "cluster": {"mlflow_secret": "b"}}
-    with pytest.warns(FutureWarning), pytest.raises(ConfigError) as exc:
-        params_from_dict(raw)
-    assert str(exc.value) == (
-        "training.mlflow_secret: got 'a', expected it unset (it moved to cluster.mlflow_secret, "
-        "which is 'b'); set cluster.mlflow_secret only"
-    )
-    same = {"training": {"tolerations": ["gpu"]}, "cluster": {"tolerations": ["gpu"]}}
-    with pytest.warns(FutureWarning):
-        assert params_from_dict(same).cluster.tolerations == ("gpu",)
-
-
-def test_the_committed_params_use_no_former_key():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)
-        load_params(PARAMS_FILE)
+@pytest.mark.parametrize(
+    "override", ["training.node_selector=[pool=gpu]", "deploy.namespace=team-a"]
+)
+def test_cluster_settings_live_under_cluster_only(override):
+    with pytest.raises(ConfigError) as exc:
+        load_params(PARAMS_FILE, [override])
+    assert override.split("=")[0] in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_sections_are_frozen_hashable_and_round_trip_through_json():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from depth_common.config import params_from_dict
+from depth_common.config import ConfigError, params_from_dict
 from depth_common.data import discover, disparity_to_depth, prepare_image, read_camera
 from depth_common.data.cityscapes import CameraIntrinsics, frame_id
 from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_depth_nearest
@@ -186,13 +186,11 @@ def test_discover_depth_xy_layout_matches_by_frame_id(tmp_path):
     assert samples[2].disparity_path.parent.parts[-3:] == ("depth_y", "val", "zurich")
     assert all(s.camera_path is None for s in samples)
     assert discover(tmp_path, "val", layout="depth_xy", num_cities=1)[-1].frame_id == "ulm_1"
-    # The former layout name still works, with a deprecation message naming the new one.
-    with pytest.warns(FutureWarning, match="'seed' is deprecated, use 'depth_xy'"):
-        old = discover(tmp_path, "val", layout="seed")
-    assert old == samples
-    with pytest.warns(FutureWarning, match=r"data.layout: 'seed' is deprecated"):
-        cfg = params_from_dict({"data": {"layout": "seed"}}).data
-    assert cfg.layout == "depth_xy"
+    # A layout name outside the list is refused, naming what is accepted.
+    with pytest.raises(DataError, match="expected one of auto, cityscapes, depth_xy"):
+        discover(tmp_path, "val", layout="seed")
+    with pytest.raises(ConfigError, match="data.layout"):
+        params_from_dict({"data": {"layout": "seed"}})
 
 
 def test_hidden_files_are_ignored(tmp_path):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from depth_common.config import DeployConfig, Params
+from depth_common.data.synthetic import probe_scenes
 from depth_common.deploy.analysis import Thresholds, VersionSample, analyse, mean_abs_rel
-from depth_common.deploy.probe import make_probe_set
+from depth_common.deploy.probe import ProbeSet
 from depth_common.deploy.report import DeployResult, write_deploy_report
 from depth_common.deploy.smoke import SmokeResult
 
@@ -95,7 +96,7 @@ def test_thresholds_come_from_params() -> None:
 
 
 def test_probe_set_is_fixed_and_has_known_depth() -> None:
-    a, b = make_probe_set((32, 64), 3), make_probe_set((32, 64), 3)
+    a, b = ProbeSet(*probe_scenes((32, 64), 3)), ProbeSet(*probe_scenes((32, 64), 3))
     assert a.size == (32, 64) and len(a.images) == 3
     assert all(x.dtype == np.uint8 and x.shape == (32, 64, 3) for x in a.images)
     for x, y in zip(a.depths, b.depths, strict=True):
@@ -104,7 +105,9 @@ def test_probe_set_is_fixed_and_has_known_depth() -> None:
     assert valid.size > 0.3 * a.depths[0].size and 1.0 < float(np.median(valid)) < 200.0
     assert not np.array_equal(a.images[0], a.images[1])
     with pytest.raises(ValueError, match="count"):
-        make_probe_set((32, 64), 0)
+        probe_scenes((32, 64), 0)
+    with pytest.raises(ValueError, match="probe set: 0 images"):
+        ProbeSet((), ())
 
 
 def test_report_has_one_table_per_step_with_every_figure() -> None:

@@ -220,8 +220,9 @@ def test_superseded_challenger_stops_before_the_next_step() -> None:
         assert k8s.get(NS, NAME)["spec"]["predictor"]["model"]["storageUri"] == OLD
 
 
-def test_the_project_merge_patch_agrees_with_an_independent_rfc7386() -> None:
-    """RFC 7386 appendix A cases: depth_common's merge_patch and the double's library agree."""
+def test_the_manifests_merge_patch_follows_rfc7386_and_leaves_its_inputs_alone() -> None:
+    """RFC 7386 appendix A cases: depth_common's merge_patch (json-merge-patch on copies) and the
+    library itself give the RFC's results, and the manifest being patched is not changed."""
     import copy
 
     import json_merge_patch
@@ -241,5 +242,7 @@ def test_the_project_merge_patch_agrees_with_an_independent_rfc7386() -> None:
         ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
     ]
     for target, patch, expected in cases:
+        before = copy.deepcopy((target, patch))
         assert merge_patch(target, patch) == expected
+        assert (target, patch) == before  # the library merges in place: ours works on copies
         assert json_merge_patch.merge(copy.deepcopy(target), copy.deepcopy(patch)) == expected

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from depth_common.config.presets import DEMO
+from helpers import DEMO
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

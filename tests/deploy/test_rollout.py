@@ -4,22 +4,32 @@ First deploy (nothing served): replace and crown. A challenger whose ONNX output
 2 runs as a second version beside the champion in one Triton, fails the analysis and is rolled
 back (the served repository untouched, aliases unchanged). A sound challenger is promoted over
 two analysed steps (the repository then holds only it; champion/previous move). Then the CLI's
-``status`` and ``rollback`` use the same code to restore the previous champion.
+``status`` and ``rollback`` use the same code to restore the previous champion; two rollbacks
+at once leave the registry equal to what serves. A challenger superseded while its deploy
+waited for the serving lease is not served.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 from pathlib import Path
 
 import pytest
 import torch
+from doubles.serving_target import RecordingTarget
 
 from depth_common.atomic import MARKER
 from depth_common.cli.parser import main
 from depth_common.config import Params
-from depth_common.deploy.rollout import deploy_model
+from depth_common.data.synthetic import probe_scenes
+from depth_common.deploy.local import install_repository, latest_version
+from depth_common.deploy.probe import ProbeSet
+from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.rollback import rollback
+from depth_common.deploy.rollout import deploy_model, serving_target
+from depth_common.deploy.target import Release
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import build_triton_repository
 from depth_common.registry.aliases import (
@@ -30,9 +40,9 @@ from depth_common.registry.aliases import (
     aliases,
     registry_client,
 )
-from depth_common.registry.promotion import register_model
+from depth_common.registry.promotion import crown_challenger, register_model
+from depth_common.registry.registry import Registry
 
-pytestmark = pytest.mark.slow
 H, W = 32, 64
 _names = itertools.count()
 
@@ -106,6 +116,15 @@ def _overrides(root: Path, uri: str, model: str) -> list[str]:
     ]
 
 
+def _deploy_with(
+    params: Params, version: int, run: str, onnx: Path, source: str, **target_kw
+) -> DeployResult:
+    """What the deploy component does: render the probes, build the target, deploy."""
+    probes = ProbeSet(*probe_scenes((H, W), params.deploy.probe_images))
+    target = serving_target(params, image=probes.images[0], **target_kw)
+    return deploy_model(params, target, Release(version, source, run, onnx), probes=probes)
+
+
 def _deploy(params: Params, root: Path, onnx: Path, rmse: float, name: str):
     run = _run(rmse)
     reg = register_model(run, params)
@@ -113,13 +132,10 @@ def _deploy(params: Params, root: Path, onnx: Path, rmse: float, name: str):
     repo = build_triton_repository(
         onnx, root / params.mlflow.model_name / name, version=reg.version
     )
-    return (
-        run,
-        reg.version,
-        deploy_model(params, version=reg.version, run_id=run, onnx_path=onnx, repository=repo),
-    )
+    return run, reg.version, _deploy_with(params, reg.version, run, onnx, str(repo.resolve()))
 
 
+@pytest.mark.slow
 def test_local_canary_rolls_back_a_broken_challenger_then_promotes_a_sound_one(world, capsys):
     root, uri, onnx = world
     sets = _overrides(root, uri, f"Depth{next(_names)}")
@@ -176,6 +192,7 @@ def test_local_canary_rolls_back_a_broken_challenger_then_promotes_a_sound_one(w
     assert "no 'previous' version" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_superseded_challenger_is_not_deployed(world):
     root, uri, onnx = world
     params = Params().with_overrides(_overrides(root, uri, f"Depth{next(_names)}"))
@@ -185,13 +202,12 @@ def test_a_superseded_challenger_is_not_deployed(world):
     assert register_model(fast, params).promoted  # better: takes the challenger alias
     repo = build_triton_repository(onnx["good"], root / "late", version=late.version)
     before = _digest(Path(params.export.repository_dir))
-    result = deploy_model(
-        params, version=late.version, run_id=slow, onnx_path=onnx["good"], repository=repo
-    )
+    result = _deploy_with(params, late.version, slow, onnx["good"], str(repo.resolve()))
     assert result.outcome == "superseded" and "no longer the challenger" in result.reason
     assert _digest(Path(params.export.repository_dir)) == before
 
 
+@pytest.mark.slow
 def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world):
     """deploy_model on target kserve: the API double plays the cluster, each revision's tagged
     URL is a real local Triton serving that revision's model."""
@@ -224,10 +240,9 @@ def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world)
                 run = _run(rmse)
                 reg = register_model(run, params)
                 k8s.url = k8s.controller.url = endpoints[uris[key]]  # the top-level address
-                result = deploy_model(
-                    params, version=reg.version, run_id=run, onnx_path=onnx[key],
-                    storage_uri=uris[key], api=k8s.api(), poll_s=0.01,
-                )  # fmt: skip
+                result = _deploy_with(
+                    params, reg.version, run, onnx[key], uris[key], api=k8s.api(), poll_s=0.01
+                )
                 outcomes[key] = (result.outcome, run, reg.version)
                 for obj in k8s.snapshots:
                     isvc_validator().validate(obj)
@@ -246,3 +261,57 @@ def test_kserve_canary_end_to_end_against_the_api_double_and_real_servers(world)
     # removed; good: 10 %, 50 %, promoted (canary removed).
     steps = [s["spec"]["predictor"].get("canaryTrafficPercent", "-") for s in k8s.snapshots]
     assert steps == [10, 0, "-", 10, 50, "-"]
+
+
+@pytest.mark.slow
+def test_two_rollbacks_at_once_leave_the_registry_equal_to_what_serves(world):
+    """Champion v3, previous v2 (which replaced v1); two rollbacks started together: they run
+    one after the other, the second one step further back, and what serves is the champion."""
+    root, uri, onnx = world
+    params = Params().with_overrides(_overrides(root, uri, f"Depth{next(_names)}"))
+    name, serve = params.mlflow.model_name, Path(params.export.repository_dir)
+    registry = Registry.from_params(params)
+    for key, rmse in (("v1", 3.0), ("good", 2.0), ("broken", 1.0)):
+        reg = register_model(_run(rmse), params, registry=registry)
+        repo = build_triton_repository(onnx[key], root / name / key, version=reg.version)
+        registry.record_source(reg.version, str(repo.resolve()))
+        assert crown_challenger(params, reg.version, registry=registry)[0]
+    install_repository(repo, serve)  # v3 serves, as its deploy left it
+    assert registry.aliases() == {CHAMPION_ALIAS: 3, PREVIOUS_ALIAS: 2}
+
+    results: list[DeployResult] = []
+    errors: list[DeployError] = []
+
+    def one_rollback() -> None:  # a `rollback` command: its own registry client and target
+        try:
+            results.append(rollback(Registry.from_params(params), serving_target(params)))
+        except DeployError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_rollback) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    served, final = latest_version(serve, "depth"), registry.aliases()
+    assert final.get(CHAMPION_ALIAS) == served  # the registry follows what serves
+    assert (served, final) == (1, {CHAMPION_ALIAS: 1})  # the second went one step further
+    assert [r.model_version for r in results] == ["2", "1"]
+    assert [r.aliases for r in results] == ["champion v2, previous v1", "champion v1"]
+
+
+def test_a_challenger_superseded_while_waiting_for_the_lease_is_not_served(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = Params().with_overrides([f"mlflow.tracking_uri={uri}", "mlflow.model_name=Depth"])
+    registry = Registry.from_params(params)
+    registry.client.create_registered_model("Depth")
+    for v in (1, 2):
+        registry.client.create_model_version("Depth", f"file:///models/v{v}")
+    registry.set_challenger(1)
+    # A better run registers version 2 while this deploy waits for the lease.
+    target = RecordingTarget(on_lease=lambda: registry.set_challenger(2))
+    result = deploy_model(params, target, Release(1, "/srv/repo-v1"), registry=registry)
+    assert (result.outcome, target.served, target.leases) == ("superseded", [], 1)
+    assert "version 1 is no longer the challenger (challenger v2)" in result.reason
+    assert registry.aliases() == {CHALLENGER_ALIAS: 2}

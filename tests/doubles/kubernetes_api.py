@@ -6,8 +6,8 @@ create, merge-patch), and plays the KServe controller's part (:mod:`kserve_contr
 revisions, canary traffic splits and tagged URLs, IngressReady / PredictorReady / Ready
 conditions, ``modelStatus``, ``observedGeneration``). Like the real server it:
 
-- applies merge patches with RFC 7386 semantics -- through the ``json-merge-patch`` package,
-  an implementation independent of the project's own (``depth_common.deploy.manifests``),
+- applies merge patches with RFC 7386 semantics -- through the ``json-merge-patch`` package
+  (which ``depth_common.deploy.manifests`` uses too, for the overlays),
 
 - validates every created/patched object against the vendored CRD ``openAPIV3Schema``
   (422 Invalid, with a Kubernetes ``Status`` body),

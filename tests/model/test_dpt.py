@@ -160,20 +160,3 @@ def test_every_parameter_gets_a_gradient() -> None:
     m(torch.randn(2, 3, 32, 64)).mean().backward()
     assert [n for n, p in m.named_parameters() if p.grad is None] == []
     assert len(m.encoder.blocks) == 8  # the blocks after the last tap are gone
-
-
-def test_a_state_dict_with_the_pruned_parts_still_loads() -> None:
-    """Checkpoints written before pruning (with the encoder's final norm and unused blocks)."""
-    import timm
-
-    torch.manual_seed(0)
-    m = tiny(hooks=(1, 3, 5, 7))
-    full = timm.create_model(TINY, pretrained=False, img_size=(32, 64), num_classes=0)
-    old = {**{f"encoder.{k}": v for k, v in full.state_dict().items()}}
-    old.update({k: v for k, v in m.state_dict().items() if not k.startswith("encoder.")})
-    assert "encoder.norm.weight" in old and "encoder.blocks.11.mlp.fc2.weight" in old
-    fresh = tiny(hooks=(1, 3, 5, 7))
-    fresh.load_state_dict(old)  # strict: only the pruned keys are ignored
-    assert torch.equal(fresh.encoder.blocks[0].attn.qkv.weight, full.blocks[0].attn.qkv.weight)
-    with pytest.raises(RuntimeError, match="Missing key"):
-        fresh.load_state_dict({k: v for k, v in old.items() if k != "head.conv3.bias"})

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from containers import component_image, engine  # noqa: F401 - fixtures
+from helpers import DEMO
 
-from depth_common.config.presets import DEMO
 from pipelines.run_local import run_local
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import DEMO
 
 import components
-from depth_common.config.presets import DEMO
 from pipelines.depth_pipeline import PARAMS_FILE
 from pipelines.run_local import LocalRun, artifact_metadata, format_summary, run_local
 
@@ -157,8 +157,8 @@ def test_bad_parameters_fail_in_the_first_task_that_can_know(tmp_path, capfd):
 )
 def test_demo_flag_brings_its_data_size_unless_given(monkeypatch, argv, synthetic):
     """`make run` (--demo) generates enough data to show learning; --synthetic still wins."""
-    from depth_common.config.presets import DEMO_SYNTHETIC
     from pipelines import run_local as module
+    from pipelines.run_local import DEMO_SYNTHETIC
 
     seen = {}
 

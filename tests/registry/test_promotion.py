@@ -31,6 +31,7 @@ from depth_common.registry.promotion import (
     format_decision,
     register_model,
 )
+from depth_common.registry.registry import Registry
 
 _names = itertools.count()
 
@@ -118,6 +119,38 @@ def test_registering_leaves_the_process_wide_mlflow_uris_as_they_were(params, mo
     assert register_champion(_run(3.0), params) == 1
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
     assert "MLFLOW_REGISTRY_URI" not in os.environ  # nor exported to subprocesses
+
+
+def test_one_registry_carries_a_whole_promotion(params, monkeypatch):
+    """decide, register, crown and abandon through one Registry open no other (each opening
+    re-checked the SQLite store under its file lock) and leave the fluent API's state alone."""
+    import mlflow
+
+    from depth_common.registry import aliases as aliases_module
+
+    champion, better, worse = _run(3.0), _run(2.0), _run(1.0)
+    registry = Registry.from_params(params)
+    opened: list[str] = []
+    init = Registry.__init__
+
+    def counting(self, *args, **kwargs) -> None:
+        opened.append("Registry")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "__init__", counting)
+    monkeypatch.setattr(aliases_module, "registry_client", lambda *a: opened.append("client"))
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    for run in (champion, better):
+        reg = register_model(run, params, registry=registry)
+        assert crown_challenger(params, reg.version, registry=registry)[0]
+    late = register_model(worse, params, registry=registry)
+    assert decide_promotion(worse, params, registry=registry).promote
+    assert abandon_challenger(params, late.version, registry=registry)
+    assert champion_version(params, registry=registry) == 2
+    assert opened == []
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+    mv = registry.version(2)
+    assert mv.run_id == better and mv.source.startswith("models:/m-")  # the run's logged model
 
 
 def test_better_challenger_moves_champion_and_keeps_previous(params):

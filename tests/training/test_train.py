@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import DEMO
 
 from depth_common.atomic import MARKER, UnmanagedDirectoryError
 from depth_common.config import Params, load_params
-from depth_common.config.presets import DEMO
 from depth_common.model.checkpoint import load_checkpoint, model_from_checkpoint
 from depth_common.training.state import lr_factor
 from depth_common.training.train import TrainingError, TrainingInterrupted, train
