@@ -9,7 +9,7 @@ from pydantic import field_validator
 from depth_common.config.base import Bool, ConfigModel, Float, Int, Str, one_of, reject, spec
 
 _PROBABILITY = "a probability in [0, 1]"
-_LEARNING_RATE = "a learning rate in [0, 1]"
+_LEARNING_RATE = "a learning rate in [0, 1000000]"
 _LOSS_WEIGHT = "a loss weight in [0, 1000]"
 _JITTER = "a colour-jitter strength in [0, 1]"
 
@@ -39,8 +39,8 @@ class TrainingConfig(ConfigModel):
     pods run and which Secrets they mount is :class:`~depth_common.config.ClusterConfig`."""
 
     epochs: Int = spec(50, "an integer in [0, 100000] (epochs)", ge=0, le=100_000)
-    encoder_lr: Float = spec(1e-5, _LEARNING_RATE, ge=0, le=1)
-    decoder_lr: Float = spec(1e-4, _LEARNING_RATE, ge=0, le=1)
+    encoder_lr: Float = spec(1e-5, _LEARNING_RATE, ge=0, le=1e6)
+    decoder_lr: Float = spec(1e-4, _LEARNING_RATE, ge=0, le=1e6)
     weight_decay: Float = spec(0.01, "a number in [0, 1] (AdamW weight decay)", ge=0, le=1)
     warmup_epochs: Int = spec(3, "an integer in [0, 100000] (epochs)", ge=0, le=100_000)
     scheduler: Literal["cosine", "constant"] = spec("cosine", one_of("cosine", "constant"))
