@@ -24,10 +24,13 @@ def deploy(
     from depth_common.config import params_from_dict
     from depth_common.data.synthetic import probe_scenes
     from depth_common.deploy.probe import ProbeSet
-    from depth_common.deploy.report import DeployError, write_deploy_report
+    from depth_common.deploy.report import DeployError, canary_chart_markdown, write_deploy_report
     from depth_common.deploy.rollout import deploy_model, serving_target
     from depth_common.deploy.target import Release
+    from depth_common.export.onnx import file_sha256
     from depth_common.export.triton import read_onnx_io
+    from depth_common.registry.lineage import record_artifacts, record_serving
+    from depth_common.registry.registry import Registry
 
     record_startup("deploy")
 
@@ -43,18 +46,31 @@ def deploy(
     if p.deploy.strategy == "canary":
         probes = ProbeSet(*probe_scenes(read_onnx_io(onnx_file), p.deploy.probe_images))
     target = serving_target(p, image=probes.images[0] if probes else None)
+    registry = Registry.from_params(p)  # one client for the lineage tags and the whole rollout
+    # Lineage: the digest of the file the repository serves, and where the repository lives.
+    served = Path(repository.path) / p.export.triton_model_name / str(version) / "model.onnx"
+    where = uri if p.deploy.target == "kserve" else repository.uri
+    record_artifacts(registry.client, p.mlflow.model_name, int(version), file_sha256(served), where)
     try:
         result = deploy_model(
-            p, target, Release(int(version), source, run_id, onnx_file), probes=probes
+            p,
+            target,
+            Release(int(version), source, run_id, onnx_file),
+            probes=probes,
+            registry=registry,
         )
     except DeployError as exc:
         if exc.result is not None:  # what was observed stays visible in the UI
             with open(report.path, "w") as fh:
                 fh.write(write_deploy_report(exc.result))
         raise
+    if result.outcome in ("promoted", "replaced"):
+        record_serving(
+            registry.client, p.mlflow.model_name, int(version), result.target, result.endpoint
+        )
     text = write_deploy_report(result)
     with open(report.path, "w") as fh:
-        fh.write(text)
+        fh.write(text + canary_chart_markdown(result))  # the chart: the UI only, not the log
     report.metadata.update(
         {
             "target": result.target,

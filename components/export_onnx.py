@@ -14,6 +14,8 @@ def export_onnx(model: Input[Model], params: str, run_id: str, onnx_model: Outpu
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
     from depth_common.export.onnx import export_onnx as export
+    from depth_common.registry.aliases import registry_client
+    from depth_common.registry.lineage import lineage_tags
 
     record_startup("export_onnx")
 
@@ -24,6 +26,8 @@ def export_onnx(model: Input[Model], params: str, run_id: str, onnx_model: Outpu
         opset=p.export.opset,
         atol=p.export.parity_atol,
         run_id=run_id,
+        # code, data, params, runs: the file says where it came from
+        lineage=lineage_tags(registry_client(p.mlflow.tracking_uri), run_id),
     )
     onnx_model.metadata.update(
         {

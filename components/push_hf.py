@@ -1,7 +1,7 @@
 """push_hf: model.onnx + the Triton repository + a model card to the Hugging Face Hub
 (only when export.hf_repo_id is set; HF_TOKEN comes from a Kubernetes Secret)."""
 
-from kfp.dsl import Input, Metrics, Model
+from kfp.dsl import HTML, Input, Metrics, Model
 
 from components.image import depth_component
 
@@ -14,6 +14,7 @@ def push_hf(
     params: str,
     run_id: str,
     version: int,
+    report: Input[HTML] = None,
 ) -> str:
     """Returns the Hub commit URL."""
     import json
@@ -21,12 +22,15 @@ def push_hf(
 
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.export.hub import ModelCardInfo, push_to_hub
+    from depth_common.export.hub import REPORT_IN_REPO, ModelCardInfo, push_to_hub
+    from depth_common.export.onnx import file_sha256, read_metadata
+    from depth_common.registry.lineage import ONNX_SHA256, carried
 
     record_startup("push_hf")
 
     p = params_from_dict(json.loads(params))
     h, w = p.data.img_size
+    onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
     card = ModelCardInfo(
         title=f"DPT ({p.model.encoder}) monocular metric depth, {h}x{w}",
         metrics={k: float(v) for k, v in test.metadata.items()},
@@ -35,8 +39,15 @@ def push_hf(
         model_version=str(version),
         mlflow_run_id=run_id,
         registered_model=p.mlflow.model_name,
+        lineage={**carried(read_metadata(onnx_file)), ONNX_SHA256: file_sha256(onnx_file)},
+        report=REPORT_IN_REPO if report is not None else "",
     )
-    onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
-    result = push_to_hub(onnx_file, p.export.hf_repo_id, card=card, repository_dir=repository.path)
+    result = push_to_hub(
+        onnx_file,
+        p.export.hf_repo_id,
+        card=card,
+        repository_dir=repository.path,
+        report_path=None if report is None else report.path,
+    )
     print(f"pushed to {result.repo_url}: {result.commit_url}")
     return result.commit_url

@@ -7,8 +7,14 @@ from components.image import depth_component
 
 @depth_component
 def train(
-    processed: Input[Dataset], params: str, model: Output[Model], val: Output[Metrics]
+    processed: Input[Dataset],
+    params: str,
+    model: Output[Model],
+    val: Output[Metrics],
+    kfp_run: str = "",
 ) -> str:
+    """``kfp_run``: the pipeline job name; the MLflow run is ``<kfp_run>/train``, a child of
+    that pipeline run's parent run."""
     import json
     import os
     import shutil
@@ -16,6 +22,7 @@ def train(
 
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
+    from depth_common.registry.tracking import TaskContext, nest_run
     from depth_common.scaleout.launch import job_name_for, needs_cluster, run_scaled_training
     from depth_common.training.train import train as train_model
 
@@ -23,12 +30,15 @@ def train(
     p = params_from_dict(json.loads(params))
     # Scratch next to the artifact (not uploaded); only the best checkpoint becomes the Model.
     work = Path(model.path).parent / "train-work"
+    context = TaskContext(kfp_run=kfp_run, dataset_uri=processed.uri)
     if needs_cluster(p):  # torchrun DDP in a TrainJob / PyTorchJob; this pod waits for it
         run_name = job_name_for(os.environ.get("HOSTNAME", "depth-train"))
         result = run_scaled_training(p, processed.path, work, run_name=run_name)
+        if result.mlflow_run_id:  # rank 0 made the run: nest it under the pipeline run
+            nest_run(p, result.mlflow_run_id, context, "train")
     else:
         # resume: a retried task whose scratch survived (SIGTERM saved last.pt) continues it.
-        result = train_model(p, processed.path, work, resume=True, tracking=True)
+        result = train_model(p, processed.path, work, resume=True, tracking=True, context=context)
     if not result.mlflow_run_id:
         raise RuntimeError("train: no MLflow run was created; promotion needs one")
     shutil.move(str(result.checkpoint_path), model.path)

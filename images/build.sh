@@ -127,6 +127,10 @@ source images/base.sh
 # shellcheck source=wheels.sh
 source images/wheels.sh
 
+# Lineage baked into the component images (LABEL + ENV DEPTH_GIT_COMMIT / DEPTH_GIT_DIRTY).
+git_commit="$(git rev-parse HEAD 2>/dev/null || true)"
+git_dirty=false
+[[ -z "$(git status --porcelain 2>/dev/null)" ]] || git_dirty=true
 labels=(
   --label "org.opencontainers.image.source=${SOURCE_URL:-}"
   --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
@@ -149,6 +153,7 @@ build_one() {  # build_one KEY BASE
     --build-arg "BUILD_FILES_URL=$files_url" --build-arg "PIP_OFFLINE=$(image_offline "${image_locks// /}")"
     --build-arg "PIP_RETRIES=$retries" --build-arg "PIP_TIMEOUT=$timeout_s"
     --build-arg "PIP_EXTRA_INDEX=$extra_index" --build-arg "TENSORRT_VERSION=$TENSORRT_VERSION"
+    --build-arg "GIT_COMMIT=$git_commit" --build-arg "GIT_DIRTY=$git_dirty" --build-arg "IMAGE_REF=$image"
     --label "org.opencontainers.image.version=${image##*:}"
     --label "org.opencontainers.image.title=${image%:*}" "${labels[@]}")
   if ! docker build "${args[@]}" -f "$dockerfile" -t "$tmp" .; then

@@ -50,6 +50,9 @@ PARAM_KEYS: dict[str, str] = {
     "deploy_target": "deploy.target",
 }
 
+#: The KFP run's name (the pipeline job name, under kfp.local too): names the MLflow parent run
+#: that the tracking tasks' runs nest under (depth_common.registry.lineage).
+KFP_RUN = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
 #: The Secret holding the Hugging Face token (key HF_TOKEN), mounted on push_hf only.
 HF_SECRET = "hf-token"
 
@@ -82,6 +85,7 @@ def _export_and_serve(
     onnx = export_onnx(
         model=trained.outputs["model"], params=params, run_id=run_id
     ).set_display_name("export ONNX")
+    _with_secrets(onnx, settings)  # it reads the training run's lineage tags
     trt_inputs = {}
     if use_trt:  # compile-time: no GPU task at all when export.tensorrt is false
         trt = export_tensorrt(onnx_model=onnx.outputs["onnx_model"], params=params)
@@ -96,6 +100,7 @@ def _export_and_serve(
             onnx_model=onnx.outputs["onnx_model"],
             repository=repo.outputs["repository"],
             test=evaluated.outputs["test"],
+            report=evaluated.outputs["report"],
             params=params,
             run_id=run_id,
             version=version,
@@ -117,7 +122,7 @@ def _export_and_serve(
 
 def _train_task(prep: dsl.PipelineTask, params: str, settings: Params) -> dsl.PipelineTask:
     """The train task with its resources, GPU request, credentials and scale-out volume."""
-    trained = train(processed=prep.outputs["processed"], params=params)
+    trained = train(processed=prep.outputs["processed"], params=params, kfp_run=KFP_RUN)
     # CPU limit = request: its cgroup quota is what the thread policy (depth_common.threads)
     # sizes torch's pools by, so the task runs training.train_cpu threads.
     cpu = str(settings.training.train_cpu)
@@ -145,6 +150,7 @@ def _evaluate_and_decide(
         processed=prep.outputs["processed"],
         params=params,
         run_id=run_id,
+        kfp_run=KFP_RUN,
     ).set_display_name("evaluate")
     _with_secrets(evaluated, settings)
 
@@ -171,9 +177,9 @@ def _register_and_serve(
     """register the challenger; when it still wins under the lock, export and serve it, else
     record why it stood down."""
     run_id = trained.outputs["Output"]
-    registered = register(
-        run_id=run_id, params=params, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-    ).set_display_name("register challenger")
+    registered = register(run_id=run_id, params=params, pipeline_run=KFP_RUN).set_display_name(
+        "register challenger"
+    )
     registered.set_caching_options(False)
     _with_secrets(registered, settings)
     version = registered.outputs["version"]

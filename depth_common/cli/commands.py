@@ -226,3 +226,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     registry = Registry.from_params(params, must_exist=True)  # status creates no store
     print("\n".join(status(registry, serving_target(params))))
     return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """One version (``--alias`` / ``--version``) as an object; ``--run`` / ``--dataset`` as
+    ``{"versions": [...]}`` (JSON) or one table per version."""
+    from depth_common.registry import lineage
+    from depth_common.registry.aliases import registry_client
+    from depth_common.registry.store import require_sqlite_store
+
+    params = _params(args)
+    uri = params.mlflow.tracking_uri
+    require_sqlite_store(uri)  # never create an empty store just to say "none"
+    client = registry_client(uri)
+    name = params.mlflow.model_name
+    if args.alias is not None:
+        versions = [lineage.alias_version(client, name, args.alias)]
+    elif args.version is not None:
+        versions = [args.version]
+    elif args.run is not None:
+        versions = lineage.versions_of_run(client, name, args.run)
+    else:
+        versions = lineage.versions_of_dataset(client, name, args.dataset)
+    entries = [lineage.describe_version(client, name, v) for v in versions]
+    one = args.alias is not None or args.version is not None
+    if args.json:
+        print(json.dumps(entries[0] if one else {"versions": entries}, indent=2))
+    else:
+        print("\n\n".join(lineage.format_lineage(e) for e in entries))
+    return 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from depth_common.cli import commands
 from depth_common.config import ConfigError
 from depth_common.errors import DataError, Stopped
+from depth_common.registry.lineage import LineageNotFound
 
 #: What a shell reports for a process that SIGTERM ended (128 + 15): a stopped run, not an error.
 EXIT_STOPPED = 128 + signal.SIGTERM
@@ -257,6 +258,23 @@ def _add_operations(sub: _Subparsers) -> None:
     )
 
 
+def _add_lineage(sub: _Subparsers) -> None:
+    p = _command(
+        sub,
+        "lineage",
+        commands.cmd_lineage,
+        "where a registered model version came from: code, data, params, runs, files, serving",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--alias", help="the version holding this alias, e.g. champion")
+    which.add_argument("--version", type=int, help="this registered model version")
+    which.add_argument("--run", metavar="RUN_ID", help="versions from this MLflow run")
+    which.add_argument(
+        "--dataset", metavar="DIGEST", help="every version trained on this data digest"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 # In the order `--help` lists them.
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_synth,
@@ -270,6 +288,7 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve,
     _add_demo,
     _add_operations,
+    _add_lineage,
 )
 
 
@@ -288,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, LineageNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Stopped as exc:

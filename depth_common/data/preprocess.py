@@ -40,6 +40,7 @@ from depth_common.data.convert import (
     gt_path,
     process_pair,
 )
+from depth_common.data.digest import content_digest, file_hashes
 from depth_common.data.discovery import discover, resolve_layout
 from depth_common.data.io import save_json
 from depth_common.errors import DataError
@@ -216,7 +217,8 @@ def preprocess_dataset(
     their fingerprint, the training splits, per split the count, the frames (``city/frame``),
     each frame's camera source, the valid-pixel fraction and the p5/p50/p95 of valid depths
     (metres, from a 1 cm histogram), warnings about unexpected Cityscapes split sizes, and how
-    many pairs this run converted or skipped.
+    many pairs this run converted or skipped, and the SHA-256 of every file written with the
+    dataset's content digest (:mod:`depth_common.data.digest`).
     """
     raw, out = Path(raw_dir), Path(out_dir)
     splits = tuple(splits if splits is not None else data_cfg.splits)
@@ -255,6 +257,10 @@ def preprocess_dataset(
         ]
         results = _run(jobs, data_cfg.num_workers, progress)
         manifest = _manifest(raw, layout, data_cfg, crop, samples, results, gt_splits)
+        # The content digest (depth_common.data.digest): what lineage calls "the data".
+        outputs = [f for job in jobs for f in (job.png, job.npy, job.gt) if f is not None]
+        manifest["files"] = file_hashes(out, outputs)
+        manifest["digest"] = content_digest(manifest["files"])
         manifest["run"] = {
             "converted": sum(not r.skipped for r in results),
             "skipped": sum(r.skipped for r in results),

@@ -25,6 +25,8 @@ from depth_common.deploy.manifests import (
 )
 from depth_common.deploy.report import DeployError, DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
+from depth_common.export.onnx import file_sha256, read_metadata
+from depth_common.registry.lineage import ONNX_SHA256, carried
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 MLFLOW_MODEL_ANNOTATION = "depth-mlops.io/mlflow-model-name"
 MLFLOW_VERSION_ANNOTATION = "depth-mlops.io/mlflow-model-version"
 MLFLOW_RUN_ANNOTATION = "depth-mlops.io/mlflow-run-id"
+#: Prefix of the lineage annotations (code, data, params, checkpoint and ONNX digests, runs).
+LINEAGE_ANNOTATION_PREFIX = "depth-mlops.io/"
 #: KServe then tags the revisions it splits traffic between ("latest", "prev") and gives each
 #: its own URL in status.components.predictor.traffic: the canary analysis calls them there.
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
@@ -46,15 +50,25 @@ class DeployTimeout(DeployError):
 
 
 def model_annotations(
-    registered_model: str, model_version: str | int, run_id: str | None
+    registered_model: str,
+    model_version: str | int,
+    run_id: str | None,
+    onnx_path: str | Path | None = None,
 ) -> dict[str, str]:
-    """The annotations naming the registered model version an InferenceService serves."""
-    return {
+    """The annotations naming the registered model version an InferenceService serves, and
+    with ``onnx_path`` its lineage (``depth-mlops.io/git-commit``, ``.../data-digest``, ...,
+    ``.../onnx-sha256``) from the ONNX file's metadata."""
+    out = {
         MLFLOW_MODEL_ANNOTATION: registered_model,
         MLFLOW_VERSION_ANNOTATION: str(model_version),
         MLFLOW_RUN_ANNOTATION: run_id or "",
         TAG_ROUTING_ANNOTATION: "true",
     }
+    if onnx_path is not None:
+        facts = {**carried(read_metadata(onnx_path)), ONNX_SHA256: file_sha256(onnx_path)}
+        for key, value in facts.items():
+            out[f"{LINEAGE_ANNOTATION_PREFIX}{key.replace('_', '-')}"] = value
+    return out
 
 
 def kubernetes_api() -> Any:
@@ -248,9 +262,11 @@ def _rollback_target(
         labels = live.get("metadata", {}).get("labels") or {}
         previous_model_version = previous_model_version or labels.get(MODEL_VERSION_LABEL)
     if previous_annotations is None and live is not None:
-        known = (MLFLOW_MODEL_ANNOTATION, MLFLOW_VERSION_ANNOTATION, MLFLOW_RUN_ANNOTATION)
+        # The MLflow and lineage annotations (one prefix): the served version's own.
         live_ann = live.get("metadata", {}).get("annotations") or {}
-        previous_annotations = {k: live_ann[k] for k in known if k in live_ann}
+        previous_annotations = {
+            k: v for k, v in live_ann.items() if k.startswith(LINEAGE_ANNOTATION_PREFIX)
+        }
     if previous_storage_uri == storage_uri:
         previous_storage_uri = None  # redeploying the same model: nothing else to return to
     return previous_storage_uri, previous_model_version, previous_annotations

@@ -261,7 +261,9 @@ class KServeTarget:
         return None if live is None else Served(live.model_version, live.storage_uri)
 
     def _annotations(self, release: Release) -> dict[str, str]:
-        return kserve.model_annotations(self.registered_model, release.version, release.run_id)
+        return kserve.model_annotations(
+            self.registered_model, release.version, release.run_id, release.onnx_path
+        )
 
     def serve(self, release: Release) -> DeployResult:
         return kserve.deploy_kserve(

@@ -125,3 +125,30 @@ def write_deploy_report(result: DeployResult) -> str:
         path = f"/v2/models/{result.model_name}/infer"
         lines += ["", f"Call it: `POST {result.endpoint.rstrip('/')}{path}` (v2 protocol)."]
     return "\n".join(lines) + "\n"
+
+
+def canary_chart_markdown(result: DeployResult) -> str:
+    """The canary analysis per traffic step as one inline chart (Markdown image, base64 PNG):
+    p95 latency and error rate of champion and challenger, their disagreement and each one's
+    AbsRel against the ground truth. "" without analysed steps. Kept out of
+    :func:`write_deploy_report`, which is also printed to the task log."""
+    from depth_common.evaluation.charts import step_chart
+    from depth_common.evaluation.viz import bytes_data_uri
+
+    def series(key: str) -> list[tuple[float, float]]:
+        points = [(float(s.traffic_percent), s.metrics()[key]) for s in result.steps]
+        return [(x, y) for x, y in points if math.isfinite(y)]
+
+    roles = ("champion", "challenger")
+    panels = {
+        "p95 latency [ms]": {r: series(f"canary_{r}_p95_ms") for r in roles},
+        "error rate": {r: series(f"canary_{r}_error_rate") for r in roles},
+        "AbsRel": {
+            **{f"{r} vs truth": series(f"canary_{r}_abs_rel_vs_truth") for r in roles},
+            "disagreement": series("canary_disagreement_abs_rel"),
+        },
+    }
+    if not any(any(v.values()) for v in panels.values()):
+        return ""
+    chart = bytes_data_uri(step_chart(panels, "challenger traffic [%]"))
+    return f"\n## Canary analysis per step\n\n![canary analysis per step]({chart})\n"

@@ -3,8 +3,10 @@
 How the split is scored is :mod:`depth_common.evaluation.protocol` (``params.evaluation``): by
 default at the full resolution of the ground truth, with metric figures (``test_abs_rel``,
 ..., ``test_delta_3``) and per-image median-scaled ones (``test_median_scaled_abs_rel``, ...)
-side by side. The report states the protocol in one line and embeds its images as base64
-PNGs, so it is one file that an MLflow artifact view or a KFP HTML visualisation shows as is.
+side by side. The report states the protocol in one line, shows where the model errs (error
+maps, error by distance band, predicted vs true density, training curves) and embeds its
+images as base64 PNGs, so it is one file that an MLflow artifact view or a KFP HTML
+visualisation shows as is.
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ import torch
 from depth_common.atomic import atomic_write
 from depth_common.config import Params
 from depth_common.errors import DataError
+from depth_common.evaluation.analysis import ErrorAnalysis
 from depth_common.evaluation.metrics import DepthMetricsAccumulator
 from depth_common.evaluation.protocol import Scorer, describe
-from depth_common.evaluation.report import format_metrics_table, report_html
+from depth_common.evaluation.report import Sample, format_metrics_table, report_html
+from depth_common.registry.tracking import TaskContext
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EvalResult", "evaluate", "format_metrics_table", "median_baseline_metrics"]
 
-Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image (3,h,w), gt (h,w), pred (h,w)
+#: The training run's metrics the report draws per epoch.
+CURVE_METRICS = ("train_loss", "val_rmse", "learning_rate")
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,11 @@ def _full_gt_paths(processed_dir: Path, split: str, dataset: Any) -> list[Path]:
 
 
 @torch.no_grad()
-def _score_split(model, loader, device, scorer: Scorer, gts: list[Path] | None, num_samples):
-    """Predict every batch; score at model resolution, or against ``gts`` (full resolution)."""
+def _score_split(
+    model, loader, device, scorer: Scorer, gts: list[Path] | None, num_samples, analysis
+):
+    """Predict every batch; score at model resolution, or against ``gts`` (full resolution);
+    ``analysis`` (error by band, density) always at model resolution."""
     from depth_common.data.convert import load_depth_png
 
     samples: list[Sample] = []
@@ -75,6 +83,7 @@ def _score_split(model, loader, device, scorer: Scorer, gts: list[Path] | None, 
     for image, depth in loader:
         _check_size(model.img_size, image, Path(loader.dataset.root))
         pred = model(image.to(device)).float().cpu()
+        analysis.update(pred.numpy(), depth.numpy())
         if gts is None:
             scorer.update(pred, depth)
         else:
@@ -85,7 +94,16 @@ def _score_split(model, loader, device, scorer: Scorer, gts: list[Path] | None, 
     return samples
 
 
-def _log_to_mlflow(params: Params, run_id: str, checkpoint, metrics, files, split) -> None:
+def _log_to_mlflow(
+    params: Params, run_id: str, checkpoint, metrics, files, processed_dir: Path, split: str,
+    context: TaskContext,
+) -> None:  # fmt: skip
+    """test_* metrics and the report to the training run ``run_id`` (what promotion reads);
+    in a pipeline also an ``<kfp run>/evaluate`` child run with the dataset as its testing
+    input, the same metrics and files."""
+    from depth_common.data import read_manifest
+    from depth_common.data.digest import manifest_digest
+    from depth_common.data.preprocess import manifest_path
     from depth_common.registry import tracking
 
     tracking.configure(params.mlflow)
@@ -97,6 +115,18 @@ def _log_to_mlflow(params: Params, run_id: str, checkpoint, metrics, files, spli
     tracking.log_test_metrics(run_id, metrics)
     for path in files:
         tracking.log_artifact(run_id, path, f"evaluation/{split}")
+    child = tracking.start_task_run(params, context, "evaluate")
+    if child is None:
+        return
+    manifest = read_manifest(processed_dir)
+    digest = manifest_digest(manifest, manifest_path(processed_dir))
+    uri = context.dataset_uri or str(processed_dir.resolve())
+    tracking.log_dataset(child, uri, digest, manifest["counts"], ("testing",))
+    tracking.set_tags(child, {"train_run_id": run_id})
+    tracking.log_metrics(child, metrics)
+    for path in files:
+        tracking.log_artifact(child, path, f"evaluation/{split}")
+    tracking.set_status(child, "FINISHED")
 
 
 def evaluate(
@@ -108,14 +138,17 @@ def evaluate(
     out_dir: str | Path = "reports",
     run_id: str | None = None,
     num_samples: int = 4,
+    context: TaskContext | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint_path`` on ``split`` of ``processed_dir`` under ``params.evaluation``.
 
     Writes ``out_dir/metrics.json`` (``{split}_abs_rel`` ... ``{split}_delta_3`` and, with
     median scaling, ``{split}_median_scaled_*``) and ``out_dir/report.html`` (the protocol
-    line, the metrics table and ``num_samples`` input | ground truth | prediction rows on one
-    colour scale). Logs the metrics and both files to the MLflow run ``run_id`` or, if None,
-    the run recorded in the checkpoint (none: no logging).
+    line, the metrics table, ``num_samples`` input | ground truth | prediction | error-map rows
+    on one colour scale, error by distance band, predicted vs true depth, and the training
+    curves from the run's MLflow history). Logs the metrics and both files to the MLflow run ``run_id`` or, if None,
+    the run recorded in the checkpoint (none: no logging); with ``context.kfp_run`` also to an
+    ``<kfp run>/evaluate`` child of the pipeline run, with the dataset as its testing input.
     """
     from depth_common.data import build_dataloader, read_manifest
     from depth_common.model.checkpoint import model_from_checkpoint, resolve_device
@@ -130,7 +163,8 @@ def evaluate(
     gts = _full_gt_paths(processed_dir, split, loader.dataset) if full else None
     data = params.data
     scorer = Scorer(params.evaluation, data.min_depth, data.max_depth)
-    samples = _score_split(model, loader, device, scorer, gts, num_samples)
+    analysis = ErrorAnalysis(data.min_depth, data.max_depth)
+    samples = _score_split(model, loader, device, scorer, gts, num_samples, analysis)
     if scorer.count == 0:
         log.warning(
             "%s/%s: no image with a valid depth pixel; metrics are NaN", processed_dir, split
@@ -150,16 +184,33 @@ def evaluate(
         "data": f"{processed_dir} ({split}, {scorer.count} images with valid depth)",
     }
     title = f"Depth evaluation: {split}"
-    page = report_html(metrics, samples, title, info, data.max_depth, protocol)
+    run_id = run_id or ckpt.get("mlflow_run_id")
+    curves = _training_curves(params, run_id) if run_id else None
+    page = report_html(
+        metrics, samples, title, info, data.max_depth, protocol, analysis=analysis, curves=curves
+    )
     report_path = atomic_write(out_dir / "report.html", lambda fh: fh.write(page.encode()))
 
-    run_id = run_id or ckpt.get("mlflow_run_id")
     if run_id:
         files = (metrics_path, report_path)
-        _log_to_mlflow(params, run_id, checkpoint_path, metrics, files, split)
+        context = context or TaskContext()
+        _log_to_mlflow(
+            params, run_id, checkpoint_path, metrics, files, processed_dir, split, context
+        )
     else:
         log.info("no MLflow run id in %s and none given: metrics not logged", checkpoint_path)
     return EvalResult(metrics, metrics_path, report_path, protocol)
+
+
+def _training_curves(params: Params, run_id: str) -> dict[str, list[tuple[int, float]]] | None:
+    """train_loss, val_rmse and learning_rate per epoch from the MLflow run's history (None
+    when the run is not in the store: logging then reports that)."""
+    from depth_common.registry import tracking
+
+    tracking.configure(params.mlflow)
+    if not tracking.run_exists(run_id):
+        return None
+    return {k: tracking.metric_history(run_id, k) for k in CURVE_METRICS}
 
 
 def _gt_size(path: Path) -> tuple[int, int]:

@@ -89,4 +89,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def png_data_uri(rgb: np.ndarray) -> str:
     """uint8 (H, W, 3) → ``data:image/png;base64,...`` for embedding in HTML."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+    return bytes_data_uri(png_bytes(rgb))
+
+
+def bytes_data_uri(png: bytes) -> str:
+    """PNG bytes (e.g. a chart) → ``data:image/png;base64,...``."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

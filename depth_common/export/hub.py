@@ -23,6 +23,7 @@ HF_TOKEN_SECRET = "hf-token"  # Kubernetes Secret name (manifests/secrets/hf-tok
 HF_TOKEN_SECRET_KEY = "HF_TOKEN"  # key inside that Secret
 ONNX_IN_REPO = "model.onnx"
 TRITON_IN_REPO = "triton_repository"
+REPORT_IN_REPO = "evaluation/report.html"
 
 DEFAULT_INTENDED_USE = (
     "Per-pixel metric depth (metres) from a single RGB street-scene image, for research and "
@@ -61,6 +62,11 @@ class ModelCardInfo:
     intended_use: str = DEFAULT_INTENDED_USE
     limitations: str = DEFAULT_LIMITATIONS
     tags: tuple[str, ...] = field(default=("depth-estimation", "onnx", "triton", "dpt", "vit"))
+    #: Lineage (code commit, image, data digest, params/checkpoint/ONNX digests, runs): the
+    #: keys of :data:`depth_common.registry.lineage.CARRIED_KEYS`, e.g. from the ONNX metadata.
+    lineage: dict[str, str] = field(default_factory=dict)
+    #: Path in the Hub repository of the evaluation report (pictures of where the model errs).
+    report: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,15 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
+
+
+def _provenance(info: ModelCardInfo) -> list[str]:
+    """The card's lineage lines (one per key) and the link to the evaluation report."""
+    lines = [f"- {k}: `{_fmt(v)}`" for k, v in sorted(info.lineage.items())]
+    if info.report:
+        what = "error maps, error by distance band, predicted vs true depth, training curves"
+        lines.append(f"- Evaluation report ({what}): [{info.report}]({info.report})")
+    return lines
 
 
 def render_model_card(info: ModelCardInfo) -> str:
@@ -108,6 +123,7 @@ def render_model_card(info: ModelCardInfo) -> str:
         "",
         f"- MLflow run: `{info.mlflow_run_id}`",
         f"- MLflow registered model{registered}, version {info.model_version}",
+        *_provenance(info),
         "",
         "## Licence",
         "",
@@ -136,6 +152,7 @@ def push_to_hub(
     *,
     card: ModelCardInfo,
     repository_dir: str | Path | None = None,
+    report_path: str | Path | None = None,
     token: str | None = None,
     private: bool = False,
     endpoint: str | None = None,
@@ -145,7 +162,8 @@ def push_to_hub(
     ``token`` None reads ``$HF_TOKEN`` (the only source in the pipeline); ``endpoint`` None is
     huggingface_hub's (``$HF_ENDPOINT`` or https://huggingface.co). One commit holds
     ``model.onnx``, ``README.md`` and, with ``repository_dir``, every file of the Triton
-    repository under ``triton_repository/``.
+    repository under ``triton_repository/``, and with ``report_path`` the evaluation report at
+    ``card.report`` (default ``evaluation/report.html``).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -162,6 +180,12 @@ def push_to_hub(
             path_in_repo="README.md", path_or_fileobj=render_model_card(card).encode()
         ),
     ]
+    if report_path is not None:
+        ops.append(
+            CommitOperationAdd(
+                path_in_repo=card.report or REPORT_IN_REPO, path_or_fileobj=str(report_path)
+            )
+        )
     if repository_dir is not None:
         repository_dir = Path(repository_dir)
         files = sorted(p for p in repository_dir.rglob("*") if p.is_file())

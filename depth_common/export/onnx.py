@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch loads in the functions that run a model, not for the 
     import torch
 
 from depth_common.atomic import atomic_path
+from depth_common.registry.lineage import carried
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -278,10 +279,13 @@ def export_onnx(
     opset: int = 17,
     atol: float = 1e-3,
     run_id: str | None = None,
+    lineage: Mapping[str, str] | None = None,
 ) -> OnnxExport:
     """Export a training checkpoint (``depth_common.model.checkpoint`` format) to ONNX.
 
-    ``run_id`` overrides the MLflow run id recorded in the checkpoint. H and W come from the
+    ``run_id`` overrides the MLflow run id recorded in the checkpoint; ``lineage`` (the
+    registered version's lineage tags, :func:`depth_common.registry.lineage.lineage_tags`)
+    goes into the metadata too, so the file says which code, data and params made it. H and W come from the
     checkpoint's ``model_config.img_size`` (pixels); ``max_depth`` (metres) from its params.
     Raises :class:`ParityError` if ONNX Runtime and PyTorch differ by ``atol`` (metres) or more.
     """
@@ -298,6 +302,7 @@ def export_onnx(
         run_id=run_id or ckpt.get("mlflow_run_id"),
         checkpoint_sha256=file_sha256(checkpoint_path),
     )
+    metadata.update({k: v for k, v in carried(lineage or {}).items() if k not in metadata})
     return export_model(
         model, out_path, img_size=img_size, metadata=metadata, opset=opset, atol=atol
     )

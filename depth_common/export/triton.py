@@ -32,7 +32,8 @@ from typing import Any
 from depth_common.atomic import atomic_path, claim_dir, remove_leftovers, scratch_dir
 from depth_common.config import ExportConfig
 from depth_common.errors import DataError
-from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME
+from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, file_sha256, read_metadata
+from depth_common.registry.lineage import ONNX_SHA256, carried
 
 #: ``instance_group.kind`` values accepted for the ONNX model. KIND_AUTO is the default: Triton
 #: places instances on the GPUs when the predictor pod has any and on the CPU otherwise, so the
@@ -233,6 +234,14 @@ def _install_model(stage: Path, model_dir: Path, version: int, trash: Path) -> N
     os.replace(stage / "config.pbtxt", model_dir / "config.pbtxt")
 
 
+def _with_parameters(cfg: Any, values: dict[str, str]) -> Any:
+    """``cfg`` with ``values`` as its string ``parameters`` (Triton shows them in the model's
+    config endpoint: a served model says where it came from)."""
+    for key, value in sorted(values.items()):
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
 def build_triton_repository(
     onnx_path: str | Path,
     out_dir: str | Path,
@@ -245,7 +254,8 @@ def build_triton_repository(
     """Write (or add a version to) a Triton model repository; return ``out_dir``.
 
     ``version`` is the MLflow model version (int >= 1). With ``plan_path`` a second model
-    ``<model_name>_trt`` serves the TensorRT engine on the GPU. A new repository is built in a
+    ``<model_name>_trt`` serves the TensorRT engine on the GPU. Each ``config.pbtxt`` carries
+    the ONNX file's lineage metadata and its SHA-256 as ``parameters``. A new repository is built in a
     temporary directory next to ``out_dir`` and renamed into place.
     """
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -254,22 +264,18 @@ def build_triton_repository(
         raise ValueError(f"model_name: got {model_name!r}, expected a plain directory name")
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     img_size = read_onnx_io(onnx_path)
+    lineage = {**carried(read_metadata(onnx_path)), ONNX_SHA256: file_sha256(onnx_path)}
+    onnx_cfg = onnx_model_config(model_name, img_size, export_cfg, instance_kind)
     models: list[tuple[str, Any, Path, str]] = [
-        (
-            model_name,
-            onnx_model_config(model_name, img_size, export_cfg, instance_kind),
-            onnx_path,
-            ONNX_FILENAME,
-        )
+        (model_name, _with_parameters(onnx_cfg, lineage), onnx_path, ONNX_FILENAME)
     ]
     if plan_path is not None:
         plan_path = Path(plan_path)
         if not plan_path.is_file():
             raise FileNotFoundError(f"{plan_path}: TensorRT plan not found")
         trt_name = model_name + TRT_SUFFIX
-        models.append(
-            (trt_name, plan_model_config(trt_name, img_size, export_cfg), plan_path, PLAN_FILENAME)
-        )
+        plan_cfg = _with_parameters(plan_model_config(trt_name, img_size, export_cfg), lineage)
+        models.append((trt_name, plan_cfg, plan_path, PLAN_FILENAME))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir.parent, recursive=False)  # of exports killed half-way

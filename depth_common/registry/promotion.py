@@ -33,6 +33,7 @@ from depth_common.registry.aliases import (
     format_aliases,
     is_missing,
 )
+from depth_common.registry.lineage import lineage_tags
 from depth_common.registry.registry import Registry
 
 #: Tag of a challenger version: until when (epoch seconds) its rollout counts as in flight.
@@ -200,6 +201,7 @@ def _register_version(reg: Registry, run_id: str, pipeline_run: str) -> int:
     client, name = reg.client, reg.model_name
     metrics, _ = _run_metric(client, run_id, "challenger")
     tags = {k: f"{v:.6g}" for k, v in sorted(metrics.items()) if k.startswith("test_")}
+    tags.update(lineage_tags(client, run_id))  # code, data, params, runs, checkpoint
     if pipeline_run:
         tags["pipeline_run"] = pipeline_run
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")

@@ -8,13 +8,17 @@ or different pods — and still write to the same run. Promotion logic lives in
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from depth_common.config import MlflowConfig, Params
+from depth_common.registry import lineage
 from depth_common.registry.store import ensure_sqlite_store, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -66,25 +70,115 @@ def _param_value(v: Any) -> str:
     return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
 
 
-def start_training_run(params: Params, run_name: str | None = None) -> str:
+@dataclass(frozen=True)
+class TaskContext:
+    """Where a task's run sits: ``kfp_run`` (the pipeline job name; "" outside a pipeline)
+    nests it under that pipeline run's parent run, and ``dataset_uri`` names the processed
+    dataset it reads (the KFP artifact URI, or a local path)."""
+
+    kfp_run: str = ""
+    dataset_uri: str = ""
+
+
+def start_training_run(params: Params, context: TaskContext | None = None) -> str:
     """Create a run in the configured experiment with every param (``Params.flat()``) → run id.
 
-    Tags: ``encoder``, ``img_size`` (``HxW``) and ``stage=train``.
+    Tags: ``encoder``, ``img_size`` (``HxW``), ``stage=train``, and the code and params
+    lineage (:mod:`depth_common.registry.lineage`); inside a pipeline (``context.kfp_run``) the
+    run is the ``train`` child of the pipeline run, named ``<kfp run>/train``.
     """
     from mlflow.entities import Param
 
+    context = context or TaskContext()
     experiment_id = configure(params.mlflow)
     client = _client()
     h, w = params.data.img_size
-    run = client.create_run(
-        experiment_id,
-        run_name=run_name or params.mlflow.run_name,
-        tags={"encoder": params.model.encoder, "img_size": f"{h}x{w}", "stage": "train"},
-    )
+    tags = {"encoder": params.model.encoder, "img_size": f"{h}x{w}", "stage": "train"}
+    tags.update(lineage.code_provenance())
+    tags[lineage.PARAMS_SHA256] = lineage.params_sha256(params)
+    tags.update(lineage.task_run_tags(client, experiment_id, context.kfp_run, "train"))
+    name = params.mlflow.run_name
+    if context.kfp_run:
+        name = lineage.task_run_name(context.kfp_run, "train")
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     items = [Param(k, _param_value(v)) for k, v in params.flat().items()]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run.info.run_id, params=items[i : i + _BATCH])
     return run.info.run_id
+
+
+def start_task_run(params: Params, context: TaskContext, task: str) -> str | None:
+    """The ``<kfp run>/<task>`` child run of a pipeline task (None outside a pipeline)."""
+    if not context.kfp_run:
+        return None
+    experiment_id = configure(params.mlflow)
+    client = _client()
+    tags = lineage.task_run_tags(client, experiment_id, context.kfp_run, task)
+    tags.update(lineage.code_provenance())
+    tags[lineage.PARAMS_SHA256] = lineage.params_sha256(params)
+    run_name = lineage.task_run_name(context.kfp_run, task)
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def nest_run(params: Params, run_id: str, context: TaskContext, task: str) -> None:
+    """Make an existing run the ``<kfp run>/<task>`` child of its pipeline run (a run created
+    where the pipeline's context was not known: the scale-out job's pods)."""
+    if not context.kfp_run:
+        return
+    experiment_id = configure(params.mlflow)
+    client = _client()
+    tags = lineage.task_run_tags(client, experiment_id, context.kfp_run, task)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.update_run(run_id, name=lineage.task_run_name(context.kfp_run, task))
+
+
+def _processed_dataset(uri: str, digest: str, counts: Mapping[str, int], name: str) -> Any:
+    """An ``mlflow.data`` dataset of a preprocessed directory: its source, digest and counts."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class ProcessedDataset(MetaDataset):  # defined here: mlflow is imported late
+        @property
+        def profile(self) -> dict[str, Any]:  # images per split: the dataset's size
+            return {"counts": dict(counts)}
+
+        def to_dict(self) -> dict[str, str]:  # MetaDataset leaves the profile out
+            return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+    # KFP names its MinIO store minio://; MLflow knows the S3 API it speaks.
+    uri = uri.replace("minio://", "s3://", 1)
+    try:
+        with warnings.catch_warnings():  # MLflow registers two identical local sources
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(uri)
+    except Exception:  # a scheme MLflow has no source for: keep the URI as text
+        source = HTTPDatasetSource(uri)
+    return ProcessedDataset(source, name=name, digest=digest)
+
+
+def log_dataset(
+    run_id: str, uri: str, digest: str, counts: Mapping[str, int], contexts: tuple[str, ...]
+) -> None:
+    """Log the processed dataset (``mlflow.data``) as an input of ``run_id`` in each context
+    (``training``, ``validation``, ``testing``), with its source URI and counts per split.
+
+    One dataset entry per context, named ``processed/<context>``, all with the dataset's
+    digest: MLflow keeps a run's input once per dataset (name + digest), so the same entry
+    logged twice would keep only its first context.
+    """
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = [
+        DatasetInput(
+            _processed_dataset(uri, digest, counts, f"processed/{c}")._to_mlflow_entity(),
+            [InputTag(lineage.DATASET_CONTEXT_TAG, c)],
+        )
+        for c in contexts
+    ]
+    _client().log_inputs(run_id, datasets=inputs)
+    set_tags(run_id, {lineage.DATA_DIGEST: digest, lineage.DATA_URI: uri})
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -122,21 +216,23 @@ def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None
 
 
 def set_status(run_id: str, status: str) -> None:
-    """``RUNNING`` (e.g. on resume), ``FINISHED``, ``FAILED`` or ``KILLED``."""
+    """``RUNNING`` (e.g. on resume), ``FINISHED``, ``FAILED`` or ``KILLED``.
+
+    A task run's end also ends its pipeline run (the parent): the last task to finish sets
+    the parent's end time and status, so the parent spans the tracked part of the pipeline.
+    """
     client = _client()
     if status == "RUNNING":
         client.update_run(run_id, status="RUNNING")
-    else:
-        client.set_terminated(run_id, status=status)
-
-
-def run_metrics(run_id: str) -> dict[str, float]:
-    """Latest value of every metric of ``run_id``."""
-    return dict(_client().get_run(run_id).data.metrics)
+        return
+    client.set_terminated(run_id, status=status)
+    parent = client.get_run(run_id).data.tags.get(lineage.PARENT_RUN_TAG)
+    if parent:
+        client.set_terminated(parent, status=status)
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
-    """``[(step, value), ...]`` of one metric, in step order."""
+    """``[(step, value), ...]`` of one metric, in step order (the report's training curves)."""
     hist = _client().get_metric_history(run_id, key)
     return sorted((m.step, m.value) for m in hist)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from depth_common.config import Params
 from depth_common.errors import Stopped
+from depth_common.registry.tracking import TaskContext
 from depth_common.training import distributed
 
 
@@ -60,7 +61,12 @@ class StopRequest:
 
 @contextlib.contextmanager
 def tracked_run(
-    params: Params, state: Any, tags: Mapping[str, str], *, enabled: bool
+    params: Params,
+    state: Any,
+    tags: Mapping[str, str],
+    *,
+    enabled: bool,
+    context: TaskContext | None = None,
 ) -> Iterator[None]:
     """The MLflow run of ``state`` (``state.run_id``) for the block.
 
@@ -75,7 +81,7 @@ def tracked_run(
             tracking.configure(params.mlflow)
             tracking.set_status(state.run_id, "RUNNING")
         else:
-            state.run_id = tracking.start_training_run(params)
+            state.run_id = tracking.start_training_run(params, context)
         tracking.set_tags(state.run_id, tags)
     # DDP: every rank reports rank 0's run
     state.run_id = distributed.broadcast_object(state.run_id)

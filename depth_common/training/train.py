@@ -32,7 +32,10 @@ import torch
 
 from depth_common.atomic import claim_dir
 from depth_common.config import ConfigError, Params
+from depth_common.data.digest import file_sha256
 from depth_common.data.samplers import eval_sampler, train_sampler
+from depth_common.registry.lineage import CHECKPOINT_SHA256
+from depth_common.registry.tracking import TaskContext
 from depth_common.threads import apply_torch_threads
 from depth_common.training import distributed
 from depth_common.training.control import (
@@ -214,13 +217,16 @@ def train(
     *,
     resume: bool = False,
     tracking: bool = True,
+    context: TaskContext | None = None,
 ) -> TrainResult:
     """Train a DPT on ``processed_dir`` (preprocessed train/val splits); checkpoints in ``out_dir``.
 
     ``training.epochs = 0`` evaluates the initial model on val and saves it as ``best.pt``.
     ``resume=True`` continues from ``out_dir/last.pt`` (same MLflow run, optimizer,
     scheduler, scaler and early-stopping state, mid-epoch position); with no ``last.pt`` it
-    starts from scratch, so a retried job is idempotent. ``tracking=False`` skips MLflow.
+    starts from scratch, so a retried job is idempotent. ``tracking=False`` skips MLflow;
+    ``context`` nests the run under its pipeline run and names the dataset's URI (default:
+    no pipeline, ``processed_dir``), logged with its digest as the training/validation input.
     Raises :class:`TrainingError` when no validation gave a finite RMSE (no usable model),
     :class:`TrainingInterrupted` after saving ``last.pt`` on SIGTERM.
 
@@ -237,7 +243,10 @@ def train(
         # Results depend on the thread count in the last bits: the run records it (fix
         # training.threads or OMP_NUM_THREADS for bit-identical runs on other machines).
         tag = f"intra-op {threads.intra_op}, inter-op {threads.inter_op} ({threads.source})"
-        return _train(params, Path(processed_dir), Path(out_dir), ctx, resume, tracking, tag)
+        context = context or TaskContext(dataset_uri=str(Path(processed_dir).resolve()))
+        return _train(
+            params, Path(processed_dir), Path(out_dir), ctx, resume, tracking, tag, context
+        )
     finally:
         if ctx.distributed and not group_existed:
             distributed.cleanup_distributed()
@@ -251,6 +260,7 @@ def _train(
     resume: bool,
     tracking: bool,
     threads: str,
+    context: TaskContext,
 ) -> TrainResult:
     t_cfg, device = params.training, ctx.device
     if ctx.is_main:  # the checkpoints directory: refuse a foreign one before any work
@@ -301,8 +311,10 @@ def _train(
         "threads": threads,
         "init_from": init,
     }
-    tracked = tracked_run(params, state, tags, enabled=tracking and ctx.is_main)
+    tracked = tracked_run(params, state, tags, enabled=tracking and ctx.is_main, context=context)
     with tracked, StopRequest(distributed=ctx.distributed) as stop:
+        if settings.log_metrics and state.run_id is not None:
+            _log_dataset(state.run_id, processed_dir, context.dataset_uri)
         _fit(state, loaders, settings, out_dir, ctx, stop)
     return TrainResult(
         best_path,
@@ -350,4 +362,18 @@ def _fit(
 
         tracking.log_model(state.run_id, best_path, params.data.img_size)
         tracking.log_artifact(state.run_id, best_path, "checkpoint")
-        tracking.set_tags(state.run_id, {"best_checkpoint": str(best_path.resolve())})
+        # The file's digest, not its path: the path is scratch the pipeline step deletes.
+        tracking.set_tags(state.run_id, {CHECKPOINT_SHA256: file_sha256(best_path)})
+
+
+def _log_dataset(run_id: str, processed_dir: Path, uri: str) -> None:
+    """The processed dataset (its manifest's digest and counts) as the run's training and
+    validation input."""
+    from depth_common.data import read_manifest
+    from depth_common.data.digest import manifest_digest
+    from depth_common.data.preprocess import manifest_path
+    from depth_common.registry import tracking
+
+    manifest = read_manifest(processed_dir)
+    digest = manifest_digest(manifest, manifest_path(processed_dir))
+    tracking.log_dataset(run_id, uri, digest, manifest["counts"], ("training", "validation"))

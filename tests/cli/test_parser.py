@@ -54,8 +54,8 @@ def test_cli_bad_checkpoint_is_one_line_error(processed_data, tmp_path, capsys) 
 
 def test_status_and_rollback_on_a_mistyped_store_create_nothing(tmp_path, capsys) -> None:
     db = tmp_path / "typo" / "mlflow.db"
-    for command in ("status", "rollback"):
-        rc = main([command, "--set", f"mlflow.tracking_uri=sqlite:///{db}"])
+    for command in (["status"], ["rollback"], ["lineage", "--alias", "champion"]):
+        rc = main([*command, "--set", f"mlflow.tracking_uri=sqlite:///{db}"])
         assert rc == 2
         assert capsys.readouterr().err.startswith(f"error: no MLflow store at {db} ")
     assert list(tmp_path.iterdir()) == []

@@ -218,3 +218,23 @@ def test_the_transformer_gets_the_limits_of_params() -> None:
     assert flags["--read_timeout_s"] == "7.5"
     assert flags["--max_connections"] == "9"
     assert flags["--model_name"] == "depth"  # the manifest's own arguments are kept
+
+
+def test_annotations_carry_the_lineage_of_the_onnx_file(tmp_path: Path) -> None:
+    import hashlib
+
+    from helpers import TinyDepthNet
+
+    from depth_common.deploy.kserve import model_annotations
+
+    meta = {"git_commit": "a" * 40, "data_digest": "b" * 32, "kfp_run": "depth-pipeline-x"}
+    torch.manual_seed(0)
+    onnx = export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(32, 48), metadata=meta)
+    got = model_annotations("ViT+Decoder", 3, "r" * 32, onnx.path)
+    assert got["depth-mlops.io/git-commit"] == "a" * 40
+    assert got["depth-mlops.io/data-digest"] == "b" * 32
+    assert got["depth-mlops.io/kfp-run"] == "depth-pipeline-x"
+    assert got["depth-mlops.io/onnx-sha256"] == hashlib.sha256(onnx.path.read_bytes()).hexdigest()
+    assert got["depth-mlops.io/mlflow-model-version"] == "3"
+    plain = model_annotations("m", 1, None)  # without the file: the registry names only
+    assert "depth-mlops.io/git-commit" not in plain and len(plain) == 4

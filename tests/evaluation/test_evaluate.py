@@ -69,7 +69,10 @@ def test_evaluate_writes_metrics_report_and_logs(processed_data, trained, tmp_pa
         assert ev.metrics[f"test_median_scaled_{k}"] == pytest.approx(ref_scaled[k], rel=1e-6), k
     assert "full resolution" in ev.protocol and "bottom 25% (ego car) cropped" in ev.protocol
     page = ev.report_path.read_text()
-    assert page.count("data:image/png;base64,") == 1 + 3 * 4  # colour bar + 4 sample rows
+    # Two colour bars, 4 sample rows of input | gt | prediction | error, the band chart, the
+    # density plot and the training curves (epochs=0: val_rmse at epoch 0 only).
+    assert page.count("data:image/png;base64,") == 2 + 4 * 4 + 3
+    assert "Error by distance band" in page and "40–80 m" in page and "Training curves" in page
     assert "test_rmse" in page and "ground truth" in page
     assert html.escape(ev.protocol) in page and "median-scaled (per image)" in page
     run = mlflow.MlflowClient(params.mlflow.tracking_uri).get_run(result.mlflow_run_id)

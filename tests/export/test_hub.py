@@ -175,3 +175,15 @@ def test_a_wrong_token_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     with HubDouble() as hub, pytest.raises(HfHubHTTPError, match="401"):
         push_to_hub(onnx, REPO, card=CARD, endpoint=hub.endpoint)
     assert hub.repos == set()
+
+
+def test_card_states_lineage_and_links_the_report() -> None:
+    from dataclasses import replace
+
+    lineage = {"git_commit": "a" * 40, "data_digest": "b" * 32, "onnx_sha256": "c" * 64}
+    card = render_model_card(replace(CARD, lineage=lineage, report="evaluation/report.html"))
+    provenance = card.split("## Provenance", 1)[1]
+    for key, value in lineage.items():
+        assert f"- {key}: `{value}`" in provenance
+    assert "[evaluation/report.html](evaluation/report.html)" in provenance
+    assert "report.html" not in render_model_card(CARD)  # no report: no link

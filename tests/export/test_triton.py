@@ -212,3 +212,17 @@ def test_versions_are_never_written_into_a_foreign_directory(
     assert (repo / MARKER).is_file()
     build_triton_repository(onnx_file, repo, version=2)  # its own repository: versions added
     assert "depth/2/model.onnx" in _files(repo)
+
+
+def test_lineage_of_the_onnx_metadata_becomes_config_parameters(tmp_path: Path) -> None:
+    import hashlib
+
+    torch.manual_seed(0)
+    lineage = {"git_commit": "a" * 40, "data_digest": "b" * 32, "params_sha256": "c" * 64}
+    meta = {**lineage, "encoder": "vit_tiny"}  # not a lineage key: stays out of the config
+    onnx = export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(32, 48), metadata=meta)
+    repo = build_triton_repository(onnx.path, tmp_path / "repo", version=2)
+    params = parse_model_config(repo / "depth/config.pbtxt").parameters
+    got = {k: v.string_value for k, v in params.items()}
+    sha = hashlib.sha256(onnx.path.read_bytes()).hexdigest()
+    assert got == {**lineage, "onnx_sha256": sha}

@@ -80,6 +80,11 @@ def test_build_goes_to_a_temporary_tag_then_the_real_one(tmp_path: Path) -> None
     assert "-f images/component/Dockerfile " in builds[0] and "Dockerfile.cuda" in builds[1]
     assert f"COMPONENT_BASE={CPU_IMAGE}" in builds[1]
     assert "org.opencontainers.image.revision=" in builds[0]
+    # Lineage: the commit and the image's own name become ENV in the image (no .git there).
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert f"GIT_COMMIT={head.stdout.strip()}" in builds[0]
+    assert re.search(r"GIT_DIRTY=(true|false)\b", builds[0])
+    assert f"IMAGE_REF={CPU_IMAGE} " in builds[0]
     assert f"org.opencontainers.image.version={IMAGES_ENV['COMPONENT_TAG']}" in builds[0]
     tags = _calls(fake, "tag")
     assert [t.split()[-1] for t in tags] == [CPU_IMAGE, CUDA_IMAGE]
