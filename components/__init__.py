@@ -12,7 +12,9 @@ from components.evaluate import evaluate
 from components.export_onnx import export_onnx
 from components.export_tensorrt import export_tensorrt
 from components.image import COMPONENT_CUDA_IMAGE, COMPONENT_IMAGE
+from components.log_profile import log_profile
 from components.preprocess import preprocess
+from components.profile_data import profile_data
 from components.push_hf import push_hf
 from components.record_no_promotion import record_no_promotion
 from components.register import register
@@ -29,7 +31,9 @@ __all__ = [
     "evaluate",
     "export_onnx",
     "export_tensorrt",
+    "log_profile",
     "preprocess",
+    "profile_data",
     "push_hf",
     "record_no_promotion",
     "register",

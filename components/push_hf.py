@@ -22,7 +22,12 @@ def push_hf(
 
     from depth_common.cli.startup import record_startup
     from depth_common.config import params_from_dict
-    from depth_common.export.hub import REPORT_IN_REPO, ModelCardInfo, push_to_hub
+    from depth_common.export.hub import (
+        REPORT_IN_REPO,
+        ModelCardInfo,
+        push_to_hub,
+        with_onnx_camera,
+    )
     from depth_common.export.onnx import file_sha256, read_metadata
     from depth_common.registry.lineage import ONNX_SHA256, carried
 
@@ -42,6 +47,7 @@ def push_hf(
         lineage={**carried(read_metadata(onnx_file)), ONNX_SHA256: file_sha256(onnx_file)},
         report=REPORT_IN_REPO if report is not None else "",
     )
+    card = with_onnx_camera(card, onnx_file)  # the canonical camera, as exported
     result = push_to_hub(
         onnx_file,
         p.export.hf_repo_id,

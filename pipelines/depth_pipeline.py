@@ -20,7 +20,9 @@ from components import (
     evaluate,
     export_onnx,
     export_tensorrt,
+    log_profile,
     preprocess,
+    profile_data,
     push_hf,
     record_no_promotion,
     register,
@@ -173,9 +175,10 @@ def _register_and_serve(
     params: str,
     hf_repo_id: str,
     settings: Params,
+    profiled: dsl.PipelineTask,
 ) -> None:
-    """register the challenger; when it still wins under the lock, export and serve it, else
-    record why it stood down."""
+    """register the challenger; when it still wins under the lock, log its reference profile,
+    export and serve it, else record why it stood down."""
     run_id = trained.outputs["Output"]
     registered = register(run_id=run_id, params=params, pipeline_run=KFP_RUN).set_display_name(
         "register challenger"
@@ -186,6 +189,10 @@ def _register_and_serve(
     use_trt = settings.export.tensorrt
     # register re-decides under the registry lock: a run crowned meanwhile may win.
     with dsl.If(registered.outputs["promoted"] == True, name="registered"):  # noqa: E712
+        logged = log_profile(
+            reference=profiled.outputs["reference"], run_id=run_id, version=version, params=params
+        ).set_display_name("log reference profile")
+        _with_secrets(logged.set_caching_options(False), settings)
         _export_and_serve(
             trained, evaluated, params, version, run_id, hf_repo_id, use_trt, settings
         )
@@ -204,10 +211,12 @@ def _train_and_promote_pipeline(settings: Params) -> Any:
     def train_and_promote(raw: Input[Dataset], params: str, data_params: str, hf_repo_id: str):
         prep = preprocess(raw=raw, data_params=data_params).set_display_name("preprocess")
         prep.set_caching_options(True)  # the slow, deterministic step: reuse when inputs match
+        # The drift monitor's reference: the raw training images, as clients send them.
+        profiled = profile_data(raw=raw).after(prep).set_display_name("profile training data")
         trained = _train_task(prep, params, settings)
         evaluated, decided = _evaluate_and_decide(trained, prep, params, settings)
         with dsl.If(decided.outputs["promote"] == True, name="promote"):  # noqa: E712
-            _register_and_serve(trained, evaluated, params, hf_repo_id, settings)
+            _register_and_serve(trained, evaluated, params, hf_repo_id, settings, profiled)
         with dsl.Else(name="keep-champion"):
             _record_why_not(trained.outputs["Output"], decided.outputs["reason"])
 

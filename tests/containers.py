@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from components.image import COMPONENT_IMAGE
-from depth_common.config.container_images import transformer_image as transformer_reference
+from depth_common.config.container_images import read_images_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "images" / "engine.sh"
@@ -73,4 +73,5 @@ def component_image(engine: str) -> str:
 
 @pytest.fixture(scope="session")
 def transformer_image(engine: str) -> str:
-    return require_image(transformer_reference())
+    env = read_images_env()
+    return require_image(f"{env['REGISTRY']}/{env['TRANSFORMER_IMAGE']}:{env['TRANSFORMER_TAG']}")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +49,24 @@ def build_tiny_repository(root: Path, export_cfg: ExportConfig | None = None) ->
     onnx_path = export_model(TinyDepthNet(), root / "model.onnx", img_size=(H, W)).path
     cfg = export_cfg or ExportConfig(max_batch_size=MAX_BATCH, preferred_batch_sizes=(4, 8))
     return build_triton_repository(onnx_path, root / "repo", export_cfg=cfg)
+
+
+def jpeg_with_exif(
+    size: tuple[int, int] = (80, 60), f35: float | None = None, orientation: int = 1
+) -> bytes:
+    """A W x H noise JPEG whose EXIF says FocalLengthIn35mmFilm = ``f35`` (mm; None: no tag)
+    and ``orientation`` (6: stored turned, shown upright as H x W)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    if f35 is not None:
+        exif.get_ifd(0x8769)[0xA405] = int(f35)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
 
 
 def ort_reference(onnx_path: Path, batch: np.ndarray) -> np.ndarray:

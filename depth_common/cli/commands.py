@@ -21,7 +21,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from depth_common.data.synthetic import generate_cityscapes
 
     summary = generate_cityscapes(
-        args.out, cities=args.cities, per_split=args.per_split, size=args.size, seed=args.seed
+        args.out,
+        cities=args.cities,
+        per_split=args.per_split,
+        size=args.size,
+        seed=args.seed,
+        focal_range=args.focal_range,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -89,7 +94,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from depth_common.serving.predict import predict_files
 
-    for out in predict_files(args.checkpoint, args.images, args.out):
+    outputs = predict_files(
+        args.checkpoint,
+        args.images,
+        args.out,
+        focal_px=args.focal_px,
+        points=args.points,
+        confidence=args.confidence,
+    )
+    for out in outputs:
         print(out)
     return 0
 
@@ -172,6 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_path=args.log,
             transformer_port=None if args.no_transformer else args.transformer_port,
             limits=params.deploy,
+            monitor_url=args.monitor_url,
         )
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -254,4 +268,57 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(json.dumps(entries[0] if one else {"versions": entries}, indent=2))
     else:
         print("\n\n".join(lineage.format_lineage(e) for e in entries))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from depth_common.monitoring.profile import profile_directory, save_profile
+
+    profile = profile_directory(args.images, max_images=args.max_images)
+    path = save_profile(profile, args.out)
+    print(f"profile of {profile.images} images from {args.images} → {path}")
+    return 0
+
+
+def _kfp_arguments(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    from depth_common.config import ConfigError
+
+    out: dict[str, object] = {}
+    for text in pairs:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--kfp-arg {text!r}: expected NAME=VALUE")
+        out[name.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from depth_common.monitoring.drift import KSDriftDetector
+    from depth_common.monitoring.profile import load_profile
+    from depth_common.monitoring.service import DriftMonitor, serve_monitor
+    from depth_common.monitoring.trigger import LocalLauncher, Retrainer, build_launcher
+
+    _log_info()
+    detector = KSDriftDetector(load_profile(args.reference), alpha=args.alpha)
+    launcher = build_launcher(
+        args.trigger,
+        local_command=[sys.executable, "-m", "pipelines.run_local", *shlex.split(args.local_args)],
+        log_dir=args.log_dir,
+        kfp_host=args.kfp_host,
+        package=args.pipeline_package,
+        arguments=_kfp_arguments(args.kfp_arg),
+        namespace=args.kfp_namespace or os.environ.get("KFP_NAMESPACE"),
+    )
+    retrainer = Retrainer(launcher, consecutive=args.consecutive, cooldown_s=args.cooldown_s)
+    monitor = DriftMonitor(detector, window=args.window, retrainer=retrainer)
+    try:
+        serve_monitor(monitor, args.host, args.port, ready=lambda line: print(line, flush=True))
+    finally:
+        if isinstance(launcher, LocalLauncher):  # its runs are this process's children
+            launcher.stop_all()
     return 0

@@ -38,6 +38,19 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _focal_range(text: str) -> tuple[float, float]:
+    """``0.6,1.4`` → (0.6, 1.4): factors on the Cityscapes focal, 0 < low <= high."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--focal-range {text!r}: expected LOW,HIGH factors, e.g. 0.6,1.4"
+        ) from None
+    if not 0 < lo <= hi < float("inf"):
+        raise argparse.ArgumentTypeError(f"--focal-range {text!r}: expected 0 < LOW <= HIGH")
+    return lo, hi
+
+
 class _ParamsFiles(argparse.Action):
     """``--params`` given once or more replaces the default file list, in the order given."""
 
@@ -93,6 +106,12 @@ def _add_synth(sub: _Subparsers) -> None:
     p.add_argument("--per-split", type=int, default=8, help="images per city per split")
     p.add_argument("--size", type=_size, default=(128, 256), help="HEIGHTxWIDTH (default 128x256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--focal-range",
+        type=_focal_range,
+        help="LOW,HIGH: each city's focal is the Cityscapes one times a factor drawn from it "
+        "(e.g. 0.6,1.4; default: the Cityscapes field of view)",
+    )
 
 
 def _add_preprocess(sub: _Subparsers) -> None:
@@ -144,6 +163,18 @@ def _add_predict(sub: _Subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions")
+    p.add_argument(
+        "--focal-px",
+        type=float,
+        help="focal length in pixels of the upright image (default: EXIF 35 mm equivalent, "
+        "else the model's canonical field of view)",
+    )
+    p.add_argument("--points", metavar="PLY", help="write the coloured 3-D points (one image)")
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write <stem>_confidence.png (image vs mirror agreement, 255 = sure)",
+    )
     p.add_argument("images", nargs="+")
 
 
@@ -217,6 +248,11 @@ def _add_serve(sub: _Subparsers) -> None:
     p.add_argument(
         "--no-transformer", action="store_true", help="serve Triton only (tensor endpoints)"
     )
+    p.add_argument(
+        "--monitor-url",
+        help="the drift monitor (`monitor`): the transformer posts each request and response "
+        "to it as a KServe payload-logger CloudEvent, e.g. http://127.0.0.1:8090/",
+    )
 
 
 def _add_demo(sub: _Subparsers) -> None:
@@ -240,6 +276,64 @@ def _add_demo(sub: _Subparsers) -> None:
     p.add_argument("--model-name", default="depth")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+
+
+def _add_profile(sub: _Subparsers) -> None:
+    p = _command(
+        sub,
+        "profile",
+        commands.cmd_profile,
+        "reference profile of training images (size-independent statistics) for drift detection",
+        params=False,
+    )
+    p.add_argument("--images", required=True, help="directory searched recursively for PNG/JPEG")
+    p.add_argument("--out", required=True, help="the profile JSON to write")
+    p.add_argument("--max-images", type=int, default=4000, help="at most this many images")
+
+
+def _add_monitor(sub: _Subparsers) -> None:
+    p = _command(
+        sub,
+        "monitor",
+        commands.cmd_monitor,
+        "drift monitor: takes KServe payload-logger CloudEvents, compares the served images with "
+        "the reference profile, serves /drift and /metrics, retrains when drift holds",
+        params=False,
+    )
+    p.add_argument("--reference", required=True, help="the profile JSON (`profile` writes it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--window", type=int, default=64, help="images per window (default 64)")
+    p.add_argument("--alpha", type=float, default=0.001, help="significance level (default 0.001)")
+    p.add_argument(
+        "--trigger", choices=("none", "local", "kfp"), default="none", help="how to retrain"
+    )
+    p.add_argument(
+        "--consecutive", type=int, default=3, help="drifted windows in a row that start a run"
+    )
+    p.add_argument("--cooldown-s", type=float, default=3600.0, help="seconds between runs")
+    p.add_argument(
+        "--local-args",
+        default="--demo",
+        help="arguments of `python -m pipelines.run_local` for --trigger local (default --demo)",
+    )
+    p.add_argument("--log-dir", default="runs/monitor", help="logs of local retraining runs")
+    p.add_argument(
+        "--kfp-host", help="KFP API for --trigger kfp (default $KFP_HOST; token: $KFP_TOKEN)"
+    )
+    p.add_argument("--kfp-namespace", help="default $KFP_NAMESPACE")
+    p.add_argument(
+        "--pipeline-package",
+        default="pipelines/depth_pipeline.yaml",
+        help="the compiled pipeline --trigger kfp submits",
+    )
+    p.add_argument(
+        "--kfp-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a pipeline parameter of the retraining run (e.g. data_uri=s3://...)",
+    )
 
 
 def _add_operations(sub: _Subparsers) -> None:
@@ -287,6 +381,8 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_triton_repo,
     _add_serve,
     _add_demo,
+    _add_profile,
+    _add_monitor,
     _add_operations,
     _add_lineage,
 )

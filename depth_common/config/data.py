@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from depth_common.config.base import ConfigModel, Float, Int, Str, reject, spec
+from depth_common.config.base import Bool, ConfigModel, Float, Int, Str, reject, spec
 
 DataLayout = Literal["cityscapes", "depth_xy"]
 #: Layout names of ``data.layout`` (besides ``auto``); ``depth_xy`` is ``depth_X/`` + ``depth_y/``.
@@ -44,6 +44,9 @@ class DataConfig(ConfigModel):
     max_depth: Float = 80.0  # finite and > min_depth: checked with min_depth below
     baseline: Float = spec(0.209313, "a number in (0, 100] (metres)", gt=0, le=100)
     focal_length: Float = spec(2262.52, "a number in (0, 1000000] (pixels)", gt=0, le=1e6)
+    # Train for the canonical camera (Metric3D): each target times f_canonical / f_image, so
+    # depth follows the focal at inference. false: every camera is treated as the same one.
+    camera_aware: Bool = True
 
     @field_validator("img_size", mode="before")
     @classmethod

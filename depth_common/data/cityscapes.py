@@ -26,6 +26,17 @@ CAMERA_SUFFIX = "_camera"
 _DISPARITY_MODES = ("I;16", "I;16B", "I;16L", "I")
 _RGB_MODES = ("RGB", "RGBA", "L", "P")
 
+#: The Cityscapes rig's horizontal focal (``intrinsic.fx``, pixels) at its 2048 px width: its
+#: field of view is the canonical camera's (see :func:`canonical_focal_px`).
+CITYSCAPES_FOCAL_PX, CITYSCAPES_WIDTH_PX = 2262.52, 2048
+
+
+def canonical_focal_px(width: int) -> float:
+    """The canonical camera's horizontal focal (pixels) at an image ``width`` pixels wide: the
+    Cityscapes rig's field of view, what a camera-aware model predicts depth for."""
+    return CITYSCAPES_FOCAL_PX * int(width) / CITYSCAPES_WIDTH_PX
+
+
 #: Frames per split of the full Cityscapes release (leftImg8bit + disparity packages).
 CITYSCAPES_COUNTS = {"train": 2975, "val": 500, "test": 1525, "train_extra": 19998}
 

@@ -66,6 +66,8 @@ class PairResult:
     valid: int
     total: int
     camera_source: str
+    # Horizontal focal (pixels) at the processed width: fx x processed width / original width.
+    focal_px: float
 
 
 def gt_path(png: Path) -> Path:
@@ -134,6 +136,8 @@ def _stamp(job: PairJob) -> dict[str, Any] | None:
             return None
         if stamp.get("npy_sha256") != _sha256(job.npy):
             return None
+        if not isinstance(stamp.get("focal_px"), int | float):
+            return None  # written before stamps carried the focal
         if job.gt is not None and stamp.get("gt_sha256") != _sha256(job.gt):
             return None
     except (OSError, ValueError, SyntaxError):
@@ -180,16 +184,19 @@ def histogram(depth: np.ndarray, max_depth: float) -> tuple[np.ndarray, int]:
     return np.bincount(idx, minlength=n), int(v.size)
 
 
-def _result(skipped: bool, depth: np.ndarray, job: PairJob, source: str) -> PairResult:
+def _result(
+    skipped: bool, depth: np.ndarray, job: PairJob, source: str, focal: float
+) -> PairResult:
     hist, valid = histogram(depth, job.max_depth)
-    return PairResult(skipped, hist, valid, int(depth.size), source)
+    return PairResult(skipped, hist, valid, int(depth.size), source, focal)
 
 
 def process_pair(job: PairJob) -> PairResult:
     """Convert one pair (or reuse its up-to-date outputs); return its depth statistics."""
     stamp = _stamp(job)
     if stamp is not None:
-        return _result(True, load_depth_npy(job.npy), job, str(stamp.get("camera")))
+        depth = load_depth_npy(job.npy)
+        return _result(True, depth, job, str(stamp.get("camera")), float(stamp["focal_px"]))
     s = job.sample
     h, w = job.size
     rgb, disparity = _load_rgb(s.rgb_path), _load_disparity(s.disparity_path)
@@ -208,7 +215,12 @@ def process_pair(job: PairJob) -> PairResult:
     )
     if rgb.size != (w, h):
         rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
-    stamp = {"fingerprint": job.fingerprint, "camera": source, "gt_sha256": None}
+    # The resize to the model input scales the horizontal focal by w / original width (the
+    # hood crop removes rows only); the vertical scale differs when the aspect ratio changes,
+    # and the canonical camera is defined on the horizontal focal (serving/camera.py).
+    focal_in = focal * w / disparity.shape[1]
+    stamp = {"fingerprint": job.fingerprint, "camera": source, "gt_sha256": None,
+             "focal_px": focal_in}  # fmt: skip
     if job.gt is not None:
         full = disparity_to_depth(disparity, baseline, focal, job.max_depth)
         save_png(job.gt, depth_to_png_values(full))
@@ -218,4 +230,4 @@ def process_pair(job: PairJob) -> PairResult:
     info = PngImagePlugin.PngInfo()
     info.add_text(STAMP_KEY, json.dumps(stamp, sort_keys=True))
     save_png(job.png, rgb, pnginfo=info)  # last: its stamp vouches for the pair
-    return _result(False, depth, job, source)
+    return _result(False, depth, job, source, focal_in)

@@ -1,7 +1,10 @@
 """Torch ``Dataset``/``DataLoader`` over a preprocessed directory (see ``data.preprocess``).
 
 Items are ``(image, depth)``: the image ImageNet-normalised by :func:`prepare_image` (float32
-3xHxW), the depth in metres (float32 1xHxW, 0 = invalid). Train-time augmentation draws one set
+3xHxW), the depth in metres (float32 1xHxW, 0 = invalid). With ``canonical_focal_px`` the depth
+is for the canonical camera (Metric3D's canonical-camera transform): times
+``canonical_focal_px / f``, ``f`` the frame's horizontal focal at the model input (from the
+manifest) times the zoom of the random resized crop. Train-time augmentation draws one set
 of random numbers per item and applies the same flip and crop to image and depth (nearest for
 depth, so no depth is invented across an edge or an invalid pixel); colour jitter touches the
 image only.
@@ -21,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
 from depth_common.config import AugmentationConfig, Params
-from depth_common.data.cityscapes import open_image
+from depth_common.data.cityscapes import canonical_focal_px, open_image
 from depth_common.data.convert import load_depth_npy
 from depth_common.data.preprocess import FORMAT, MANIFEST
 from depth_common.data.transforms import prepare_image, resize_depth_nearest
@@ -76,14 +79,16 @@ def split_parts(manifest: dict[str, Any], split: str, root: Path) -> list[str]:
 
 def augment_pair(
     rgb: np.ndarray, depth: np.ndarray, cfg: AugmentationConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Random flip + resized crop (same for both) and colour jitter (image only).
 
     ``rgb`` uint8 (H, W, 3), ``depth`` float32 (H, W) metres; outputs keep (H, W). The crop
     keeps the image's aspect ratio (area fraction drawn from ``cfg.crop_scale``) so scene
-    geometry is zoomed, not sheared; RGB is resampled bicubic, depth nearest.
+    geometry is zoomed, not sheared; RGB is resampled bicubic, depth nearest. The third
+    value is the zoom, ``W / crop width`` (1 without a crop): the factor on the focal.
     """
     h, w = depth.shape
+    zoom = 1.0
     if rng.random() < cfg.hflip_prob:
         rgb, depth = rgb[:, ::-1], depth[:, ::-1]
     if rng.random() < cfg.crop_prob:
@@ -97,6 +102,7 @@ def augment_pair(
             )
         )
         depth = resize_depth_nearest(depth[top : top + ch, left : left + cw], (h, w))
+        zoom = w / cw
     jitters = []
     if cfg.brightness > 0:
         f = rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
@@ -115,7 +121,7 @@ def augment_pair(
         for i in rng.permutation(len(jitters)):  # random order, as torchvision's ColorJitter
             t = jitters[i](t)
         rgb = t.permute(1, 2, 0).numpy()
-    return np.ascontiguousarray(rgb), np.ascontiguousarray(depth)
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(depth), zoom
 
 
 class DepthDataset(Dataset):
@@ -135,16 +141,21 @@ class DepthDataset(Dataset):
         split: str,
         augmentation: AugmentationConfig | None = None,
         seed: int = 0,
+        canonical_focal_px: float | None = None,
     ) -> None:
         self.root = Path(processed_dir)
         manifest = read_manifest(self.root)
         self.split = split
         self.size: tuple[int, int] = tuple(manifest["params"]["img_size"])  # type: ignore[assignment]
+        parts = split_parts(manifest, split, self.root)
         self.items = [
             (self.root / part / f"{f}.png", self.root / part / f"{f}.npy")
-            for part in split_parts(manifest, split, self.root)
+            for part in parts
             for f in manifest["frames"][part]
         ]
+        #: Each item's horizontal focal (pixels) at the model input.
+        self.focals = frame_focals(manifest, parts, self.root)
+        self.canonical_focal_px = canonical_focal_px
         for png, npy in self.items:
             for p in (png, npy):
                 if not p.is_file():
@@ -178,10 +189,30 @@ class DepthDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rgb, depth = self.load(index)
+        zoom = 1.0
         if self.augmentation is not None:
-            rgb, depth = augment_pair(rgb, depth, self.augmentation, self.item_rng(epoch, index))
+            rng = self.item_rng(epoch, index)
+            rgb, depth, zoom = augment_pair(rgb, depth, self.augmentation, rng)
+        if self.canonical_focal_px is not None:
+            # float64 product, one rounding: 0 (invalid) stays 0.
+            scale = self.canonical_focal_px / (self.focals[index] * zoom)
+            depth = (depth.astype(np.float64) * scale).astype(np.float32)
         image = prepare_image(rgb, self.size)
         return torch.from_numpy(image), torch.from_numpy(np.ascontiguousarray(depth)[None])
+
+
+def frame_focals(manifest: dict[str, Any], parts: list[str], root: Path) -> list[float]:
+    """The manifest's per-frame focal (pixels at ``img_size``) for the frames of ``parts``."""
+    focals = []
+    for part in parts:
+        values = manifest.get("focal_px", {}).get(part)
+        if not isinstance(values, list) or len(values) != len(manifest["frames"][part]):
+            raise DataError(
+                f"{root / MANIFEST}: focal_px.{part} is missing or does not list one focal per "
+                f"frame (format {FORMAT}; preprocess again)"
+            )
+        focals.extend(float(v) for v in values)
+    return focals
 
 
 def seed_worker(worker_id: int) -> None:
@@ -194,11 +225,28 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def dataset_for(processed_dir: str | Path, split: str, params: Params, train: bool) -> DepthDataset:
-    """The split's dataset (augmented when ``train``), after checking its ``img_size``."""
+def dataset_for(
+    processed_dir: str | Path, split: str, params: Params, train: bool, *, canonical: bool = False
+) -> DepthDataset:
+    """The split's dataset (augmented when ``train``), after checking its ``img_size``.
+
+    ``canonical``: targets for the canonical camera when ``data.camera_aware`` (training and
+    validation); evaluation keeps metres and scales the prediction instead.
+    """
     check_img_size(processed_dir, params.data.img_size)
     augmentation = params.augmentation if train else None
-    return DepthDataset(processed_dir, split, augmentation, seed=params.training.seed)
+    focal = canonical_focal_for(params) if canonical else None
+    return DepthDataset(
+        processed_dir, split, augmentation, seed=params.training.seed, canonical_focal_px=focal
+    )
+
+
+def canonical_focal_for(params: Params) -> float | None:
+    """The canonical focal (pixels at the model input width) a model trained with ``params``
+    predicts depth for; None for a camera-blind model (``data.camera_aware: false``)."""
+    if not params.data.camera_aware:
+        return None
+    return canonical_focal_px(params.data.img_size[1])
 
 
 def loader_for(

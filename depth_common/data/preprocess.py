@@ -48,7 +48,7 @@ from depth_common.errors import DataError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = "depth_common.processed/v2"
+FORMAT = "depth_common.processed/v3"  # v3: per-frame focal_px
 LOCK = ".preprocess.lock"
 
 
@@ -181,6 +181,8 @@ def _manifest(
         "frames": {},
         "camera_sources": {},
         "camera_summary": {},
+        # Each frame's horizontal focal (pixels) at img_size: the canonical-camera transform.
+        "focal_px": {},
     }
     pos = 0
     for split, smp in samples.items():
@@ -192,6 +194,7 @@ def _manifest(
         manifest["frames"][split] = [f"{s.city}/{s.frame_id}" for s in smp]
         manifest["camera_sources"][split] = sources
         manifest["camera_summary"][split] = summary
+        manifest["focal_px"][split] = [round(r.focal_px, 6) for r in part]
     manifest["warnings"] = count_warnings(manifest["counts"], layout, data_cfg)
     return manifest
 

@@ -48,12 +48,14 @@ def cityscapes_camera(
     baseline: float = BASELINE,
     height: float = CAMERA_HEIGHT,
     pitch: float = CAMERA_PITCH,
+    zoom: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """A Cityscapes camera JSON (dict) for images of ``size`` = (H, W) pixels.
 
     The focal length scales with the width (``fx = 2262.52 * W / 2048``) so the horizontal field
     of view is Cityscapes'; ``fy`` uses the same factor (square pixels) and the principal point
-    keeps its relative position.
+    keeps its relative position. ``zoom`` multiplies both focals (another lens on the same
+    sensor: > 1 narrower, < 1 wider).
     """
     h, w = size
     s = w / FULL_WIDTH
@@ -68,8 +70,8 @@ def cityscapes_camera(
             "yaw": 0.0,
         },
         "intrinsic": {
-            "fx": FX_FULL * s,
-            "fy": FY_FULL * s,
+            "fx": FX_FULL * s * zoom,
+            "fy": FY_FULL * s * zoom,
             "u0": U0_FULL * s,
             "v0": V0_FULL * h / FULL_HEIGHT,
         },
@@ -118,6 +120,15 @@ def _city_names(split: str, n: int) -> list[str]:
     return [known[i] if i < len(known) else f"{split}city{i:02d}" for i in range(n)]
 
 
+def _city_zoom(focal_range: tuple[float, float] | None, seed: int, split: str, city: int) -> float:
+    """The focal factor of one city's lens, from a generator of its own (so the other draws,
+    and with ``focal_range`` None every byte, stay what they were)."""
+    if focal_range is None:
+        return 1.0
+    lo, hi = focal_range
+    return float(np.random.default_rng([seed, _split_key(split), city, 0xF0CA1]).uniform(lo, hi))
+
+
 def generate_cityscapes(
     out_dir: str | Path,
     cities: int = 2,
@@ -126,6 +137,7 @@ def generate_cityscapes(
     seed: int = 0,
     splits: Sequence[str] = ("train", "val", "test"),
     hood: bool = True,
+    focal_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the official Cityscapes layout; return a summary dict.
 
@@ -136,10 +148,13 @@ def generate_cityscapes(
     hood at the bottom (valid disparity), as real Cityscapes frames do. The same ``seed``
     always gives the same bytes: each image draws from its own generator keyed by (seed,
     split, city, frame), so the result does not depend on which other splits or cities are
-    generated.
+    generated. ``focal_range`` = (low, high): each city's lens has a focal of the Cityscapes
+    focal times a factor drawn uniformly from it (None: the Cityscapes field of view).
     """
     if cities < 1 or per_split < 1:
         raise ValueError(f"cities ({cities}) and per_split ({per_split}) must be >= 1")
+    if focal_range is not None and not 0 < focal_range[0] <= focal_range[1]:
+        raise ValueError(f"focal_range: expected 0 < low <= high (factors), got {focal_range}")
     h, w = (int(v) for v in size)
     if h < 8 or w < 8:
         raise ValueError(f"size: expected (height, width) of at least 8 pixels, got {size}")
@@ -157,6 +172,7 @@ def generate_cityscapes(
                 baseline=BASELINE * crng.uniform(0.98, 1.02),
                 height=CAMERA_HEIGHT + crng.uniform(-0.04, 0.04),
                 pitch=CAMERA_PITCH + crng.uniform(-0.01, 0.01),
+                zoom=_city_zoom(focal_range, seed, split, ci),
             )
             fx, baseline = camera["intrinsic"]["fx"], camera["extrinsic"]["baseline"]
             for fi in range(per_split):
@@ -176,6 +192,7 @@ def generate_cityscapes(
         "size": [h, w],
         "seed": seed,
         "hood": hood,
+        "focal_range": list(focal_range) if focal_range is not None else None,
         "cities": names,
         "counts": counts,
     }

@@ -70,12 +70,20 @@ def _full_gt_paths(processed_dir: Path, split: str, dataset: Any) -> list[Path]:
     return paths
 
 
+def metric_scales(ckpt: dict[str, Any], focals: list[float]) -> list[float]:
+    """Per item, the factor from the model's output to metres: ``f / canonical_focal_px`` for
+    a camera-aware checkpoint (``f`` the item's focal at the model input), else 1."""
+    canonical = ckpt.get("canonical_focal_px")
+    return [1.0] * len(focals) if canonical is None else [f / canonical for f in focals]
+
+
 @torch.no_grad()
 def _score_split(
-    model, loader, device, scorer: Scorer, gts: list[Path] | None, num_samples, analysis
+    model, loader, device, scorer: Scorer, gts: list[Path] | None, num_samples, analysis, scales
 ):
-    """Predict every batch; score at model resolution, or against ``gts`` (full resolution);
-    ``analysis`` (error by band, density) always at model resolution."""
+    """Predict every batch (times its item's ``scales``: metres); score at model resolution,
+    or against ``gts`` (full resolution); ``analysis`` (error by band, density) always at model
+    resolution."""
     from depth_common.data.convert import load_depth_png
 
     samples: list[Sample] = []
@@ -83,6 +91,7 @@ def _score_split(
     for image, depth in loader:
         _check_size(model.img_size, image, Path(loader.dataset.root))
         pred = model(image.to(device)).float().cpu()
+        pred = pred * torch.tensor(scales[seen : seen + len(image)]).view(-1, 1, 1, 1)
         analysis.update(pred.numpy(), depth.numpy())
         if gts is None:
             scorer.update(pred, depth)
@@ -164,7 +173,8 @@ def evaluate(
     data = params.data
     scorer = Scorer(params.evaluation, data.min_depth, data.max_depth)
     analysis = ErrorAnalysis(data.min_depth, data.max_depth)
-    samples = _score_split(model, loader, device, scorer, gts, num_samples, analysis)
+    scales = metric_scales(ckpt, loader.dataset.focals)
+    samples = _score_split(model, loader, device, scorer, gts, num_samples, analysis, scales)
     if scorer.count == 0:
         log.warning(
             "%s/%s: no image with a valid depth pixel; metrics are NaN", processed_dir, split

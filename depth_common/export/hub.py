@@ -8,13 +8,18 @@ never written to the card and never logged.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from depth_common.export.onnx import CANONICAL_FOCAL_KEY, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,10 @@ class ModelCardInfo:
     lineage: dict[str, str] = field(default_factory=dict)
     #: Path in the Hub repository of the evaluation report (pictures of where the model errs).
     report: str = ""
+    # The canonical camera (ONNX metadata ``canonical_focal_px``; with_onnx_camera reads it):
+    # the horizontal focal in pixels at the input width ``input_width``; None: camera-blind.
+    canonical_focal_px: float | None = None
+    input_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,7 @@ def render_model_card(info: ModelCardInfo) -> str:
     ]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(info.metrics.items())]
     lines += ["", "## Training data", "", info.data, "", "## Intended use", "", info.intended_use]
+    lines += ["", "## Camera", "", _camera_section(info)]
     lines += ["", "## Limitations", "", info.limitations, "", "## Parameters", ""]
     lines += ["| param | value |", "| --- | --- |"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(info.params.items())]
@@ -133,6 +143,24 @@ def render_model_card(info: ModelCardInfo) -> str:
     return "\n".join(lines)
 
 
+def _camera_section(info: ModelCardInfo) -> str:
+    if info.canonical_focal_px is None or info.input_width <= 0:
+        return (
+            "Camera-blind: the metric scale is that of the training camera(s); a photo with "
+            "another field of view gets a proportionally wrong scale."
+        )
+    f, w = info.canonical_focal_px, info.input_width
+    fov = math.degrees(2 * math.atan(w / (2 * f)))
+    return (
+        f"The output is depth for a canonical camera: a horizontal focal of {f:.4g} px at the "
+        f"{w} px input width ({fov:.1f} deg horizontal field of view; ONNX metadata and Triton "
+        "config parameter `canonical_focal_px`). For a photo W px wide with focal `f_px`, "
+        f"metric depth = output x f_px / ({f:.4g} x W / {w}). The serving transformer does "
+        "this from the request's `focal_px`, else EXIF `FocalLengthIn35mmFilm`, else this "
+        "field of view."
+    )
+
+
 def hub_token() -> str:
     """``$HF_TOKEN``; :class:`HubTokenError` when missing or empty (the message holds no value)."""
     token = os.environ.get(HF_TOKEN_ENV, "").strip()
@@ -144,6 +172,15 @@ def hub_token() -> str:
             "export.hf_repo_id to '' to skip the push"
         )
     return token
+
+
+def with_onnx_camera(card: ModelCardInfo, onnx_path: str | Path) -> ModelCardInfo:
+    """``card`` with the canonical camera the ONNX file's metadata names (unchanged if none)."""
+    meta = read_metadata(onnx_path)
+    focal, size = meta.get(CANONICAL_FOCAL_KEY, ""), json.loads(meta.get("img_size", "[0, 0]"))
+    if not focal:
+        return card
+    return dataclasses.replace(card, canonical_focal_px=float(focal), input_width=int(size[1]))
 
 
 def push_to_hub(

@@ -30,6 +30,9 @@ from depth_common.registry.lineage import carried
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
+#: Metadata key (ONNX) and Triton config parameter: the canonical camera's focal, pixels at the
+#: model input width (the transformer scales depth by the photo's focal over it).
+CANONICAL_FOCAL_KEY = "canonical_focal_px"
 #: Batch sizes the parity gate runs (1: the latency path; 4: proves the dynamic batch axis).
 PARITY_BATCHES: tuple[int, ...] = (1, 4)
 #: The batch size used while tracing. Not 1, so that no broadcast over a size-1 batch can be
@@ -84,11 +87,14 @@ def build_metadata(
     max_depth: float,
     run_id: str | None,
     checkpoint_sha256: str | None,
+    canonical_focal_px: float | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` a consumer needs to use the ONNX file without the checkpoint.
 
     Normalisation comes from :mod:`depth_common.data.transforms` (the one preprocessing
-    definition); lists are JSON so a client can ``json.loads`` them.
+    definition); lists are JSON so a client can ``json.loads`` them. ``canonical_focal_px``:
+    the horizontal focal (pixels at the input width) the depth is for; "" for a camera-blind
+    model (then depth is for whatever camera the training data had).
     """
     from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -103,6 +109,7 @@ def build_metadata(
         "output_name": OUTPUT_NAME,
         "mlflow_run_id": run_id or "",
         "checkpoint_sha256": checkpoint_sha256 or "",
+        CANONICAL_FOCAL_KEY: "" if canonical_focal_px is None else repr(float(canonical_focal_px)),
     }
 
 
@@ -301,6 +308,7 @@ def export_onnx(
         max_depth=float(ckpt["params"]["data"]["max_depth"]),
         run_id=run_id or ckpt.get("mlflow_run_id"),
         checkpoint_sha256=file_sha256(checkpoint_path),
+        canonical_focal_px=ckpt.get("canonical_focal_px"),
     )
     metadata.update({k: v for k, v in carried(lineage or {}).items() if k not in metadata})
     return export_model(

@@ -32,7 +32,13 @@ from typing import Any
 from depth_common.atomic import atomic_path, claim_dir, remove_leftovers, scratch_dir
 from depth_common.config import ExportConfig
 from depth_common.errors import DataError
-from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, file_sha256, read_metadata
+from depth_common.export.onnx import (
+    CANONICAL_FOCAL_KEY,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    file_sha256,
+    read_metadata,
+)
 from depth_common.registry.lineage import ONNX_SHA256, carried
 
 #: ``instance_group.kind`` values accepted for the ONNX model. KIND_AUTO is the default: Triton
@@ -264,7 +270,12 @@ def build_triton_repository(
         raise ValueError(f"model_name: got {model_name!r}, expected a plain directory name")
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     img_size = read_onnx_io(onnx_path)
-    lineage = {**carried(read_metadata(onnx_path)), ONNX_SHA256: file_sha256(onnx_path)}
+    meta = read_metadata(onnx_path)
+    lineage = {**carried(meta), ONNX_SHA256: file_sha256(onnx_path)}
+    # The canonical camera travels from the ONNX metadata to every model's config parameters,
+    # where the transformer reads it (Triton's model metadata has no free-form fields).
+    if meta.get(CANONICAL_FOCAL_KEY):
+        lineage[CANONICAL_FOCAL_KEY] = meta[CANONICAL_FOCAL_KEY]
     onnx_cfg = onnx_model_config(model_name, img_size, export_cfg, instance_kind)
     models: list[tuple[str, Any, Path, str]] = [
         (model_name, _with_parameters(onnx_cfg, lineage), onnx_path, ONNX_FILENAME)

@@ -10,6 +10,11 @@ image's own size (bilinear), colourised with inferno (0 m to the 99th percentile
 with a colour bar in metres. Very large results are downscaled for display (the summary is
 computed at full size); tiny ones are enlarged so the colour bar's labels stay readable.
 
+Below it, the confidence map (the image and its mirror predicted as one batch of two,
+:mod:`depth_common.serving.confidence`; white = sure) and an interactive 3-D view of the points
+(Gradio ``Model3D`` over a coloured PLY; :mod:`depth_common.serving.camera`, with the focal
+from EXIF or the default field of view, at most ``VIEW_MAX_POINTS`` points).
+
 :func:`launch_demo` serves the app on uvicorn itself rather than through gradio's ``launch()``,
 which offers no read timeout and no connection cap: :func:`demo_server` sets both
 (:mod:`depth_common.serving.http_guard`, ``deploy.read_timeout_s`` / ``deploy.max_connections``).
@@ -28,8 +33,16 @@ import uvicorn
 from PIL import Image
 
 from depth_common.config import DeployConfig
-from depth_common.serving.client import DepthClient
+from depth_common.serving.camera import (
+    CanonicalCamera,
+    back_project,
+    encode_ply,
+    exif_focal_35mm,
+    resolve_focal,
+)
+from depth_common.serving.client import DepthClient, encode_for_upload
 from depth_common.serving.codec import ImageSource, load_rgb, resize_depth_bilinear
+from depth_common.serving.confidence import confidence_from_mirror, mirror_input
 from depth_common.serving.http_guard import guard_uvicorn
 
 #: (the image as given, its decoded uint8 HxWx3) → depth (float32 HxW, metres, same size).
@@ -37,6 +50,8 @@ Predictor = Callable[[ImageSource, np.ndarray], np.ndarray]
 #: Display limits of each panel: the longer side at most, the width at least.
 DISPLAY_MAX_SIDE = 1024
 DISPLAY_MIN_WIDTH = 160
+#: Points sent to the browser's 3-D view at most (a 12 MP photo would be 144 MB of PLY).
+VIEW_MAX_POINTS = 60_000
 
 
 class OnnxPredictor:
@@ -79,6 +94,16 @@ class OnnxPredictor:
         depth = session.run(None, {inp.name: x})[0][0, 0]
         return resize_depth_bilinear(depth, image.shape[:2])
 
+    def with_confidence(self, image: ImageSource, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(depth, confidence) at the image's size: the image and its mirror as one batch."""
+        from depth_common.data.transforms import prepare_image
+
+        session = self._get_session()
+        inp = session.get_inputs()[0]
+        x = prepare_image(rgb, (int(inp.shape[-2]), int(inp.shape[-1])))
+        a, b = session.run(None, {inp.name: np.stack([x, mirror_input(x)])})[0][:, 0]
+        return _at_size(a, b, rgb.shape[:2])
+
 
 class EndpointPredictor:
     """A v2 endpoint through :class:`DepthClient`, one client per Gradio worker thread.
@@ -106,12 +131,36 @@ class EndpointPredictor:
             return client.predict([image])[0]
         return client.predict([load_rgb(image) if rgb is None else rgb])[0]
 
+    def with_confidence(self, image: ImageSource, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(depth, confidence) at the image's size: the transformer's ``confidence`` output,
+        or (tensor mode) the image and its mirror as one batch of two."""
+        from depth_common.data.transforms import prepare_image
+
+        client = DepthClient(self.url, self.protocol, self.model_name, mode=self.mode)
+        try:
+            if self.mode == "image":
+                result = client.infer_images([encode_for_upload(image)], ("depth", "confidence"))
+                return result.as_numpy("depth")[0], result.as_numpy("confidence")[0]
+            x = prepare_image(rgb, (client.info.height, client.info.width))
+            a, b = client.infer_tensor(np.stack([x, mirror_input(x)]))[:, 0]
+        finally:
+            client.close()
+        return _at_size(a, b, rgb.shape[:2])
+
     def close(self) -> None:
         """Close every thread's connection (an open one delays the server's shutdown)."""
         with self._lock:
             clients, self._clients = self._clients, []
         for client in clients:
             client.close()
+
+
+def _at_size(
+    depth: np.ndarray, mirrored: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model-size depth and the mirror's → (depth, confidence) at the image's ``size``."""
+    confidence = confidence_from_mirror(depth, mirrored)
+    return resize_depth_bilinear(depth, size), resize_depth_bilinear(confidence, size)
 
 
 def display_size(h: int, w: int) -> tuple[int, int]:
@@ -162,6 +211,27 @@ def _resize_for_display(depth: np.ndarray, size: tuple[int, int], enlarge: bool)
     return np.repeat(np.repeat(depth, fy, axis=0), fx, axis=1)
 
 
+def render_confidence(confidence: np.ndarray) -> np.ndarray:
+    """Confidence (H, W) in [0, 1] → uint8 grey picture (white = sure) at :func:`display_size`."""
+    grey = np.clip(np.rint(np.nan_to_num(confidence) * 255), 0, 255).astype(np.uint8)
+    h, w = display_size(*grey.shape)
+    picture = Image.fromarray(grey).resize((w, h), Image.Resampling.BILINEAR).convert("RGB")
+    return np.asarray(picture)
+
+
+def view_ply(rgb: np.ndarray, depth: np.ndarray, focal_px: float, out_dir: Path) -> Path:
+    """A coloured PLY of the points for the 3-D view, every k-th row and column so that at
+    most :data:`VIEW_MAX_POINTS` remain (the focal scales with the subsampling). Y points up
+    here (the viewer's convention; the camera frame's Y points down)."""
+    h, w = depth.shape
+    step = max(1, int(np.ceil(np.sqrt(h * w / VIEW_MAX_POINTS))))
+    points = back_project(depth[::step, ::step], focal_px / step)
+    points[..., 1] *= -1
+    path = Path(tempfile.mkstemp(suffix=".ply", dir=out_dir)[1])
+    path.write_bytes(encode_ply(points, np.ascontiguousarray(rgb[::step, ::step])))
+    return path
+
+
 def write_examples(
     out_dir: str | Path, count: int = 3, size: tuple[int, int] = (256, 512)
 ) -> list[Path]:
@@ -200,6 +270,28 @@ def make_predict_fn(predictor: Predictor) -> Callable[[Any], tuple[np.ndarray, s
     return predict
 
 
+def make_extras_fn(predictor: Predictor) -> Callable[[Any], tuple[np.ndarray, str]]:
+    """The Gradio callback for the second row: image → (confidence picture, PLY path)."""
+    out_dir = Path(tempfile.mkdtemp(prefix="depth-demo-points-"))
+
+    def extras(image: Any) -> tuple[np.ndarray, str]:
+        import gradio as gr
+
+        if image is None:
+            raise gr.Error("no image: upload one or pick an example")
+        try:
+            rgb = load_rgb(image)
+            depth, confidence = predictor.with_confidence(image, rgb)  # type: ignore[attr-defined]
+        except Exception as exc:  # shown in the page; the server keeps running
+            raise gr.Error(f"confidence / points failed: {exc}") from exc
+        h, w = rgb.shape[:2]
+        f35 = exif_focal_35mm(Path(image).read_bytes()) if isinstance(image, str) else None
+        focal, _ = resolve_focal(None, f35, (h, w), CanonicalCamera.cityscapes(w))
+        return render_confidence(confidence), str(view_ply(rgb, depth, focal, out_dir))
+
+    return extras
+
+
 def build_demo(
     endpoint: str | None = None,
     onnx_path: str | Path | None = None,
@@ -232,7 +324,10 @@ def build_demo(
         source = f"ONNX Runtime, {onnx_path}"
     if examples is None:
         examples = write_examples(tempfile.mkdtemp(prefix="depth-demo-examples-"))
-    predict = make_predict_fn(predictor)
+    predict, extras = make_predict_fn(predictor), make_extras_fn(predictor)
+
+    def predict_all(image: Any) -> tuple[np.ndarray, str, np.ndarray, str]:
+        return (*predict(image), *extras(image))
 
     # analytics off: no phone-home from a demo that may run on an offline cluster node.
     with gr.Blocks(title="Monocular depth", analytics_enabled=False) as demo:
@@ -248,13 +343,26 @@ def build_demo(
                 label="image | depth (inferno, metres)", elem_id="depth-image", format="png"
             )
         summary = gr.Textbox(label="depth", elem_id="depth-summary", interactive=False)
+        with gr.Row():
+            confidence = gr.Image(
+                label="confidence (image vs mirror; white = sure)", elem_id="confidence-image"
+            )
+            view = gr.Model3D(
+                label="3-D points (metres; drag to turn)",
+                elem_id="points-3d",
+                display_mode="point_cloud",
+                clear_color=(1.0, 1.0, 1.0, 1.0),
+            )
         run = gr.Button("Estimate depth", variant="primary", elem_id="run")
-        run.click(predict, inputs=image, outputs=[result, summary], api_name="predict")
+        # /predict keeps its two outputs (its API); confidence and points follow it (/extras).
+        run.click(predict, inputs=image, outputs=[result, summary], api_name="predict").then(
+            extras, inputs=image, outputs=[confidence, view], api_name="extras"
+        )
         gr.Examples(
             examples=[[str(p)] for p in examples],
             inputs=image,
-            outputs=[result, summary],
-            fn=predict,
+            outputs=[result, summary, confidence, view],
+            fn=predict_all,
             cache_examples=False,
             run_on_click=True,
         )

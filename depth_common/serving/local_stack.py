@@ -53,7 +53,9 @@ class LocalTransformer(ManagedServer):
         ready_timeout_s: float = 60.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         limits: DeployConfig | None = None,
+        logger_url: str | None = None,
     ) -> None:
+        self.logger_url = logger_url  # the drift monitor's URL: payload logging on
         self.predictor_url = predictor_url
         self.limits = limits if limits is not None else DeployConfig()  # params' deploy limits
         self.port = self._requested = port
@@ -100,6 +102,7 @@ class LocalTransformer(ManagedServer):
             "--max_pixels",
             str(self.max_pixels),
             *self.limits.transformer_args(),
+            *(["--logger_url", self.logger_url] if self.logger_url else []),
         ]
 
     def start(self) -> LocalTransformer:
@@ -160,6 +163,7 @@ def serve_forever(
     log_path: str | Path | None = None,
     transformer_port: int | None = DEFAULT_TRANSFORMER_PORT,
     limits: DeployConfig | None = None,
+    monitor_url: str | None = None,
 ) -> None:
     """Triton (and, unless ``transformer_port`` is None, the transformer) until Ctrl-C;
     ``limits``: the transformer's (``params.deploy``; default: their defaults)."""
@@ -179,7 +183,11 @@ def serve_forever(
             if transformer_port is not None:
                 transformer_log = Path(log_path).with_name("transformer.log") if log_path else None
                 transformer = LocalTransformer(
-                    server.grpc_url, transformer_port, log_path=transformer_log, limits=limits
+                    server.grpc_url,
+                    transformer_port,
+                    log_path=transformer_log,
+                    limits=limits,
+                    logger_url=monitor_url,
                 ).start()
             print(_banner(server, transformer), flush=True)
             while not stop and server.running() and (transformer is None or transformer.running()):

@@ -28,6 +28,7 @@ config over a limit is refused naming the field.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -46,8 +47,10 @@ _ONNX_BACKENDS = {"onnxruntime"}
 # Triton model names: what a directory name and a URL path segment can both hold.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PLAIN_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
-#: The only ``parameters`` the copy carries over: ONNX Runtime intra-op threads (an integer).
+#: The only ``parameters`` the copy carries over: ONNX Runtime intra-op threads (an integer)
+#: and the canonical camera's focal (a number of pixels, read by the transformer).
 THREADS_PARAMETER = "intra_op_thread_count"
+CANONICAL_FOCAL_PARAMETER = "canonical_focal_px"
 PYTHON_MODEL = Path(__file__).with_name("python_backend.py")
 #: Most runs of one warm-up sample, and most warm-up samples of one model.
 MAX_WARMUP_COUNT = 100
@@ -190,7 +193,21 @@ def localize_model_config(
     _copy_warmup(config, local, Path(config.name))
     local.parameters["onnx_file"].string_value = onnx_file
     local.parameters[THREADS_PARAMETER].string_value = _threads_parameter(config, intra_op_threads)
+    focal = _canonical_focal_parameter(config)
+    if focal:
+        local.parameters[CANONICAL_FOCAL_PARAMETER].string_value = focal
     return local
+
+
+def _canonical_focal_parameter(config: mc.ModelConfig) -> str:
+    """The ``canonical_focal_px`` parameter if it is a plain positive finite number, else ""."""
+    param = config.parameters.get(CANONICAL_FOCAL_PARAMETER)
+    value = param.string_value if param is not None else ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    return repr(number) if math.isfinite(number) and number > 0 else ""
 
 
 def _parse(config_path: Path) -> mc.ModelConfig:

@@ -46,6 +46,7 @@ from depth_common.serving.kserve_import import (
     kserve,
     model_server,
 )
+from depth_common.serving.payload_logger import PayloadLogger, PayloadLogMiddleware
 from depth_common.serving.transformer import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_REQUEST_PIXELS,
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections and requests at once (503 over it)",
     )
     p.add_argument("--access_log", action="store_true", help="log one line per request")
+    p.add_argument("--logger_url", help="post each request/response as a CloudEvent here")
     return p
 
 
@@ -369,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         predictor_config=predictor,
         enable_latency_logging=False,
     )
+    if args.logger_url:  # payload logging to the drift monitor (outermost: sees what is served)
+        logger = PayloadLogger(args.logger_url, service=args.model_name)
+        model_server.app.add_middleware(PayloadLogMiddleware, logger=logger)
     quiet_logging(args.access_log)  # after ModelServer() configured kserve's loggers
     server.start([model])
 

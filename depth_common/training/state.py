@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from depth_common.config import ConfigError, Params
+from depth_common.data.dataset import canonical_focal_for
 from depth_common.model.checkpoint import load_checkpoint, save_checkpoint
 from depth_common.model.dpt import DPT, build_model
 
@@ -71,9 +72,10 @@ class TrainState:
         self, path: Path, params: Params, metrics: dict[str, float], *, full: bool
     ) -> None:
         """``best.pt`` (``full=False``: weights and metrics) or a resumable ``last.pt``."""
-        extra = None
+        # The camera the weights predict depth for travels with them (None: camera-blind).
+        extra: dict[str, Any] = {"canonical_focal_px": canonical_focal_for(params)}
         if full:
-            extra = {
+            extra |= {
                 "early_stop": {
                     "best_rmse": self.best_rmse,
                     "bad_epochs": self.bad_epochs,

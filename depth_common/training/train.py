@@ -175,8 +175,10 @@ def _loaders(params: Params, processed_dir: Path, micro: int) -> tuple[Any, Any]
 
     if micro != params.data.batch_size:
         params = params.updated("data", batch_size=micro)
-    train_set = dataset_for(processed_dir, "train", params, train=True)
-    val_set = dataset_for(processed_dir, "val", params, train=False)
+    # Validation scores the canonical-camera targets too: the loss and the early stop compare
+    # like with like.
+    train_set = dataset_for(processed_dir, "train", params, train=True, canonical=True)
+    val_set = dataset_for(processed_dir, "val", params, train=False, canonical=True)
     sampler = train_sampler(len(train_set), seed=params.training.seed)
     return (
         loader_for(train_set, params, train=True, sampler=sampler),

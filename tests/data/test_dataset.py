@@ -12,7 +12,7 @@ from PIL import Image
 
 from depth_common.config import AugmentationConfig
 from depth_common.data import prepare_image
-from depth_common.data.dataset import DepthDataset, build_dataloader, read_manifest
+from depth_common.data.dataset import DepthDataset, augment_pair, build_dataloader, read_manifest
 from depth_common.data.preprocess import MANIFEST
 from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize_image
 from depth_common.errors import DataError
@@ -198,3 +198,56 @@ def test_train_splits_are_merged_into_training(synthetic_raw, tmp_path, demo_par
     assert len(train) == 16
     assert [p.parts[-3] for p, _ in train.items] == ["train"] * 8 + ["train_extra"] * 8
     assert len(DepthDataset(tmp_path / "out", "train_extra")) == 8
+
+
+# -- the canonical camera ----------------------------------------------------------------------
+
+
+def test_manifest_focal_is_the_camera_json_fx_at_the_processed_width(processed_data, synthetic_raw):
+    import json
+
+    manifest = read_manifest(processed_data)
+    for split in ("train", "val"):
+        for frame, focal in zip(
+            manifest["frames"][split], manifest["focal_px"][split], strict=True
+        ):
+            city, frame_id = frame.split("/")
+            cam = json.loads(
+                (synthetic_raw / "camera" / split / city / f"{frame_id}_camera.json").read_text()
+            )
+            with Image.open(
+                synthetic_raw / "leftImg8bit" / split / city / f"{frame_id}_leftImg8bit.png"
+            ) as raw:
+                width = raw.width
+            assert focal == pytest.approx(cam["intrinsic"]["fx"] * W / width, rel=1e-6)
+
+
+def test_canonical_targets_are_depth_times_canonical_over_the_frame_focal(processed_data):
+    plain = DepthDataset(processed_data, "val")
+    canonical = DepthDataset(processed_data, "val", canonical_focal_px=50.0)
+    assert canonical.focals[0] == pytest.approx(2262.52 * W / 2048)  # the Cityscapes FoV
+    for i in (0, 7):
+        want = plain.load(i)[1].astype(np.float64) * 50.0 / canonical.focals[i]
+        np.testing.assert_array_equal(canonical[i][1][0].numpy(), want.astype(np.float32))
+
+
+def test_a_resized_crop_zooms_the_focal(processed_data):
+    cfg = AugmentationConfig(hflip_prob=0.0, crop_prob=1.0, crop_scale=(0.25, 0.25), **NO_JITTER)
+    aug = DepthDataset(processed_data, "train", cfg, seed=3, canonical_focal_px=50.0)
+    rgb, depth = aug.load(2)
+    _, cropped, zoom = augment_pair(rgb, depth, cfg, aug.item_rng(0, 2))
+    assert zoom == pytest.approx(W / round(W * 0.5))  # half the width: the focal doubles
+    want = cropped.astype(np.float64) * 50.0 / (aug.focals[2] * zoom)
+    np.testing.assert_array_equal(aug[2][1][0].numpy(), want.astype(np.float32))
+
+
+def test_a_manifest_without_focals_is_refused_naming_the_key(processed_data, tmp_path):
+    import json
+
+    root = tmp_path / "copy"
+    shutil.copytree(processed_data, root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    del manifest["focal_px"]["val"]
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"focal_px\.val is missing"):
+        DepthDataset(root, "val")

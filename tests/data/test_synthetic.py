@@ -142,3 +142,27 @@ def test_generated_frames_show_an_ego_hood_inside_the_bottom_quarter(tmp_path):
         assert 0.10 < hood.mean() < 0.25
         assert np.all((depth[hood] > 1.0) & (depth[hood] < 2.0))
         assert np.all((depth[:72] == 0) | (depth[:72] > 4.0))
+
+
+def test_focal_range_gives_each_city_its_own_lens(tmp_path, capsys):
+    out = tmp_path / "raw"
+    args = ["synth", "--out", str(out), "--cities", "3", "--per-split", "1", "--size", "32x64"]
+    assert main([*args, "--focal-range", "0.5,1.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["focal_range"] == [0.5, 1.5]
+    base = FX_FULL * 64 / 2048
+    for split in ("train", "val", "test"):
+        cams = [json.loads(p.read_text()) for p in sorted((out / "camera" / split).rglob("*.json"))]
+        zooms = [c["intrinsic"]["fx"] / base for c in cams]
+        assert len(set(zooms)) == 3 and all(0.5 <= z <= 1.5 for z in zooms), zooms
+        for cam in cams:  # fx and fy zoom together: square pixels kept
+            assert cam["intrinsic"]["fy"] / cam["intrinsic"]["fx"] == pytest.approx(
+                2265.30 / FX_FULL
+            )
+    fixed = generate_cityscapes(tmp_path / "fixed", cities=1, per_split=1, size=(32, 64),
+                                splits=("test",), focal_range=(1.5, 1.5))  # fmt: skip
+    cam = json.loads(next((tmp_path / "fixed" / "camera").rglob("*.json")).read_text())
+    assert cam["intrinsic"]["fx"] == pytest.approx(1.5 * base) and fixed["counts"] == {"test": 1}
+    with pytest.raises(SystemExit):
+        main([*args, "--focal-range", "1.5,0.5"])
+    with pytest.raises(ValueError, match="focal_range"):
+        generate_cityscapes(tmp_path / "bad", focal_range=(0.0, 1.0))

@@ -160,3 +160,46 @@ def test_predict_files(trained, tmp_path) -> None:
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.png: not a readable image"):
         predict_files(result.checkpoint_path, [bad], tmp_path / "pred")
+
+
+def test_predict_files_focal_scales_depth_and_points_go_to_a_ply(trained, tmp_path) -> None:
+    from depth_common.serving.camera import FocalError, back_project, decode_ply
+    from depth_common.serving.predict import predict_files
+
+    _, result = trained
+    rng = np.random.default_rng(1)
+    img = tmp_path / "street.png"
+    rgb = rng.integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(img)
+    one = predict_files(result.checkpoint_path, [img], tmp_path / "f1", focal_px=60.0)
+    ply = tmp_path / "cloud" / "street.ply"
+    two = predict_files(result.checkpoint_path, [img], tmp_path / "f2", focal_px=120.0, points=ply)
+    assert two[-1] == ply
+    d1, d2 = np.load(one[1]), np.load(two[1])
+    np.testing.assert_array_equal(d2, 2 * d1)  # exactly twice the depth at twice the focal
+    xyz, colours = decode_ply(ply.read_bytes())
+    valid = d2 > 0
+    assert len(xyz) == int(valid.sum())
+    np.testing.assert_allclose(xyz, back_project(d2, 120.0)[valid], rtol=1e-6)
+    np.testing.assert_array_equal(colours, rgb[valid])
+    three = predict_files(result.checkpoint_path, [img], tmp_path / "f3", confidence=True)
+    assert [p.name for p in three] == ["street_depth.png", "street_depth.npy",
+                                       "street_confidence.png"]  # fmt: skip
+    conf = np.asarray(Image.open(three[2]))
+    assert conf.shape == (40, 70) and conf.dtype == np.uint8 and conf.max() > 0
+    plain = predict_files(result.checkpoint_path, [img], tmp_path / "f0")
+    # the depth is the image's own whether or not its mirror ran beside it
+    np.testing.assert_allclose(np.load(three[1]), np.load(plain[1]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FocalError, match="--focal-px"):
+        predict_files(result.checkpoint_path, [img], tmp_path / "f3", focal_px=0.5)
+    with pytest.raises(ValueError, match="one PLY path takes one image"):
+        predict_files(result.checkpoint_path, [img, one[0]], tmp_path / "f4", points=ply)
+
+
+def test_metric_scales_turn_canonical_depth_into_metres() -> None:
+    from depth_common.evaluation.evaluate import metric_scales
+
+    # A frame shot at twice the canonical focal is twice as far as the model's canonical depth.
+    assert metric_scales({"canonical_focal_px": 100.0}, [200.0, 50.0]) == [2.0, 0.5]
+    assert metric_scales({"canonical_focal_px": None}, [200.0, 50.0]) == [1.0, 1.0]
+    assert metric_scales({}, [200.0]) == [1.0]  # a checkpoint from before the canonical camera

@@ -177,6 +177,28 @@ def test_a_wrong_token_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert hub.repos == set()
 
 
+def test_the_card_says_which_camera_the_depth_is_for(tmp_path: Path) -> None:
+    import dataclasses
+
+    import torch
+    from helpers import TinyDepthNet
+
+    from depth_common.export.hub import with_onnx_camera
+    from depth_common.export.onnx import export_model
+
+    assert "Camera-blind" in render_model_card(CARD)
+    meta = {"canonical_focal_px": "70.0", "img_size": "[32, 64]"}
+    torch.manual_seed(0)
+    onnx = export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(32, 64), metadata=meta)
+    card = with_onnx_camera(CARD, onnx.path)
+    assert (card.canonical_focal_px, card.input_width) == (70.0, 64)
+    text = render_model_card(card)
+    assert "## Camera" in text and "focal of 70 px at the 64 px input width" in text
+    assert "49.1 deg horizontal field of view" in text  # 2 atan(32 / 70)
+    blind = export_model(TinyDepthNet(), tmp_path / "b.onnx", img_size=(32, 64))
+    assert with_onnx_camera(CARD, blind.path) == dataclasses.replace(CARD)
+
+
 def test_card_states_lineage_and_links_the_report() -> None:
     from dataclasses import replace
 

@@ -99,6 +99,15 @@ def test_metadata(exported: OnnxExport, checkpoint: Path, params: Params) -> Non
     assert float(meta["max_depth"]) == params.data.max_depth == 60.0
     assert meta["mlflow_run_id"] == RUN_ID
     assert meta["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert meta["canonical_focal_px"] == ""  # saved without one: camera-blind
+
+
+def test_metadata_carries_the_canonical_focal() -> None:
+    from depth_common.export.onnx import build_metadata
+
+    common = dict(encoder="e", img_size=(H, W), max_depth=80.0, run_id=None, checkpoint_sha256=None)
+    assert build_metadata(**common, canonical_focal_px=70.5)["canonical_focal_px"] == "70.5"
+    assert build_metadata(**common)["canonical_focal_px"] == ""
 
 
 def test_parity_figures_recorded(exported: OnnxExport) -> None:

@@ -214,6 +214,20 @@ def test_versions_are_never_written_into_a_foreign_directory(
     assert "depth/2/model.onnx" in _files(repo)
 
 
+def test_the_canonical_focal_travels_from_onnx_metadata_to_every_config(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    meta = {"canonical_focal_px": "70.5"}
+    src = export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(32, 48), metadata=meta).path
+    plan = tmp_path / "fake.plan"
+    plan.write_bytes(b"engine")
+    repo = build_triton_repository(src, tmp_path / "repo", plan_path=plan)
+    for name in ("depth", "depth_trt"):
+        cfg = parse_model_config(repo / name / "config.pbtxt")
+        assert cfg.parameters["canonical_focal_px"].string_value == "70.5", name
+    blind = build_triton_repository(_export(tmp_path / "b.onnx", (32, 48)), tmp_path / "blind")
+    assert "canonical_focal_px" not in parse_model_config(blind / "depth/config.pbtxt").parameters
+
+
 def test_lineage_of_the_onnx_metadata_becomes_config_parameters(tmp_path: Path) -> None:
     import hashlib
 

@@ -209,9 +209,9 @@ def test_transformer_runs_as_its_non_root_user_with_its_labels(transformer_image
 def test_transformer_holds_exactly_its_lock_and_no_torch(transformer_image: str) -> None:  # noqa: F811
     from packaging.utils import canonicalize_name
 
-    from depth_common.config.container_images import IMAGES_ENV
+    from depth_common.config.container_images import images_env_path
 
-    lock_path = IMAGES_ENV.parent / "transformer" / "requirements.lock"
+    lock_path = images_env_path().parent / "transformer" / "requirements.lock"
     locked = {
         canonicalize_name(name): version
         for name, _, version in (

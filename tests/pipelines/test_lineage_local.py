@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from depth_common.config.presets import DEMO
+from helpers import DEMO
 
 from depth_common.cli.parser import main
 from depth_common.export.onnx import read_metadata

@@ -170,6 +170,25 @@ def test_api_runs_an_example(app: tuple[Any, str], model: Path, examples: list[P
     assert "160x96 px" in summary
 
 
+def test_confidence_and_points_for_the_second_row(model: Path, examples: list[Path]) -> None:
+    from depth_common.serving.camera import decode_ply
+    from depth_common.serving.confidence import confidence_from_mirror
+    from depth_common.serving.demo import VIEW_MAX_POINTS, make_extras_fn
+
+    rgb = load_rgb(examples[0])
+    picture, ply = make_extras_fn(OnnxPredictor(model))(str(examples[0]))
+    x = prepare_image(rgb, (H, W))
+    a, b = ort_reference(model, np.stack([x, x[..., ::-1]]))[:, 0]
+    want = resize_depth_bilinear(confidence_from_mirror(a, b), rgb.shape[:2])
+    grey = np.clip(np.rint(want * 255), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(picture[..., 0], grey)  # 160 x 96: shown at its own size
+    xyz, colours = decode_ply(Path(ply).read_bytes())
+    assert 0 < len(xyz) <= VIEW_MAX_POINTS and (xyz[:, 2] > 0).all()
+    assert len(xyz) == rgb.shape[0] * rgb.shape[1]  # a small image: every pixel
+    np.testing.assert_array_equal(colours, rgb.reshape(-1, 3))
+    assert (xyz[: rgb.shape[1], 1] > 0).all()  # the top row is up (Y up in the viewer)
+
+
 class _DevTools:
     """The smallest Chrome DevTools Protocol client: one page, request/response by id."""
 
@@ -279,6 +298,20 @@ def test_page_loads_and_an_example_runs_in_chromium(
             " return i && i.complete && i.naturalWidth > 0 ? i.naturalWidth : null; })()"
         )
         assert src == 2 * 160  # the side-by-side picture, at the example's own width
+        # the second row: the confidence picture and the 3-D view's canvas
+        assert (
+            page.wait_for(
+                "(() => { const i = document.querySelector('#confidence-image img');"
+                " return i && i.complete && i.naturalWidth > 0 ? i.naturalWidth : null; })()"
+            )
+            == 160
+        )
+        page.wait_for("document.querySelector('#points-3d canvas') !== null", timeout_s=60)
+        time.sleep(2)  # the viewer draws the points after loading the PLY
+        box = page.js(
+            "(() => { const r = document.querySelector('#points-3d canvas')"
+            ".getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })()"
+        )
         shot = page.call("Page.captureScreenshot", format="png")
     finally:
         page.close()
@@ -288,6 +321,9 @@ def test_page_loads_and_an_example_runs_in_chromium(
     assert screenshot.size[0] >= 800 and screenshot.size[1] >= 600
     # Not a blank page: the screenshot has the inferno panel's colours in it.
     assert len(np.unique(np.asarray(screenshot.convert("RGB")).reshape(-1, 3), axis=0)) > 100
+    # The 3-D view drew the points: its canvas (white background) has thousands of dark pixels.
+    view = np.asarray(screenshot.convert("L").crop(tuple(int(v) for v in box)))
+    assert view.size > 0 and (view < 200).sum() > 2000, (view < 200).sum()
 
 
 def test_endpoint_and_transformer_modes_give_the_same_picture_as_onnxruntime(

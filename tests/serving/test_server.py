@@ -122,6 +122,22 @@ def test_local_copy_keeps_the_config_and_leaves_out_gpu_models(tmp_path: Path) -
     assert (version_dir / "model.py").read_text().startswith('"""Triton Python-backend')
 
 
+@pytest.mark.parametrize(("value", "kept"), [("70.5", "70.5"), ("1e2", "100.0"), ("-3", None),
+                                             ("nan", None), ("../x", None)])  # fmt: skip
+def test_local_copy_keeps_only_a_numeric_canonical_focal(
+    tmp_path: Path, value: str, kept: str | None
+) -> None:
+    from depth_common.serving.repository import localize_model_config
+
+    cfg = parse_model_config(build_triton_repository(
+        export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(H, W)).path, tmp_path / "r"
+    ) / "depth" / "config.pbtxt")  # fmt: skip
+    cfg.parameters["canonical_focal_px"].string_value = value
+    local = localize_model_config(cfg, "model.onnx", intra_op_threads=1)
+    got = local.parameters.get("canonical_focal_px")
+    assert (got.string_value if got is not None else None) == kept
+
+
 def test_repository_without_a_cpu_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "repo" / "m").mkdir(parents=True)
     (tmp_path / "repo" / "m" / "config.pbtxt").write_text('name: "m"\nplatform: "tensorrt_plan"\n')

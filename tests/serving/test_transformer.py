@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import W
 from PIL import Image
 
 from depth_common.deploy.smoke import image_reference, smoke_test_v2
+from depth_common.serving.camera import (
+    CanonicalCamera,
+    back_project,
+    decode_ply,
+    focal_from_35mm,
+)
 from depth_common.serving.client import DepthClient, DepthServingError
 from depth_common.serving.codec import decode_depth_png, load_rgb
 from depth_common.serving.local_stack import LocalTransformer
@@ -118,6 +125,124 @@ def test_v1_and_v2_equal_onnxruntime_on_real_photographs(stack, onnx_path: Path,
     assert pred["min_m"] == pytest.approx(float(want.min()), abs=1e-4)
     assert pred["median_m"] == pytest.approx(float(np.median(want)), abs=1e-4)
     assert pred["max_m"] == pytest.approx(float(want.max()), abs=1e-4)
+
+
+def _with_focal_35mm(data: bytes, f35: int) -> bytes:
+    """The photo re-saved with EXIF FocalLengthIn35mmFilm = ``f35`` (as a phone writes it)."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = f35
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_focal_scales_depth_exactly_and_points_follow_it(stack, onnx_path: Path) -> None:
+    _, transformer = stack
+    photo = (PHOTOS / "rocket.jpg").read_bytes()
+    h, w = load_rgb(photo).shape[:2]
+    camera = CanonicalCamera.cityscapes(W)  # the tiny model's export names no canonical focal
+    f = 500.0
+    body = {"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES",
+                        "data": [base64.b64encode(photo).decode()] * 2},
+                       {"name": "focal_px", "shape": [2], "datatype": "FP32", "data": [f, 2 * f]}],
+            "outputs": [{"name": n} for n in ("depth", "focal_px", "points")]}  # fmt: skip
+    code, raw, _ = _post(
+        f"{transformer.url}/v2/models/depth/infer",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert code == 200, raw
+    out = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
+           for o in json.loads(raw)["outputs"]}  # fmt: skip
+    np.testing.assert_array_equal(out["focal_px"], [f, 2 * f])
+    np.testing.assert_array_equal(out["depth"][1], 2 * out["depth"][0])  # exactly
+    want = image_reference(onnx_path, photo) * (f / camera.default_focal(w))
+    np.testing.assert_allclose(out["depth"][0], want, rtol=1e-5, atol=1e-5)
+    assert out["points"].shape == (2, h, w, 3)
+    np.testing.assert_allclose(out["points"][1], back_project(out["depth"][1], 2 * f), rtol=1e-6)
+
+    tagged = _with_focal_35mm(photo, 28)
+    code, v1 = _v1(transformer.url, tagged)
+    assert code == 200, v1
+    (pred,) = v1["predictions"]
+    assert pred["focal_source"] == "exif"
+    assert pred["focal_px"] == pytest.approx(focal_from_35mm(28, w, h))
+    inst = {"image_bytes": {"b64": base64.b64encode(photo).decode()}, "outputs": ["ply"]}
+    code, raw, _ = _post(
+        f"{transformer.url}/v1/models/depth:predict",
+        json.dumps({"instances": [inst]}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    (pred,) = json.loads(raw)["predictions"]
+    assert pred["focal_source"] == "default"
+    xyz, rgb = decode_ply(base64.b64decode(pred["ply_b64"]))
+    assert len(xyz) == h * w and rgb.dtype == np.uint8
+
+
+def test_confidence_is_the_mirror_agreement_of_onnxruntime(stack, onnx_path: Path) -> None:
+    import onnxruntime as ort
+
+    from depth_common.data.transforms import prepare_image
+    from depth_common.serving.codec import resize_depth_bilinear
+    from depth_common.serving.confidence import confidence_from_mirror
+
+    _, transformer = stack
+    photo = (PHOTOS / "coffee.png").read_bytes()
+    rgb = load_rgb(photo)
+    x = prepare_image(rgb, (32, W))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    a, b = session.run(None, {"image": np.stack([x, x[..., ::-1]])})[0][:, 0]
+    want = resize_depth_bilinear(confidence_from_mirror(a, b), rgb.shape[:2])
+    body = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(photo).decode()]}],
+            "outputs": [{"name": "confidence"}, {"name": "depth"}]}  # fmt: skip
+    code, raw, _ = _post(
+        f"{transformer.url}/v2/models/depth/infer",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert code == 200, raw
+    out = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
+           for o in json.loads(raw)["outputs"]}  # fmt: skip
+    np.testing.assert_allclose(out["confidence"][0], want, atol=1e-5)
+    assert out["confidence"].min() >= 0 and out["confidence"].max() <= 1
+    np.testing.assert_allclose(out["depth"][0], image_reference(onnx_path, photo), atol=1e-5)
+
+
+def test_the_canonical_focal_reaches_the_transformer_through_tritons_config(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from helpers import TinyDepthNet
+
+    from depth_common.export.onnx import export_model
+    from depth_common.export.triton import build_triton_repository
+
+    torch.manual_seed(0)
+    meta = {"canonical_focal_px": "50.0"}  # pixels at the 64 px model input
+    onnx_file = export_model(TinyDepthNet(), tmp_path / "m.onnx", img_size=(32, W), metadata=meta)
+    repo = build_triton_repository(onnx_file.path, tmp_path / "repo")
+    photo = (PHOTOS / "rocket.jpg").read_bytes()
+    h, w = load_rgb(photo).shape[:2]
+    want = image_reference(onnx_file.path, photo)
+    with (
+        LocalTritonServer(repo, log_path=tmp_path / "triton.log") as triton,
+        LocalTransformer(triton.grpc_url, log_path=tmp_path / "transformer.log") as transformer,
+    ):
+        code, body = _v1(transformer.url, photo)
+        assert code == 200, body
+        (pred,) = body["predictions"]
+        assert pred["focal_source"] == "default"
+        assert pred["focal_px"] == pytest.approx(50.0 * w / W)  # the canonical FoV at w
+        assert pred["median_m"] == pytest.approx(float(np.median(want)), rel=1e-4)
+        inst = {"image_bytes": {"b64": base64.b64encode(photo).decode()}, "focal_px": 100.0 * w / W}
+        code, raw, _ = _post(
+            f"{transformer.url}/v1/models/depth:predict",
+            json.dumps({"instances": [inst]}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        (pred,) = json.loads(raw)["predictions"]
+        assert pred["median_m"] == pytest.approx(2 * float(np.median(want)), rel=1e-4)
 
 
 def test_v2_json_with_base64_and_both_outputs(stack, onnx_path: Path) -> None:
@@ -270,6 +395,27 @@ def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
                 (999).to_bytes(4, "little") + b"abcd",
             ),
             "not a BYTES tensor of shape [1]",
+        ),  # fmt: skip
+        (
+            "v2-focal-zero",
+            v2p,
+            json.dumps(
+                {
+                    "inputs": json.loads(v2([b64(photo)]))["inputs"]
+                    + [{"name": "focal_px", "shape": [1], "datatype": "FP32", "data": [0.0]}]
+                }
+            ).encode(),
+            js,
+            "input 'focal_px'[0]: 0.0 is not a finite number of pixels",
+        ),  # fmt: skip
+        (
+            "v1-focal-text",
+            v1p,
+            json.dumps(
+                {"instances": [{"image_bytes": {"b64": b64(photo)}, "focal_px": "wide"}]}
+            ).encode(),
+            js,
+            "instances[0].focal_px: expected a number",
         ),  # fmt: skip
         ("v1-no-instances", v1p, b'{"images": []}', js, 'expected {\\"instances'),
         ("v1-not-b64", v1p, b'{"instances": [{"image_bytes": "abc"}]}', js, "b64"),

@@ -85,6 +85,23 @@ def test_a_small_png_asking_for_a_huge_json_depth_is_a_413_before_decoding(no_de
         _preprocess(DepthTransformer(), request)
 
 
+def test_points_and_a_v1_ply_count_in_the_answer_before_decoding(no_decoding) -> None:
+    """``points`` is 3 floats a pixel; a v1 PLY ~20 bytes a pixel in base64."""
+    body, n = _binary(
+        [_png(1500, 1500)], outputs=[{"name": "points", "parameters": {"binary_data": True}}]
+    )
+    with pytest.raises(
+        RequestTooLarge, match=r"\['points'\] of 2,250,000 pixels would be 27,000,000"
+    ):
+        _preprocess(
+            DepthTransformer(max_response_bytes=20_000_000), parse_binary_request(body, n, "depth")
+        )
+    b64 = base64.b64encode(_png(2000, 2000)).decode()
+    v1 = {"instances": [{"image_bytes": {"b64": b64}, "outputs": ["ply"]}]}
+    with pytest.raises(RequestTooLarge, match=r"\['ply'\] of 4,000,000 pixels would be 80,000,000"):
+        _preprocess(DepthTransformer(), v1)
+
+
 def test_pixels_of_all_images_together_are_capped_before_decoding(no_decoding) -> None:
     images = [_png_header_only(7000, 7000)] * 16  # 16 x 49 MP: each under the per-image cap
     body, n = _binary(images, outputs=[{"name": "depth_png"}])
@@ -106,7 +123,8 @@ def test_an_answer_over_the_limit_as_sent_is_refused() -> None:
 def test_binary_bytes_tensors_are_decoded_by_kserve() -> None:
     images = [b"\x89PNG-one", b"", b"\xff\xd8jpeg"]
     body, n = _binary(images)
-    protocol, got, outputs, _ = parse_request(parse_binary_request(body, n, "depth"))
+    parsed = parse_request(parse_binary_request(body, n, "depth"))
+    protocol, got, outputs = parsed.protocol, parsed.images, parsed.outputs
     assert (protocol, got, outputs) == ("v2", images, {"depth": False, "depth_png": False})
     bad = json.dumps(
         {"inputs": [{**BYTES_INPUT, "shape": [1], "parameters": {"binary_data_size": 8}}]}
@@ -159,19 +177,17 @@ def test_fuzzed_binary_requests_are_parsed_or_refused_with_a_400(
     text = json.dumps(header, allow_nan=True).encode()
     body = text + tail
     try:
-        protocol, images, outputs, _ = parse_request(
-            parse_binary_request(body, len(text) + cut, "depth")
-        )
+        parsed = parse_request(parse_binary_request(body, len(text) + cut, "depth"))
     except InvalidInput:
         return
-    assert protocol == "v2" and all(isinstance(i, bytes) for i in images)
+    assert parsed.protocol == "v2" and all(isinstance(i, bytes) for i in parsed.images)
 
 
 @settings(max_examples=200, derandomize=True, deadline=None, database=None)
 @given(payload=_json | st.fixed_dictionaries({"instances": _json}))
 def test_fuzzed_v1_payloads_are_parsed_or_refused_with_a_400(payload) -> None:
     try:
-        protocol, images, _, _ = parse_request(payload)
+        parsed = parse_request(payload)
     except InvalidInput:
         return
-    assert protocol == "v1" and all(isinstance(i, bytes) for i in images)
+    assert parsed.protocol == "v1" and all(isinstance(i, bytes) for i in parsed.images)

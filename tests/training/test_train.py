@@ -51,6 +51,8 @@ def test_epochs_zero_saves_initial_model_and_logs(processed_data, tiny_params, t
     assert result.epochs_run == 0 and result.checkpoint_path.name == "best.pt"
     ckpt = load_checkpoint(result.checkpoint_path)
     assert ckpt["epoch"] == 0 and ckpt["mlflow_run_id"] == result.mlflow_run_id
+    # camera-aware by default: the canonical camera (Cityscapes FoV at 128 px) travels along
+    assert ckpt["canonical_focal_px"] == pytest.approx(2262.52 * 128 / 2048)
     assert ckpt["metrics"]["val_rmse"] == pytest.approx(result.best_val["val_rmse"])
     assert math.isfinite(result.best_val["val_rmse"]) and result.best_val["val_rmse"] > 0
     client = mlflow.MlflowClient(params.mlflow.tracking_uri)
@@ -229,6 +231,12 @@ def test_resume_refuses_a_different_model(processed_data, tiny_params, tmp_path)
     other = params.with_overrides(["model.decoder_features=32", "training.epochs=2"])
     with pytest.raises(ConfigError, match="last.pt: model_config"):
         train(other, processed_data, tmp_path, resume=True, tracking=False)
+
+
+def test_a_camera_blind_checkpoint_names_no_canonical_focal(processed_data, tiny_params, tmp_path):
+    params = tiny_params.with_overrides(["training.epochs=0", "data.camera_aware=false"])
+    result = train(params, processed_data, tmp_path, tracking=False)
+    assert load_checkpoint(result.checkpoint_path)["canonical_focal_px"] is None
 
 
 @pytest.mark.slow

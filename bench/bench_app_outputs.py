@@ -1,0 +1,116 @@
+"""What ``points`` and ``confidence`` cost an app, side by side with a depth-only request.
+
+    python bench/bench_app_outputs.py              # demo model, local Triton + transformer
+
+One demo model (random weights, the project's own export), one local Triton and one
+transformer in front of it, the same 256 x 512 JPEG street scene for every request, batch 1,
+v2 with binary outputs (:meth:`DepthClient.infer_images`), one closed-loop client (c=1):
+
+- ``depth``: outputs ``depth``;
+- ``points``: outputs ``depth`` + ``points`` (the back-projection and 3x the bytes back);
+- ``confidence``: outputs ``depth`` + ``confidence`` (the image and its mirror as one batch-2
+  Triton request, and the confidence map back).
+
+The three take turns (``rounds`` short cells each, merged) so a change in machine load
+affects all alike. Targets (issue 21): confidence p50 <= 2.1x depth, points p50 <= 1.2x.
+Results go to ``bench/results_app_outputs.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KINDS: dict[str, tuple[str, ...]] = {
+    "depth": ("depth",),
+    "points": ("depth", "points"),
+    "confidence": ("depth", "confidence"),
+}
+TARGETS = {"points": 1.2, "confidence": 2.1}
+
+
+def _callers(url: str, jpeg: bytes) -> dict[str, Callable[[], tuple[Callable, Callable]]]:
+    from depth_common.serving.client import DepthClient
+
+    def make(outputs: tuple[str, ...]) -> Callable[[], tuple[Callable, Callable]]:
+        def caller() -> tuple[Callable[[], Any], Callable[[], None]]:
+            client = DepthClient(url, mode="image")
+            return (lambda: client.infer_images([jpeg], outputs)), client.close
+
+        return caller
+
+    return {kind: make(outputs) for kind, outputs in KINDS.items()}
+
+
+def run(duration_s: float, rounds: int) -> dict[str, Any]:
+    from bench.bench_serving import _export, default_models, load_stats, progress, run_load
+    from bench.bench_transformer import IMAGE_SIZE, street_jpeg
+    from depth_common.config import load_params
+    from depth_common.export.triton import build_triton_repository
+    from depth_common.serving.local_stack import LocalTransformer
+    from depth_common.serving.server import LocalTritonServer
+
+    spec = next(m for m in default_models() if m.name == "demo")
+    work = Path(tempfile.mkdtemp(prefix="bench-app-outputs-"))
+    try:
+        onnx_path, (h, w), _ = _export(spec, work)
+        export_cfg = load_params(ROOT / "params.yaml").export
+        repo = build_triton_repository(onnx_path, work / "repo", export_cfg=export_cfg)
+        jpeg = street_jpeg()
+        with (
+            LocalTritonServer(repo, log_path=work / "triton.log") as triton,
+            LocalTransformer(triton.grpc_url, log_path=work / "transformer.log") as transformer,
+        ):
+            callers = _callers(transformer.url, jpeg)
+            lat: dict[str, list[float]] = {k: [] for k in callers}
+            wall = dict.fromkeys(callers, 0.0)
+            for _ in range(rounds):
+                for kind, make in callers.items():
+                    cell = run_load(make, 1, duration_s / rounds, 3, keep_latencies=True)
+                    lat[kind] += cell["latencies_s"]
+                    wall[kind] += cell["wall_s"]
+        rows = [{"kind": k, **load_stats(lat[k], wall[k], 1)} for k in callers]
+        base = rows[0]["p50_ms"]
+        for row in rows:
+            row["x_depth_p50"] = round(row["p50_ms"] / base, 3)
+            row["target_x"] = TARGETS.get(row["kind"])
+            progress(f"[app outputs] {row['kind']}: p50 {row['p50_ms']:.2f} ms "
+                     f"({row['x_depth_p50']:.2f}x depth)")  # fmt: skip
+        return {
+            "model": spec.name,
+            "img_size": [h, w],
+            "image_size": list(IMAGE_SIZE),
+            "image_bytes": len(jpeg),
+            "duration_s": duration_s,
+            "rounds": rounds,
+            "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+            "rows": rows,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds per kind")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results_app_outputs.json"))
+    args = parser.parse_args(argv)
+    result = run(args.duration, args.rounds)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

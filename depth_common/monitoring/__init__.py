@@ -1,0 +1,1 @@
+"""Watching what is served: the training images' profile, drift detection, the monitor service."""
