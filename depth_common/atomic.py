@@ -9,6 +9,12 @@ A reader sees the old content or the complete new one, never part of it; a faile
 its temporary. A *killed* writer cannot clean up, but its temporary says who wrote it:
 :func:`remove_leftovers` removes those whose process is gone (same host) or that are older than
 a day (any host: on a volume shared between pods, another pod's process cannot be checked).
+
+Never delete what the project did not write: every directory the project manages (a tree it
+replaces whole, the serving repository, processed data, checkpoints and run directories) holds
+the marker file :data:`MARKER`. An existing non-empty directory without it is refused
+(:class:`UnmanagedDirectoryError`) instead of being replaced or written into, so a mistyped
+``export.repository_dir=~`` can never move a home directory aside and delete it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from depth_common.errors import DataError
+
 DAY_S = 86400.0
+#: The file that says "this project wrote this directory and may replace it".
+MARKER = ".depth-managed"
+_MARKER_TEXT = "written by depth_common; this directory may be replaced or rewritten whole\n"
 
 _TEMP_RE = re.compile(
     r"^\.(?P<target>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.[0-9a-f]{8}\.tmp(?:\.[A-Za-z0-9]+)?$"
@@ -64,6 +75,45 @@ def parse_temp_name(name: str) -> TempName | None:
     return TempName(m["target"], int(m["pid"]), m["host"]) if m else None
 
 
+class UnmanagedDirectoryError(DataError):
+    """A directory the project would replace or write into holds files it did not write."""
+
+
+def check_managed(path: str | Path) -> None:
+    """Refuse ``path`` when it is a non-empty directory without :data:`MARKER` (or not a
+    directory at all); a missing or empty directory, or one with the marker, passes."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise UnmanagedDirectoryError(
+            f"{path}: exists and is not a directory this project manages; choose another path"
+        )
+    if (path / MARKER).is_file() or next(os.scandir(path), None) is None:
+        return
+    raise UnmanagedDirectoryError(
+        f"{path}: not empty and not written by this project (no {MARKER} file in it); "
+        "refusing to replace or write into it: choose another path, or empty it yourself (an "
+        f"output of this project from before the marker: `touch {path / MARKER}`)"
+    )
+
+
+def mark_managed(path: str | Path) -> Path:
+    """Write :data:`MARKER` into the directory ``path``; return ``path``."""
+    path = Path(path)
+    (path / MARKER).write_text(_MARKER_TEXT)
+    return path
+
+
+def claim_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) or check an existing one (:func:`check_managed`), and mark
+    it as this project's; return it. Call before writing into a directory the project owns."""
+    path = Path(path)
+    check_managed(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return mark_managed(path)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -73,7 +123,11 @@ def _remove(path: Path) -> None:
 
 def _commit(tmp: Path, path: Path) -> None:
     """Rename ``tmp`` onto ``path``. A directory cannot be renamed onto a non-empty one, so an
-    existing tree is first renamed aside (to a temporary name), then removed."""
+    existing tree is first renamed aside (to a temporary name), then removed; only a tree that
+    carries the marker (or is empty) is replaced, and the new tree gets the marker."""
+    if tmp.is_dir():
+        mark_managed(tmp)
+        check_managed(path)
     if not (tmp.is_dir() and path.is_dir() and not path.is_symlink()):
         os.replace(tmp, path)
         return
@@ -94,9 +148,12 @@ def atomic_path(path: str | Path, *, extension: str = "") -> Iterator[Path]:
     On a normal exit it is renamed onto ``path`` (replacing a file or a whole tree); on an
     exception it is removed and ``path`` is left as it was. The parent directory is created.
     A file is replaced in one rename; an existing tree takes two (old aside, new in), so for
-    that instant ``path`` is absent, never half-written.
+    that instant ``path`` is absent, never half-written. A tree replaces only an existing
+    directory this project wrote (:func:`check_managed`: checked before and at the rename).
     """
     path = Path(path)
+    if path.is_dir():
+        check_managed(path)  # before any work: a refused target costs nothing
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path, extension)
     try:

@@ -15,3 +15,8 @@ class ConfigError(DepthError, ValueError):
 
 class DataError(DepthError, ValueError):
     """A data file is missing, unreadable or not what was expected (the message names it)."""
+
+
+class Stopped(DepthError):
+    """The work was stopped on request (SIGTERM) after saving what resumes it; not a failure of
+    the input, so the CLI reports it in one line with the exit code of a SIGTERM'd process."""

@@ -3,7 +3,9 @@
 # behind a firewall. `make images` runs this.
 #
 #   images/build.sh [options] [component] [cuda] [transformer]   (default: every image whose
-#                                                                 Dockerfile exists)
+#                 Dockerfile exists and that can be built here: cuda only with --extra-index, or
+#                 TensorRT's libraries wheel in --wheels DIR or the wheel cache; a skipped image
+#                 is named in one line, with how to build it)
 # Options (each also an environment variable):
 #   --base IMAGE        base of the CPU and transformer images (BASE_IMAGE; default python:3.11.9-
 #                       slim-bookworm). Used when present or pullable; otherwise a Debian bookworm
@@ -81,10 +83,26 @@ declare -A spec=(
 if [[ -n "${TRANSFORMER_IMAGE:-}" && -n "${TRANSFORMER_TAG:-}" ]]; then
   spec[transformer]="$REGISTRY/$TRANSFORMER_IMAGE:$TRANSFORMER_TAG|images/transformer/Dockerfile|$(ls images/transformer/*.lock 2>/dev/null | tr '\n' ' ' || true)"
 fi
+trt_libs_reachable() {  # TensorRT's libraries (not on PyPI): an extra index, or their wheel here
+  [[ -n "$extra_index" ]] && return 0
+  local dir
+  for dir in "$wheel_dir" "$cache"; do
+    [[ -n "$dir" ]] && compgen -G "$dir/tensorrt_cu12_libs-${TENSORRT_VERSION}-*.whl" >/dev/null &&
+      return 0
+  done
+  return 1
+}
+skipped=""
 if ((${#targets[@]} == 0)); then
   for key in component cuda transformer; do
-    [[ -n "${spec[$key]:-}" ]] && [[ -f "$(cut -d'|' -f2 <<<"${spec[$key]}")" ]] && targets+=("$key")
+    [[ -n "${spec[$key]:-}" ]] && [[ -f "$(cut -d'|' -f2 <<<"${spec[$key]}")" ]] || continue
+    if [[ "$key" == cuda ]] && ! trt_libs_reachable; then
+      skipped="cuda (TensorRT ${TENSORRT_VERSION}'s libraries are not on PyPI: make images IMAGES=cuda IMAGE_ARGS='--extra-index URL' or '--wheels DIR')"
+      continue
+    fi
+    targets+=("$key")
   done
+  [[ -z "$skipped" ]] || say "skipping $skipped"
 fi
 for key in "${targets[@]}"; do
   [[ -n "${spec[$key]:-}" ]] || die 2 "$key: $images_env names no such image"
@@ -170,4 +188,4 @@ done
 if [[ "$push" == 1 ]]; then
   for image in "${built[@]}"; do docker push "$image"; done
 fi
-say "done: ${built[*]}$([[ "$push" == 1 ]] && echo ' (pushed)')"
+say "done: ${built[*]}$([[ "$push" == 1 ]] && echo ' (pushed)')$([[ -n "$skipped" ]] && echo "; skipped ${skipped%% *}")"

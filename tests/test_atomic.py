@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != atomic.MARKER
     }
 
 
@@ -57,12 +59,56 @@ def test_a_tree_replaces_an_existing_tree_whole(tmp_path):
     target = tmp_path / "repo"
     (target / "depth" / "1").mkdir(parents=True)
     (target / "depth" / "1" / "model.onnx").write_bytes(b"v1")
+    atomic.mark_managed(target)  # as a tree this project wrote carries it
     with atomic.atomic_path(target) as tmp:
         (tmp / "depth" / "2").mkdir(parents=True)
         (tmp / "depth" / "2" / "model.onnx").write_bytes(b"v2")
         assert _tree(target) == {"depth/1/model.onnx": b"v1"}
     assert _tree(target) == {"depth/2/model.onnx": b"v2"}  # the old tree is gone, not merged
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]
+    assert (target / atomic.MARKER).is_file()  # the new tree is the project's too
+
+
+@pytest.mark.parametrize("how", ["atomic_path", "copy_atomic"])
+def test_a_tree_never_replaces_a_directory_the_project_did_not_write(tmp_path, how):
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "thesis.tex").write_text("years of work")
+    src = tmp_path / "src"
+    (src / "depth").mkdir(parents=True)
+    with pytest.raises(atomic.UnmanagedDirectoryError, match=f"^{home}: not empty and not written"):
+        if how == "atomic_path":
+            with atomic.atomic_path(home) as tmp:
+                tmp.mkdir()
+        else:
+            atomic.copy_atomic(src, home)
+    assert _tree(home) == {"notes/thesis.tex": b"years of work"}
+    assert not (home / atomic.MARKER).exists()
+    assert atomic.leftovers(tmp_path) == []
+
+
+def test_an_empty_directory_may_be_replaced_and_a_file_is_not_a_tree(tmp_path):
+    (tmp_path / "empty").mkdir()
+    atomic.copy_atomic(tmp_path / "empty", tmp_path / "empty2")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_text("a")
+    assert _tree(atomic.copy_atomic(tmp_path / "src", tmp_path / "empty")) == {"a": b"a"}
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(atomic.UnmanagedDirectoryError, match="not a directory this project"):
+        atomic.check_managed(tmp_path / "file")
+
+
+def test_claim_dir_creates_marks_or_refuses(tmp_path):
+    new = atomic.claim_dir(tmp_path / "a" / "b")
+    assert (new / atomic.MARKER).is_file()
+    (new / "last.pt").write_bytes(b"ckpt")
+    assert atomic.claim_dir(new) == new  # its own directory again: fine
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x").write_text("x")
+    with pytest.raises(atomic.UnmanagedDirectoryError, match=str(foreign)):
+        atomic.claim_dir(foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["x"]
 
 
 def test_copy_atomic_copies_a_file_or_a_tree(tmp_path):

@@ -174,7 +174,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from depth_common.serving.local_stack import serve_forever
     from depth_common.serving.server import TritonServerError
 
-    repository = args.repository or _params(args).export.repository_dir
+    params = _params(args)
+    repository = args.repository or params.export.repository_dir
     try:
         serve_forever(
             repository,
@@ -183,6 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             log_path=args.log,
             transformer_port=None if args.no_transformer else args.transformer_port,
+            limits=params.deploy,
             monitor_url=args.monitor_url,
         )
     except TritonServerError as exc:
@@ -194,9 +196,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from depth_common.serving.demo import launch_demo
 
+    params = _params(args)
     onnx = args.onnx
     if not args.endpoint and not args.transformer and not onnx:
-        onnx = _params(args).export.onnx_path
+        onnx = params.export.onnx_path
     launch_demo(
         endpoint=args.endpoint,
         transformer=args.transformer,
@@ -205,6 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         host=args.host,
         port=args.port,
+        limits=params.deploy,
     )
     return 0
 
@@ -218,7 +222,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     _log_info()
     params = _params(args)
     try:
-        result = rollback(Registry.from_params(params), serving_target(params))
+        # must_exist: a mistyped mlflow.tracking_uri creates no empty store
+        result = rollback(Registry.from_params(params, must_exist=True), serving_target(params))
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -232,7 +237,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from depth_common.registry.registry import Registry
 
     params = _params(args)
-    print("\n".join(status(Registry.from_params(params), serving_target(params))))
+    registry = Registry.from_params(params, must_exist=True)  # status creates no store
+    print("\n".join(status(registry, serving_target(params))))
     return 0
 
 
@@ -241,13 +247,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     ``{"versions": [...]}`` (JSON) or one table per version."""
     from depth_common.registry import lineage
     from depth_common.registry.aliases import registry_client
-    from depth_common.registry.store import sqlite_path
+    from depth_common.registry.store import require_sqlite_store
 
     params = _params(args)
     uri = params.mlflow.tracking_uri
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():  # never create an empty store just to say "none"
-        raise FileNotFoundError(f"{db}: no MLflow store (mlflow.tracking_uri {uri})")
+    require_sqlite_store(uri)  # never create an empty store just to say "none"
     client = registry_client(uri)
     name = params.mlflow.model_name
     if args.alias is not None:

@@ -8,14 +8,18 @@ tritonclient) only when run, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from depth_common.cli import commands
 from depth_common.config import ConfigError
-from depth_common.errors import DataError
+from depth_common.errors import DataError, Stopped
 from depth_common.registry.lineage import LineageNotFound
+
+#: What a shell reports for a process that SIGTERM ended (128 + 15): a stopped run, not an error.
+EXIT_STOPPED = 128 + signal.SIGTERM
 
 if TYPE_CHECKING:  # what add_subparsers returns (argparse does not name it publicly)
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -402,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, LineageNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ from dataclasses import FrozenInstanceError
 from typing import Annotated, Any, NoReturn
 
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -39,8 +40,11 @@ def _exponent_string_to_float(value: Any) -> Any:
 
 # Strict scalars: YAML's `yes`, "3" or true never pass for a bool, an integer or a number
 # (only the exponent form YAML 1.1 leaves a string, like 5e-4, is read as the number it is).
+# A number is finite: YAML's .inf and .nan mean nothing for any key here.
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict(), BeforeValidator(_exponent_string_to_float)]  # int → float
+Float = Annotated[
+    float, Strict(), AllowInfNan(False), BeforeValidator(_exponent_string_to_float)
+]  # int → float
 Str = StrictStr
 Bool = StrictBool
 
@@ -175,7 +179,8 @@ def config_error(exc: ValidationError, model: type[BaseModel], prefix: str = "")
     elif kind in _TYPE_TEXT:
         expected = _TYPE_TEXT[kind]
     else:
-        expected = (None if item else _expected_of(info)) or err["msg"]
+        fallback = "a finite number" if kind == "finite_number" else err["msg"]
+        expected = (None if item else _expected_of(info)) or fallback
         if info is not None and _holds_float(info.annotation) and type(value) is int:
             value = float(value)  # shown as the number the field holds
     return ConfigError(f"{key}: got {value!r}, expected {expected}")

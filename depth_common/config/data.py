@@ -14,6 +14,7 @@ DataLayout = Literal["cityscapes", "depth_xy"]
 #: Layout names of ``data.layout`` (besides ``auto``); ``depth_xy`` is ``depth_X/`` + ``depth_y/``.
 DATA_LAYOUTS: tuple[str, ...] = typing.get_args(DataLayout)
 MAX_NUM_WORKERS = 64
+MAX_IMG_SIDE = 8192  # data.img_size: pixels a side the model is trained at
 
 
 def _safe_split_name(name: str) -> bool:
@@ -36,13 +37,13 @@ class DataConfig(ConfigModel):
         ge=0.0, lt=1.0,
     )  # fmt: skip
     img_size: tuple[Int, Int] = (224, 224)
-    batch_size: Int = spec(8, "an integer >= 1", ge=1)
+    batch_size: Int = spec(8, "an integer in [1, 65536] (images a step)", ge=1, le=65536)
     num_workers: Int = spec(2, f"an integer in [0, {MAX_NUM_WORKERS}]", ge=0, le=MAX_NUM_WORKERS)
-    num_cities: Int | None = spec(None, "null or an integer >= 1", ge=1)
-    min_depth: Float = spec(1e-3, "a finite number > 0 (metres)", gt=0, allow_inf_nan=False)
+    num_cities: Int | None = spec(None, "null or an integer in [1, 10000]", ge=1, le=10_000)
+    min_depth: Float = spec(1e-3, "a number in (0, 1000] (metres)", gt=0, le=1000)
     max_depth: Float = 80.0  # finite and > min_depth: checked with min_depth below
-    baseline: Float = spec(0.209313, "a number > 0 (metres)", gt=0)
-    focal_length: Float = spec(2262.52, "a number > 0 (pixels)", gt=0)
+    baseline: Float = spec(0.209313, "a number in (0, 100] (metres)", gt=0, le=100)
+    focal_length: Float = spec(2262.52, "a number in (0, 1000000] (pixels)", gt=0, le=1e6)
     # Train for the canonical camera (Metric3D): each target times f_canonical / f_image, so
     # depth follows the focal at inference. false: every camera is treated as the same one.
     camera_aware: Bool = True
@@ -59,8 +60,8 @@ class DataConfig(ConfigModel):
     @field_validator("img_size")
     @classmethod
     def _positive_sizes(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not all(s > 0 for s in value):
-            reject("", value, "positive sizes")
+        if not all(0 < s <= MAX_IMG_SIDE for s in value):
+            reject("", list(value), f"sizes in [1, {MAX_IMG_SIDE}] (pixels)")
         return value
 
     @field_validator("splits")
@@ -80,6 +81,8 @@ class DataConfig(ConfigModel):
                 "max_depth", self.max_depth,
                 f"a finite number > data.min_depth ({self.min_depth}) (metres)",
             )  # fmt: skip
+        if self.max_depth > 1000:
+            reject("max_depth", self.max_depth, "a number in (data.min_depth, 1000] (metres)")
         train = set(self.train_splits)
         if not train or not train <= set(self.splits) or train & {"val", "test"}:
             reject(

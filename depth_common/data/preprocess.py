@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from depth_common.atomic import remove_leftovers
+from depth_common.atomic import claim_dir, remove_leftovers
 from depth_common.config import DataConfig
 from depth_common.data.cityscapes import CITYSCAPES_COUNTS, Sample
 from depth_common.data.convert import (
@@ -69,7 +69,7 @@ def params_fingerprint(data_cfg: DataConfig, crop_bottom: float) -> str:
 @contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold ``out/.preprocess.lock`` (released by the kernel even when the process is killed)."""
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out)  # never write into a directory this project did not make
     with open(out / LOCK, "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

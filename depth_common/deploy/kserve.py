@@ -315,8 +315,9 @@ def deploy_kserve(
     api = api if api is not None else kubernetes_api()
     version = str(model_version)
     isvc = build_inferenceservice(
-        overlay, name=cfg.name, namespace=namespace, storage_uri=storage_uri, model_version=version
-    )
+        overlay, name=cfg.name, namespace=namespace, storage_uri=storage_uri,
+        model_version=version, transformer_args=cfg.transformer_args(),
+    )  # fmt: skip
     if annotations:
         isvc["metadata"].setdefault("annotations", {}).update(annotations)
     ns, name = namespace, cfg.name

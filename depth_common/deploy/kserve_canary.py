@@ -282,7 +282,7 @@ class KServeTarget:
             )
         isvc = build_inferenceservice(
             self.overlay, name=self.cfg.name, namespace=self.ns, storage_uri=release.source,
-            model_version=release.version,
+            model_version=release.version, transformer_args=self.cfg.transformer_args(),
         )  # fmt: skip
         isvc["metadata"].setdefault("annotations", {}).update(self._annotations(release))
         return KServeCanary(

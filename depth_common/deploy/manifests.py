@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import os
+from collections.abc import Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,15 @@ def build_inferenceservice(
     model_version: str | int | None = None,
     service_account: str | None = None,
     root: str | Path | Traversable | None = None,
+    transformer_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The InferenceService object (a plain dict) for ``overlay`` (``cpu`` or ``gpu``).
 
     ``None`` keeps the manifests' value: the base's name and placeholder storage URI, the
     overlay's namespace, the base's service account. ``storage_uri`` is the Triton model
     repository on the cluster's object store (``s3://``, ``gs://``, ``pvc://``...).
+    ``transformer_args`` are appended to the transformer container's (the limits of
+    ``params.deploy``: :meth:`~depth_common.config.DeployConfig.transformer_args`).
     """
     if root is None:
         root = manifests_dir()
@@ -146,6 +150,8 @@ def build_inferenceservice(
         predictor["model"]["storageUri"] = storage_uri
     if service_account is not None:
         predictor["serviceAccountName"] = service_account
+    for container in isvc["spec"].get("transformer", {}).get("containers", []):
+        container["args"] = [*container.get("args", []), *transformer_args]
     return isvc
 
 

@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from depth_common.atomic import atomic_path, remove_leftovers, scratch_dir
+from depth_common.atomic import atomic_path, claim_dir, remove_leftovers, scratch_dir
 from depth_common.config import ExportConfig
 from depth_common.errors import DataError
 from depth_common.export.onnx import (
@@ -298,6 +298,7 @@ def build_triton_repository(
 
     if not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory (expected a Triton repository)")
+    claim_dir(out_dir)  # never write versions into (or replace them in) a foreign directory
     # Staged next to the repository (same filesystem, so moves are renames) rather than inside
     # it, where Triton would take the staging directory for a model.
     with scratch_dir(out_dir) as staging:

@@ -15,7 +15,7 @@ from typing import Any
 from depth_common.config import Params
 from depth_common.registry import aliases as _aliases
 from depth_common.registry.lock import DEFAULT_TTL_S, registry_lock
-from depth_common.registry.store import ensure_sqlite_store
+from depth_common.registry.store import ensure_sqlite_store, require_sqlite_store
 
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 
@@ -23,26 +23,36 @@ DEFAULT_LOCK_TIMEOUT_S = 600.0
 class Registry:
     """The registered model ``model_name`` in the MLflow store at ``tracking_uri``.
 
-    ``lock_timeout_s`` bounds the wait for the promotion lock (seconds).
+    ``lock_timeout_s`` bounds the wait for the promotion lock (seconds). ``must_exist``: for
+    the commands that act on what was registered (``status``, ``rollback``), a missing local
+    store is an error ("no MLflow store at ...") and nothing is created.
     """
 
     def __init__(
-        self, tracking_uri: str, model_name: str, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+        self,
+        tracking_uri: str,
+        model_name: str,
+        *,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        must_exist: bool = False,
     ) -> None:
         from mlflow import MlflowClient  # heavy: the CLI's --help must not pay for it
 
+        if must_exist:
+            require_sqlite_store(tracking_uri)
         ensure_sqlite_store(tracking_uri)
         self.tracking_uri, self.model_name = tracking_uri, model_name
         self.lock_timeout_s = lock_timeout_s
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @classmethod
-    def from_params(cls, params: Params) -> Registry:
+    def from_params(cls, params: Params, *, must_exist: bool = False) -> Registry:
         """The registry of ``params.mlflow`` (store and model name) and ``params.promotion``."""
         return cls(
             params.mlflow.tracking_uri,
             params.mlflow.model_name,
             lock_timeout_s=params.promotion.lock_timeout_s,
+            must_exist=must_exist,
         )
 
     # -- reading ----------------------------------------------------------------------------------

@@ -156,6 +156,20 @@ def _create_or_upgrade(db: Path, head: str) -> str:
         return "rebuilt (it was an incomplete, empty schema)"
 
 
+def require_sqlite_store(tracking_uri: str) -> None:
+    """For a command that only reads: refuse a SQLite store that does not exist (or is an empty
+    file), creating nothing. MLflow would create one on first use, so a mistyped URI would
+    report "no champion" from a new, empty store. Other URIs are the tracking server's."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return
+    if not db.is_file() or db.stat().st_size == 0:
+        raise DataError(
+            f"no MLflow store at {db} (mlflow.tracking_uri={tracking_uri!r}); a read-only "
+            "command creates none: check the URI"
+        )
+
+
 def ensure_sqlite_store(tracking_uri: str, timeout_s: float = LOCK_TIMEOUT_S) -> str | None:
     """Create or upgrade the SQLite store of ``tracking_uri`` once, safely; return what it did.
 

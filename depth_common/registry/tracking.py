@@ -247,36 +247,39 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
-def log_pytorch_model(run_id: str, model: Any, img_size: tuple[int, int]) -> None:
-    """Log ``model`` as the run's MLflow model ``"model"`` (``mlflow.pytorch.log_model``).
+#: The code of the logged MLflow model (MLflow "models from code": no pickle).
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+def log_model(run_id: str, checkpoint_path: str | Path, img_size: tuple[int, int]) -> None:
+    """Log the run's MLflow model ``"model"``: :mod:`depth_common.registry.mlflow_model` as its
+    code and the checkpoint at ``checkpoint_path`` (``weights_only``) as its weights; no pickle.
 
     An explicit tensor signature (B, 3, H, W) → (B, 1, H, W) float32 replaces an input
     example (which would make MLflow run the model), and the pip requirements are given
     rather than inferred (inference loads the model in a subprocess: slow).
     """
     import mlflow
-    import mlflow.pytorch
     import numpy as np
+    import timm
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    from depth_common.registry.mlflow_model import CHECKPOINT_KEY, INPUT_NAME
+
     h, w = img_size
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, h, w), "image")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, h, w), INPUT_NAME)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, h, w), "depth")]),
     )
-    import timm
-
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
     # log_model writes to the active run: re-enter ours by id just for this call.
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            model,
+        mlflow.pyfunc.log_model(
             name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={CHECKPOINT_KEY: str(checkpoint_path)},
             signature=signature,
             pip_requirements=requirements,
-            # "pt2" (MLflow 3's default) traces the model with torch.export from an input
-            # example: slow, and fixed to that batch. The pickle loads with depth_common installed.
-            serialization_format="pickle",
         )

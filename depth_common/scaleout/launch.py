@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from depth_common.atomic import copy_atomic, remove_leftovers, write_text
+from depth_common.atomic import claim_dir, copy_atomic, remove_leftovers, write_text
 from depth_common.config import ConfigError, Params
 from depth_common.scaleout.cluster import JobFailed, Launcher, launcher_for, run_job
 from depth_common.scaleout.job import SHARED_MOUNT, job_from_params
@@ -104,7 +104,7 @@ def _stage_run(params: Params, processed_dir: str | Path, run_dir: Path) -> Path
             f"{run_dir.parent}: not mounted in this pod; mount "
             f"training.shared_pvc={params.training.shared_pvc!r} there"
         )
-    run_dir.mkdir(exist_ok=True)
+    claim_dir(run_dir)
     remove_leftovers(run_dir, recursive=False)  # of a copy an earlier attempt did not finish
     if not (run_dir / "data" / "manifest.json").is_file():
         copy_atomic(Path(processed_dir), run_dir / "data")

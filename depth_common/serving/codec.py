@@ -129,9 +129,28 @@ def _decode_bytes(data: bytes, source: str, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(f"{source}: refused as a decompression bomb ({exc})") from None
     except ImageDecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
-        # Pillow's decoders report truncated or corrupt streams with any of these.
-        raise ImageDecodeError(f"{source}: truncated or corrupt image data ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the bytes are the client's: any failure is theirs
+        # Pillow's decoders report corrupt streams with OSError, SyntaxError, ValueError ... and
+        # a fuzzed TIFF tag with TypeError: whatever the decoder raises, the image is bad.
+        raise ImageDecodeError(
+            f"{source}: truncated or corrupt image data ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def image_size(data: bytes, *, source: str = "image") -> tuple[int, int]:
+    """(width, height) of encoded ``data`` from its header alone: no pixel is decoded, so a
+    request can be refused for its size before it costs anything. :class:`ImageDecodeError`
+    when the bytes are not an image of the allowed formats."""
+    if not data:
+        raise ImageDecodeError(f"{source}: empty (0 bytes); expected an encoded image")
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+            return img.size
+    except Exception as exc:  # noqa: BLE001 - as in _decode_bytes: the client's bytes
+        raise ImageDecodeError(
+            f"{source}: not a readable image ({type(exc).__name__}: {exc}); supported "
+            f"formats: {', '.join(ALLOWED_FORMATS)}"
+        ) from None
 
 
 def _upright(img: Image.Image) -> Image.Image:

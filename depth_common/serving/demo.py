@@ -14,6 +14,10 @@ Below it, the confidence map (the image and its mirror predicted as one batch of
 :mod:`depth_common.serving.confidence`; white = sure) and an interactive 3-D view of the points
 (Gradio ``Model3D`` over a coloured PLY; :mod:`depth_common.serving.camera`, with the focal
 from EXIF or the default field of view, at most ``VIEW_MAX_POINTS`` points).
+
+:func:`launch_demo` serves the app on uvicorn itself rather than through gradio's ``launch()``,
+which offers no read timeout and no connection cap: :func:`demo_server` sets both
+(:mod:`depth_common.serving.http_guard`, ``deploy.read_timeout_s`` / ``deploy.max_connections``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvicorn
 from PIL import Image
 
+from depth_common.config import DeployConfig
 from depth_common.serving.camera import (
     CanonicalCamera,
     back_project,
@@ -37,6 +43,7 @@ from depth_common.serving.camera import (
 from depth_common.serving.client import DepthClient, encode_for_upload
 from depth_common.serving.codec import ImageSource, load_rgb, resize_depth_bilinear
 from depth_common.serving.confidence import confidence_from_mirror, mirror_input
+from depth_common.serving.http_guard import guard_uvicorn
 
 #: (the image as given, its decoded uint8 HxWx3) → depth (float32 HxW, metres, same size).
 Predictor = Callable[[ImageSource, np.ndarray], np.ndarray]
@@ -372,9 +379,27 @@ def launch_demo(
     model_name: str = "depth",
     host: str = "127.0.0.1",
     port: int = 7860,
+    limits: DeployConfig | None = None,
 ) -> None:
-    """``python -m depth_common demo``: serve the app until Ctrl-C."""
+    """``python -m depth_common demo``: serve the app until Ctrl-C (``limits``: the read
+    timeout and connection cap of ``params.deploy``; default: their defaults)."""
     demo = build_demo(
         endpoint, onnx_path, transformer=transformer, protocol=protocol, model_name=model_name
     )
-    demo.launch(server_name=host, server_port=port, show_error=True)
+    print(f"demo: http://{host}:{port}", flush=True)
+    demo_server(demo, host, port, limits).run()
+
+
+def demo_server(demo: Any, host: str, port: int, limits: DeployConfig | None = None) -> Any:
+    """A ``uvicorn.Server`` (not started) serving ``demo`` on ``host:port``, with a deadline to
+    send each request and a cap on connections (over it: 408, 503)."""
+    import gradio as gr  # heavy: only the demo needs it
+    from fastapi import FastAPI
+
+    limits = limits if limits is not None else DeployConfig()
+    app = gr.mount_gradio_app(
+        FastAPI(), demo, path="", server_name=host, server_port=port, show_error=True
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    guard_uvicorn(config, limits.read_timeout_s, limits.max_connections)
+    return uvicorn.Server(config)

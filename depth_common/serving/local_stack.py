@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from depth_common.config import DeployConfig
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS
 from depth_common.serving.server import (
     LocalTritonServer,
@@ -51,10 +52,12 @@ class LocalTransformer(ManagedServer):
         log_path: str | Path | None = None,
         ready_timeout_s: float = 60.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        limits: DeployConfig | None = None,
         logger_url: str | None = None,
     ) -> None:
         self.logger_url = logger_url  # the drift monitor's URL: payload logging on
         self.predictor_url = predictor_url
+        self.limits = limits if limits is not None else DeployConfig()  # params' deploy limits
         self.port = self._requested = port
         self.model_name, self.predictor_model = model_name, predictor_model
         self._log_path = Path(log_path) if log_path else None
@@ -98,6 +101,7 @@ class LocalTransformer(ManagedServer):
             str(self.port),
             "--max_pixels",
             str(self.max_pixels),
+            *self.limits.transformer_args(),
             *(["--logger_url", self.logger_url] if self.logger_url else []),
         ]
 
@@ -158,9 +162,11 @@ def serve_forever(
     metrics_port: int = 8002,
     log_path: str | Path | None = None,
     transformer_port: int | None = DEFAULT_TRANSFORMER_PORT,
+    limits: DeployConfig | None = None,
     monitor_url: str | None = None,
 ) -> None:
-    """Triton (and, unless ``transformer_port`` is None, the transformer) until Ctrl-C."""
+    """Triton (and, unless ``transformer_port`` is None, the transformer) until Ctrl-C;
+    ``limits``: the transformer's (``params.deploy``; default: their defaults)."""
     stop = False
 
     def _on_signal(signum: int, frame: object) -> None:
@@ -180,6 +186,7 @@ def serve_forever(
                     server.grpc_url,
                     transformer_port,
                     log_path=transformer_log,
+                    limits=limits,
                     logger_url=monitor_url,
                 ).start()
             print(_banner(server, transformer), flush=True)

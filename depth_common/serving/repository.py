@@ -15,6 +15,14 @@ the ONNX model is used, and ``default_model_filename`` must be a plain file name
 version directory (a ``../`` name would place the symlink outside the copy). A model the copy
 cannot serve safely is refused with the reason; GPU-only models (TensorRT plans, ``KIND_GPU``)
 are left out with a logged note.
+
+Nor may it ask for unbounded resources (:func:`check_resources`, before anything is written or
+started): at most :data:`~depth_common.config.serving.MAX_INSTANCES` instances in all (Triton
+starts one process per instance), batch sizes up to
+:data:`~depth_common.config.serving.MAX_BATCH`, a queue delay up to
+:data:`~depth_common.config.serving.MAX_QUEUE_DELAY_US` microseconds, and warm-ups of at most
+:data:`MAX_WARMUP_COUNT` runs over at most :data:`MAX_WARMUP_ELEMENTS` values an input; a
+config over a limit is refused naming the field.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from depth_common.config.serving import MAX_BATCH, MAX_INSTANCES, MAX_QUEUE_DELAY_US
 from depth_common.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,11 @@ _PLAIN_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 THREADS_PARAMETER = "intra_op_thread_count"
 CANONICAL_FOCAL_PARAMETER = "canonical_focal_px"
 PYTHON_MODEL = Path(__file__).with_name("python_backend.py")
+#: Most runs of one warm-up sample, and most warm-up samples of one model.
+MAX_WARMUP_COUNT = 100
+MAX_WARMUP_SAMPLES = 16
+#: Most values (batch x dims) of one warm-up input: 64 Mi, 256 MiB of FP32.
+MAX_WARMUP_ELEMENTS = 1 << 26
 
 
 class RepositoryError(DataError):
@@ -67,6 +81,51 @@ def model_file_name(config: mc.ModelConfig, where: Path) -> str:
             "(expected e.g. 'model.onnx': letters, digits, '_', '-', '.', no '/')"
         )
     return name
+
+
+def _over(where: Path, field: str, value: int, limit: int, unit: str) -> RepositoryError:
+    return RepositoryError(f"{where}: {field} {value:,} is over the limit of {limit:,} {unit}")
+
+
+def _check_warmup(config: mc.ModelConfig, where: Path) -> None:
+    if len(config.model_warmup) > MAX_WARMUP_SAMPLES:
+        raise _over(where, "model_warmup", len(config.model_warmup), MAX_WARMUP_SAMPLES, "samples")
+    for sample in config.model_warmup:
+        field = f"model_warmup {sample.name!r}"
+        if sample.count > MAX_WARMUP_COUNT:
+            raise _over(where, f"{field} count", sample.count, MAX_WARMUP_COUNT, "runs")
+        if sample.batch_size > max(1, config.max_batch_size):
+            raise _over(where, f"{field} batch_size", sample.batch_size,
+                        max(1, config.max_batch_size), "(max_batch_size)")  # fmt: skip
+        for key, inp in sample.inputs.items():
+            elements = max(1, sample.batch_size)
+            for d in inp.dims:
+                elements *= max(1, d)
+            if any(d < 0 for d in inp.dims) or elements > MAX_WARMUP_ELEMENTS:
+                raise _over(where, f"{field} input {key!r} batch x dims {list(inp.dims)}",
+                            elements, MAX_WARMUP_ELEMENTS, "values")  # fmt: skip
+
+
+def check_resources(config: mc.ModelConfig, where: Path) -> None:
+    """Refuse a config asking for more instances, batch, queue delay or warm-up than the
+    limits of the module docstring (:class:`RepositoryError` naming ``where`` and the field)."""
+    instances = sum(max(1, g.count) for g in config.instance_group)
+    if instances > MAX_INSTANCES:
+        raise _over(where, "instance_group count (in all)", instances, MAX_INSTANCES, "instances")
+    if config.max_batch_size > MAX_BATCH:
+        raise _over(where, "max_batch_size", config.max_batch_size, MAX_BATCH, "images")
+    batching = config.dynamic_batching
+    for size in batching.preferred_batch_size:
+        if not 1 <= size <= max(1, config.max_batch_size):
+            raise RepositoryError(
+                f"{where}: dynamic_batching preferred_batch_size {size} is outside "
+                f"[1, max_batch_size={config.max_batch_size}]"
+            )
+    delay = batching.max_queue_delay_microseconds
+    if delay > MAX_QUEUE_DELAY_US:
+        raise _over(where, "dynamic_batching max_queue_delay_microseconds", delay,
+                    MAX_QUEUE_DELAY_US, "microseconds")  # fmt: skip
+    _check_warmup(config, where)
 
 
 def _copy_tensors(src, dst) -> None:  # noqa: ANN001 - repeated protobuf fields
@@ -196,6 +255,7 @@ def _copy_model(
         log.warning("local Triton: leaving out model %r: %s", model_dir.name, why_not)
         return None
     onnx_file = model_file_name(config, config_path)
+    check_resources(config, config_path)
     local_dir = out_dir / model_dir.name
     for version in _versions(model_dir, onnx_file, repository):
         (local_dir / version.name).mkdir(parents=True)

@@ -8,9 +8,12 @@ read) from a temporary directory ``depth-triton-*``. Hardening, each for a failu
   not report the first one's readiness as its own);
 - a scrubbed environment: the server and its Python stubs see ``PATH``, the library paths,
   locale, ``HOME``/``TMPDIR`` and thread settings, never a token or a cloud key;
-- the shared-memory, statistics, repository, trace and logging APIs need the
-  :attr:`LocalTritonServer.admin_header` (a random value per server), over HTTP and gRPC, so a
-  web page or another local client cannot register shared memory or load models;
+- the shared-memory, statistics, repository, trace and logging APIs are off, over HTTP and
+  gRPC, so a web page or another local client cannot register shared memory or load models.
+  Triton has no switch to turn an API off, only a header a request must carry; the header
+  required is one no HTTP or gRPC client can send (its name has a space), so no key is on the
+  command line, which any local user reads in ``/proc/PID/cmdline``. Counts of inferences and
+  executions are on the (unrestricted, 127.0.0.1) metrics endpoint;
 - the server runs under :mod:`depth_common.serving.supervisor` in a process group of its own:
   a crashed ``tritonserver`` is restarted with bounded backoff (logged), and when the Python
   process that started it dies, even by SIGKILL, the supervisor stops the server and its stubs
@@ -23,7 +26,6 @@ import atexit
 import errno
 import logging
 import os
-import secrets
 import shutil
 import socket
 import sys
@@ -53,10 +55,12 @@ __all__ = [
     "scrubbed_env",
 ]
 
-#: APIs reachable only with the admin header; health, metadata, model-config and inference
-#: stay open (clients need them).
+#: APIs no client can use; health, metadata, model-config and inference stay open (clients need
+#: them).
 RESTRICTED_APIS = ("shared-memory", "statistics", "model-repository", "trace", "logging")
-ADMIN_HEADER = "depth-admin-key"
+#: The header they require: a name with a space is no valid HTTP field name or gRPC metadata key,
+#: so no request carries it (nothing secret: the command line is world-readable).
+UNSENDABLE_HEADER = ("depth-api", "off\n")
 #: Environment variables a local server may see (everything else, tokens and keys included,
 #: is dropped). Thread knobs pass so ORT/OpenMP settings of the caller still apply.
 _ENV_ALLOWED = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
@@ -246,15 +250,8 @@ class LocalTritonServer(ManagedServer):
         self.stop_timeout_s = max(stop_timeout_s, exit_timeout_s + 5.0)
         self.max_restarts = max_restarts
         self.models: list[str] = []
-        #: (header, value) that unlocks the restricted APIs (statistics, shared memory, ...).
-        self.admin_header = (ADMIN_HEADER, secrets.token_urlsafe(18))
         self._process: SupervisedProcess | None = None
         self._workdir: Path | None = None
-
-    @property
-    def admin_grpc_header(self) -> tuple[str, str]:
-        """The same over gRPC: Triton expects the key prefixed ``triton-grpc-protocol-``."""
-        return f"triton-grpc-protocol-{self.admin_header[0]}", self.admin_header[1]
 
     # -- addresses and state -----------------------------------------------------------------
     @property
@@ -337,7 +334,7 @@ class LocalTritonServer(ManagedServer):
         return self
 
     def _command(self, install: TritonInstall, workdir: Path) -> list[str]:
-        restricted = f"{','.join(RESTRICTED_APIS)}:{self.admin_header[0]}={self.admin_header[1]}"
+        restricted = f"{','.join(RESTRICTED_APIS)}:{UNSENDABLE_HEADER[0]}={UNSENDABLE_HEADER[1]}"
         return [
             str(install.binary),
             f"--model-repository={workdir / 'repository'}",

@@ -32,7 +32,14 @@ mirror as one batch-2 request). A bad focal is a 400 naming ``focal_px``.
 
 The depth PNG is 16-bit, metres x 256, 0 = invalid (:mod:`depth_common.serving.codec`). Every
 refusal is a :class:`kserve.errors.InvalidInput` (HTTP 400) naming the input and what was
-expected; Triton unreachable or restarting is a 503.
+expected — any exception while parsing the request or decoding an image is one; Triton
+unreachable or restarting is a 503.
+
+Work per request is bounded before it is done: the images' headers give their sizes (no pixel
+decoded), and a request over ``deploy.max_request_pixels`` decoded pixels (all images together)
+or whose answer would be over ``deploy.max_response_bytes`` is a :class:`RequestTooLarge`
+(HTTP 413) naming the limit. The FP32 ``depth`` output's size is known from the sizes
+(4 bytes a pixel in binary, ~20 in JSON); the PNGs' size is checked once encoded.
 """
 
 from __future__ import annotations
@@ -42,15 +49,18 @@ import base64
 import binascii
 import dataclasses
 import logging
+import re
+import struct
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from depth_common.data.transforms import prepare_image
+from depth_common.errors import DepthError
 from depth_common.serving.camera import (
     FOCAL_KEY,
     CanonicalCamera,
@@ -67,6 +77,7 @@ from depth_common.serving.codec import (
     ImageDecodeError,
     depth_summary,
     encode_depth_png,
+    image_size,
     load_rgb,
     resize_depth_bilinear,
 )
@@ -100,6 +111,20 @@ V1_EXTRAS = {"ply": "ply_b64", "confidence_png": "confidence_png_b64"}
 #: Triton model config parameter holding the canonical focal (pixels at the input width).
 CANONICAL_FOCAL_PARAMETER = "canonical_focal_px"
 DEFAULT_MAX_IMAGES = 16
+DEFAULT_MAX_REQUEST_PIXELS = 32_000_000  # deploy.max_request_pixels
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # deploy.max_response_bytes
+#: Bytes of one float in a JSON answer (``-12.345678901234567,``), an upper bound.
+JSON_FLOAT_BYTES = 20
+#: v2 outputs with floats for every pixel (how many), whose size the image sizes give.
+PIXEL_OUTPUTS = {"depth": 1, "points": 3, "confidence": 1}
+#: v1 extras, at most bytes a pixel as sent in base64: a PLY vertex is 3 float32 + 3 uint8
+#: (15 bytes); an 8-bit confidence PNG holds at most ~1 byte a pixel.
+V1_EXTRA_BYTES = {"ply": 20, "confidence_png": 2}
+_BASE64_WHITESPACE = re.compile(rb"[ \t\r\n]+")
+
+
+class RequestTooLarge(DepthError):
+    """The request would decode or answer more than a limit allows (HTTP 413, naming it)."""
 
 
 @dataclass(frozen=True)
@@ -214,28 +239,11 @@ def _b64(text: Any, where: str) -> bytes:
     if not isinstance(text, str):
         raise InvalidInput(f"{where}: expected a base64 string, got {type(text).__name__}")
     try:
-        return base64.b64decode(text, validate=True)
+        # RFC 2045 (what `base64` writes without -w0) breaks lines every 76 characters: drop
+        # whitespace, then decode strictly, so any other character is still refused.
+        return base64.b64decode(_BASE64_WHITESPACE.sub(b"", text.encode("ascii")), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(f"{where}: not valid base64 ({len(text)} characters)") from None
-
-
-def split_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
-    """The elements of a binary BYTES tensor (each a 4-byte little-endian length + bytes)."""
-    items, offset, view = [], 0, memoryview(raw)
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidInput(
-                f"{where}: {len(raw) - offset} stray bytes after element {len(items)}"
-            )
-        n = int.from_bytes(view[offset : offset + 4], "little")
-        offset += 4
-        if offset + n > len(raw):
-            raise InvalidInput(
-                f"{where}[{len(items)}]: length prefix says {n} bytes, only {len(raw) - offset} left"
-            )
-        items.append(bytes(view[offset : offset + n]))
-        offset += n
-    return items
 
 
 def v1_images(payload: dict[str, Any] | bytes) -> list[bytes]:
@@ -274,15 +282,58 @@ def v2_images(request: InferRequest) -> list[bytes]:
     shape = [int(d) for d in inp.shape]
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise InvalidInput(f"input {INPUT!r}: shape {shape}, expected [N] (one image each)")
-    if inp._raw_data is not None:  # binary tensor extension (kept raw by our data plane)
-        images = split_bytes_tensor(inp._raw_data, f"input {INPUT!r}")
-    else:
-        data = inp.data if isinstance(inp.data, list) else []
-        flat = [x for row in data for x in (row if isinstance(row, list) else [row])]
-        images = [_b64(x, f"input {INPUT!r}[{k}]") for k, x in enumerate(flat)]
-    if len(images) != shape[0]:
-        raise InvalidInput(f"input {INPUT!r}: shape {shape} but {len(images)} elements sent")
-    return images
+    try:  # kserve splits a binary BYTES tensor (4-byte lengths) or takes the JSON data
+        values = inp.as_numpy().reshape(-1)
+    except (struct.error, ValueError, TypeError) as exc:
+        raise InvalidInput(
+            f"input {INPUT!r}: not a BYTES tensor of shape {shape} (one image each): {exc}"
+        ) from None
+    return [_b64(x, f"input {INPUT!r}[{k}]") for k, x in enumerate(values)]
+
+
+class ParsedRequest(NamedTuple):
+    """What a v1 or v2 request asks for, read before any image is decoded."""
+
+    protocol: str  # "v1" or "v2"
+    images: list[bytes]  # encoded
+    outputs: dict[str, bool]  # v2 output name → binary?
+    label: str  # names the images in messages
+    focals: list[float | None]  # from the request, pixels
+    extras: list[list[str]]  # v1: each instance's "outputs"
+
+
+def parse_request(payload: Any) -> ParsedRequest:
+    """A v1 or v2 request read (:class:`ParsedRequest`).
+
+    Any failure reading the client's request is an :class:`InvalidInput` (400) naming it: the
+    request is the client's, so nothing in it may end in a 500.
+    """
+    try:
+        if isinstance(payload, InferRequest):
+            images = v2_images(payload)
+            return ParsedRequest(
+                "v2", images, v2_outputs(payload), f"input {INPUT!r}",
+                v2_focals(payload, len(images)), [[] for _ in images],
+            )  # fmt: skip
+        images = v1_images(payload)
+        return ParsedRequest(
+            "v1", images, {}, "instances",
+            v1_focals(payload, len(images)), v1_extras(payload, len(images)),
+        )  # fmt: skip
+    except InvalidInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the client sent: a 400, not a 500
+        raise InvalidInput(f"malformed request ({type(exc).__name__}: {exc})") from None
+
+
+def response_bytes(pixels: int, outputs: dict[str, bool]) -> int:
+    """What the per-pixel FP32 outputs (``depth``, ``points``, ``confidence``) of ``pixels``
+    pixels take in an answer: 4 bytes a float in binary, ~20 in JSON."""
+    return sum(
+        pixels * floats * (4 if outputs[name] else JSON_FLOAT_BYTES)
+        for name, floats in PIXEL_OUTPUTS.items()
+        if name in outputs
+    )
 
 
 def v2_outputs(request: InferRequest) -> dict[str, bool]:
@@ -363,11 +414,15 @@ class DepthTransformer(kserve.Model):
         *,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_images: int = DEFAULT_MAX_IMAGES,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         super().__init__(name)
         self.predictor_model = predictor_model
         self.max_pixels = max_pixels
         self.max_images = max_images
+        self.max_request_pixels = max_request_pixels
+        self.max_response_bytes = max_response_bytes
         self.geometry: PredictorGeometry | None = None
         self._geometry_lock = asyncio.Lock()
 
@@ -455,19 +510,45 @@ class DepthTransformer(kserve.Model):
         f35 = exif_focal_35mm(data) if focal is None else None
         return rgb, prepare_image(rgb, size), f35
 
-    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> ImageBatch:
-        if isinstance(payload, InferRequest):
-            protocol, images = "v2", v2_images(payload)
-            outputs = v2_outputs(payload)
-            label = f"input {INPUT!r}"
-            focals, extras = v2_focals(payload, len(images)), [[] for _ in images]
-        else:
-            protocol, images, outputs, label = "v1", v1_images(payload), {}, "instances"
-            focals, extras = v1_focals(payload, len(images)), v1_extras(payload, len(images))
+    def check_limits(self, request: ParsedRequest) -> None:
+        """Refuse a request over the image count (400), the decoded pixels or the answer's size
+        (413), from the images' headers alone: nothing is decoded yet."""
+        images, outputs, label = request.images, request.outputs, request.label
         if len(images) > self.max_images:
             raise InvalidInput(
                 f"{len(images)} images in one request, over the limit of {self.max_images}"
             )
+        sizes = []
+        for k, data in enumerate(images):
+            try:
+                sizes.append(image_size(data, source=f"{label}[{k}]"))
+            except ImageDecodeError as exc:
+                raise InvalidInput(str(exc)) from None
+        pixels = sum(w * h for w, h in sizes)
+        if pixels > self.max_request_pixels:
+            raise RequestTooLarge(
+                f"{len(sizes)} image(s) of {pixels:,} pixels in all: over the limit of "
+                f"{self.max_request_pixels:,} decoded pixels per request (deploy.max_request_pixels)"
+            )
+        answer = response_bytes(pixels, outputs) + sum(
+            w * h * V1_EXTRA_BYTES[name]
+            for (w, h), names in zip(sizes, request.extras, strict=True)
+            for name in names
+        )
+        if answer > self.max_response_bytes:
+            named = [o for o in PIXEL_OUTPUTS if o in outputs] + sorted(
+                {n for names in request.extras for n in names}
+            )
+            raise RequestTooLarge(
+                f"output(s) {named} of {pixels:,} pixels would be {answer:,} bytes: over "
+                f"the limit of {self.max_response_bytes:,} bytes per answer "
+                "(deploy.max_response_bytes); ask for 'depth_png', binary outputs or fewer pixels"
+            )
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> ImageBatch:
+        parsed = parse_request(payload)
+        self.check_limits(parsed)
+        protocol, images, outputs, label, focals, extras = parsed
         geometry = await self.predictor_geometry()
         loop = asyncio.get_running_loop()
         size = (geometry.height, geometry.width)
@@ -600,12 +681,25 @@ class DepthTransformer(kserve.Model):
             if want_png
             else []
         )
+        self._check_answer(batch, depths, pngs)
         if batch.protocol == "v1":
             predictions = [_v1_prediction(d, p) for d, p in zip(depths, pngs, strict=True)]
             for k, pred in enumerate(predictions):
                 pred.update(await _v1_camera_keys(batch, depths, k))
             return {"predictions": predictions}
         return self._v2_response(batch, depths, pngs)
+
+    def _check_answer(self, batch: ImageBatch, depths: list[np.ndarray], pngs: list[bytes]) -> None:
+        """The answer as sent (PNGs in base64 unless binary) within ``max_response_bytes``."""
+        in_base64 = batch.protocol == "v1" or not batch.outputs.get("depth_png", False)
+        png_bytes = sum(len(p) for p in pngs) * (4 if in_base64 else 3) // 3
+        total = png_bytes + response_bytes(sum(d.size for d in depths), batch.outputs)
+        if total > self.max_response_bytes:
+            raise RequestTooLarge(
+                f"the answer would be {total:,} bytes: over the limit of "
+                f"{self.max_response_bytes:,} bytes per answer (deploy.max_response_bytes); "
+                "send fewer or smaller images"
+            )
 
     def _v2_response(
         self, batch: ImageBatch, depths: list[np.ndarray], pngs: list[bytes]

@@ -13,7 +13,10 @@ controller appends them to a transformer container's arguments) plus ours. Three
 - an ASGI guard in front of the app answers only the endpoints the transformer serves (v1/v2
   health, metadata, predict/infer, metrics; no repository load/unload, no docs) with 404,
   refuses bodies over ``--max_request_bytes`` with 413, and turns FastAPI's 422 for a
-  malformed body into a 400.
+  malformed body into a 400;
+- slow clients are bounded (:mod:`depth_common.serving.http_guard`): ``--read_timeout_s`` to
+  send a request, ``--max_connections`` at once; a request over ``--max_request_pixels`` or
+  whose answer would exceed ``--max_response_bytes`` is a 413 naming the limit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS
+from depth_common.serving.http_guard import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_TIMEOUT_S,
+    guard_uvicorn,
+)
 from depth_common.serving.kserve_import import (
     DataPlane,
     InferInput,
@@ -39,7 +47,13 @@ from depth_common.serving.kserve_import import (
     model_server,
 )
 from depth_common.serving.payload_logger import PayloadLogger, PayloadLogMiddleware
-from depth_common.serving.transformer import DEFAULT_MAX_IMAGES, DepthTransformer
+from depth_common.serving.transformer import (
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DepthTransformer,
+    RequestTooLarge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +62,8 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def parse_binary_request(body: bytes, json_length: Any, model_name: str) -> InferRequest:
-    """A v2 request in the binary tensor extension, every input's bytes kept as sent."""
+def _binary_header(body: bytes, json_length: Any) -> tuple[dict[str, Any], int]:
+    """The JSON header of a binary v2 request and its length, each field's type checked."""
     try:
         n = int(json_length)
     except (TypeError, ValueError):
@@ -58,41 +72,67 @@ def parse_binary_request(body: bytes, json_length: Any, model_name: str) -> Infe
         raise InvalidInput(f"{HEADER_LENGTH} {n} is outside the body's {len(body)} bytes")
     try:
         header = json.loads(body[:n])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the first {n} bytes are not the JSON request header ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a header nested thousands of levels deep is malformed, not a 500.
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidInput(f"the first {n} bytes are not the JSON request header ({why})") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput('request header: expected {"inputs": [...]}')
-    offset, inputs = n, []
+    for key, kind in (("id", str), ("parameters", dict), ("outputs", list)):
+        if header.get(key) is not None and not isinstance(header[key], kind):
+            raise InvalidInput(f"request header: {key!r} is not a {kind.__name__}")
+    return header, n
+
+
+def _input_spec(spec: Any, i: int) -> tuple[str, list[int], str, dict[str, Any]]:
+    """(name, shape, datatype, parameters) of ``inputs[i]``, or InvalidInput naming it."""
+    if not isinstance(spec, dict) or not {"name", "shape", "datatype"} <= set(spec):
+        raise InvalidInput(f"inputs[{i}]: expected name, shape and datatype")
+    name, shape, datatype = spec["name"], spec["shape"], spec["datatype"]
+    params = spec.get("parameters") or {}
+    if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(params, dict):
+        raise InvalidInput(f"inputs[{i}]: name and datatype are strings, parameters a mapping")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise InvalidInput(f"inputs[{i}] {name!r}: shape {shape!r} is not a list of sizes >= 0")
+    return name, shape, datatype, params
+
+
+def parse_binary_request(body: bytes, json_length: Any, model_name: str) -> InferRequest:
+    """A v2 request in the binary tensor extension, every input's bytes kept as sent."""
+    header, offset = _binary_header(body, json_length)
+    inputs, raw_inputs = [], []
     for i, spec in enumerate(header["inputs"]):
-        if not isinstance(spec, dict) or not {"name", "shape", "datatype"} <= set(spec):
-            raise InvalidInput(f"inputs[{i}]: expected name, shape and datatype")
-        params = spec.get("parameters") or {}
-        inp = InferInput(spec["name"], spec["shape"], str(spec["datatype"]), parameters=params)
+        name, shape, datatype, params = _input_spec(spec, i)
+        inp = InferInput(name, shape, datatype, parameters=params)
+        raw = None
         if "binary_data_size" in params:
             size = params["binary_data_size"]
-            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+            if type(size) is not int or size < 0 or offset + size > len(body):
                 raise InvalidInput(
-                    f"input {spec['name']!r}: binary_data_size {size!r} runs past the body "
+                    f"input {name!r}: binary_data_size {size!r} runs past the body "
                     f"({len(body) - offset} bytes left)"
                 )
-            inp._raw_data = body[offset : offset + size]
-            offset += size
+            raw, offset = body[offset : offset + size], offset + size
         elif "data" in spec:
             inp.data = spec["data"]
         else:
-            raise InvalidInput(f"input {spec['name']!r}: no data and no binary_data_size")
+            raise InvalidInput(f"input {name!r}: no data and no binary_data_size")
         inputs.append(inp)
+        raw_inputs.append(raw)
     if offset != len(body):
         raise InvalidInput(f"{len(body) - offset} bytes after the last input's binary data")
-    outputs = [
-        RequestedOutput(o["name"], o.get("parameters"))
-        for o in header.get("outputs") or []
-        if isinstance(o, dict) and "name" in o
-    ]
+    outputs = []
+    for j, out in enumerate(header.get("outputs") or []):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise InvalidInput(f'outputs[{j}]: expected {{"name": ...}}')
+        if not isinstance(out.get("parameters") or {}, dict):
+            raise InvalidInput(f"outputs[{j}] {out['name']!r}: parameters is not a mapping")
+        outputs.append(RequestedOutput(out["name"], out.get("parameters")))
     return InferRequest(
         model_name=model_name,
         infer_inputs=inputs,
         request_id=header.get("id"),
+        raw_inputs=raw_inputs,  # kserve's own way in: InferInput.as_numpy() decodes them
         parameters=header.get("parameters"),
         request_outputs=outputs or None,
     )
@@ -107,7 +147,12 @@ class BinarySafeDataPlane(DataPlane):
             if length is None:
                 raise InvalidInput(f"binary request without the {HEADER_LENGTH} header")
             return parse_binary_request(bytes(body), length, model_name)
-        return super().decode_inference_request(body, headers, model_name)
+        try:
+            return super().decode_inference_request(body, headers, model_name)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the client's body: a 400, never a 500
+            raise InvalidInput(f"malformed request ({type(exc).__name__}: {exc})") from None
 
 
 def _routes(model: str) -> list[tuple[str, re.Pattern[str]]]:
@@ -167,6 +212,12 @@ async def _json(send: Any, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _too_large_error(request: Any, exc: RequestTooLarge) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=413, content={"error": str(exc)})
+
+
 async def _validation_error(request: Any, exc: Any) -> Any:
     from fastapi.responses import JSONResponse
 
@@ -199,15 +250,26 @@ def quiet_logging(access_log: bool) -> None:
 class TransformerServer(kserve.ModelServer):
     """``kserve.ModelServer``, REST only, on ``host``, with the changes of the module docstring."""
 
-    def __init__(self, host: str, max_request_bytes: int, model_name: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        host: str,
+        max_request_bytes: int,
+        model_name: str,
+        *,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(enable_grpc=False, workers=1, **kwargs)
         self.host = host
+        self.read_timeout_s, self.max_connections = read_timeout_s, max_connections
         self.dataplane = BinarySafeDataPlane(model_registry=self.registered_models)
         app = model_server.app
         app.add_middleware(EdgeGuard, model_name=model_name, max_request_bytes=max_request_bytes)
         from fastapi.exceptions import RequestValidationError
 
         app.add_exception_handler(RequestValidationError, _validation_error)
+        app.add_exception_handler(RequestTooLarge, _too_large_error)
 
     def start(self, models: list[Any]) -> None:
         import asyncio
@@ -223,6 +285,7 @@ class TransformerServer(kserve.ModelServer):
             timeout_keep_alive=self.timeout_keep_alive,
         )
         self._rest_server.config.host = self.host  # kserve hard-codes 0.0.0.0
+        guard_uvicorn(self._rest_server.config, self.read_timeout_s, self.max_connections)
         self.servers.append(self._rest_server.start())
         self.setup_event_loop()
         self.register_signal_handler()
@@ -244,6 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--max_images", type=int, default=DEFAULT_MAX_IMAGES)
     p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument(
+        "--max_request_pixels",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_PIXELS,
+        help="decoded pixels of all images of one request (413 over it)",
+    )
+    p.add_argument(
+        "--max_response_bytes",
+        type=int,
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        help="bytes of one answer as sent (413 over it)",
+    )
+    p.add_argument(
+        "--read_timeout_s",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="seconds a client has to send a request's headers and body",
+    )
+    p.add_argument(
+        "--max_connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="connections and requests at once (503 over it)",
+    )
     p.add_argument("--access_log", action="store_true", help="log one line per request")
     p.add_argument("--logger_url", help="post each request/response as a CloudEvent here")
     return p
@@ -265,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.predictor_model,
         max_pixels=args.max_pixels,
         max_images=args.max_images,
+        max_request_pixels=args.max_request_pixels,
+        max_response_bytes=args.max_response_bytes,
     )
     model.load()
     predictor = PredictorConfig(
@@ -276,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.host,
         args.max_request_bytes,
         args.model_name,
+        read_timeout_s=args.read_timeout_s,
+        max_connections=args.max_connections,
         http_port=args.http_port,
         predictor_config=predictor,
         enable_latency_logging=False,

@@ -11,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 from depth_common.config import Params
+from depth_common.errors import Stopped
 from depth_common.registry.tracking import TaskContext
 from depth_common.training import distributed
 
@@ -19,7 +20,7 @@ class TrainingError(RuntimeError):
     """The run produced no usable model (every validation gave a non-finite RMSE)."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(Stopped, RuntimeError):
     """SIGTERM stopped the run after it saved a resumable ``last.pt``."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from depth_common.atomic import claim_dir
 from depth_common.config import ConfigError, Params
 from depth_common.data.digest import file_sha256
 from depth_common.data.samplers import eval_sampler, train_sampler
@@ -264,6 +265,8 @@ def _train(
     context: TaskContext,
 ) -> TrainResult:
     t_cfg, device = params.training, ctx.device
+    if ctx.is_main:  # the checkpoints directory: refuse a foreign one before any work
+        claim_dir(out_dir)
     distributed.seed_everything(t_cfg.seed)  # the same initial weights on every rank
     # DDP: each rank feeds micro-batches of batch_size / (world x accumulation) samples.
     plan = distributed.plan_batches(params.data.batch_size, ctx.world_size, t_cfg.micro_batch_size)
@@ -357,11 +360,9 @@ def _fit(
             "look at train_loss in the history (a learning rate too high, or bad data)"
         )
     if settings.log_metrics and state.run_id is not None:
-        from depth_common.model.checkpoint import model_from_checkpoint
         from depth_common.registry import tracking
 
-        best_model, _ = model_from_checkpoint(best_path)
-        tracking.log_pytorch_model(state.run_id, best_model, params.data.img_size)
+        tracking.log_model(state.run_id, best_path, params.data.img_size)
         tracking.log_artifact(state.run_id, best_path, "checkpoint")
         # The file's digest, not its path: the path is scratch the pipeline step deletes.
         tracking.set_tags(state.run_id, {CHECKPOINT_SHA256: file_sha256(best_path)})

@@ -41,14 +41,18 @@ CLUSTER_KEYS = (
         # a range (an integer given for a number is shown as the number it would be)
         ("training.si_lambda=1.5", "training.si_lambda: got 1.5, expected a number in [0, 1]"),
         ("export.opset=12", "export.opset: got 12, expected an ONNX opset in [13, 21]"),
-        ("training.dist_timeout_s=0", "training.dist_timeout_s: got 0.0, expected seconds > 0"),
+        (
+            "training.dist_timeout_s=0",
+            "training.dist_timeout_s: got 0.0, expected seconds in (0, 604800] (a week)",
+        ),
         (
             "promotion.challenger_ttl_s=59",
-            "promotion.challenger_ttl_s: got 59, expected an integer >= 60",
+            "promotion.challenger_ttl_s: got 59, expected an integer in [60, 604800] (seconds a "
+            "registered challenger counts as being rolled out)",
         ),
         (
             "training.max_train_batches=0",
-            "training.max_train_batches: got 0, expected null or an integer >= 1",
+            "training.max_train_batches: got 0, expected null or an integer in [1, 1000000000]",
         ),
         (
             "export.triton_model_name=a/b",
@@ -180,3 +184,71 @@ def test_importing_the_config_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # the red team's values: each ended in a traceback or was accepted
+        ("training.seed=1180591620717411303424", "training.seed: got 1180591620717411303424, "
+         "expected an integer in [0, 4294967295] (a NumPy/PyTorch seed)"),
+        ("export.instance_count=1000000", "export.instance_count: got 1000000, expected an "
+         "integer in [1, 64] (model instances)"),
+        ("model.decoder_features=1000000000", "model.decoder_features: got 1000000000, "
+         "expected an integer in [8, 4096] (decoder channels)"),
+        ("deploy.probe_images=1000000000", "deploy.probe_images: got 1000000000, expected an "
+         "integer in [1, 10000] (probe requests)"),
+        ("training.encoder_lr=.inf", "training.encoder_lr: got inf, expected a learning rate "
+         "in [0, 1000000]"),
+        ("training.dist_timeout_s=.inf", "training.dist_timeout_s: got inf, expected seconds "
+         "in (0, 604800] (a week)"),
+        ("augmentation.crop_scale=[.nan, 1.0]", "augmentation.crop_scale[0]: got nan, "
+         "expected a finite number"),
+        ("data.img_size=[100000, 64]", "data.img_size: got [100000, 64], expected sizes in "
+         "[1, 8192] (pixels)"),
+        ("deploy.max_request_pixels=0", "deploy.max_request_pixels: got 0, expected an integer "
+         "in [1, 1000000000] (decoded pixels of all images of a request)"),
+        ("deploy.read_timeout_s=.inf", "deploy.read_timeout_s: got inf, expected seconds in "
+         "(0, 300] a client has to send a request (headers and body)"),
+    ],
+)  # fmt: skip
+def test_every_number_has_a_finite_range(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_params(PARAMS_FILE, [override])
+    assert str(exc.value) == f"{PARAMS_FILE}: {message}"
+    assert "\n" not in str(exc.value)
+
+
+def _numeric_fields(model) -> list[tuple[str, object]]:
+    import typing
+
+    from pydantic import BaseModel
+
+    found = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            found += [(f"{name}.{k}", f) for k, f in _numeric_fields(ann)]
+            continue
+        if typing.get_origin(ann) is tuple:
+            continue  # lists: bounded by their own validators (img_size, hooks, canary_steps)
+        args = {ann} | {
+            typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+            for a in typing.get_args(ann)
+        }  # Int | None: the int inside the Annotated of the union
+        if args & {int, float}:
+            found.append((name, info))
+    return found
+
+
+def test_no_scalar_number_is_left_without_an_upper_bound():
+    """Every int/float key (not lists, checked by their own validators) states a maximum."""
+    from depth_common.config import Params
+
+    unbounded = [
+        key
+        for key, info in _numeric_fields(Params)
+        if not any(hasattr(m, "le") or hasattr(m, "lt") for m in info.metadata)
+        and key != "data.max_depth"  # bounded by its model validator, with data.min_depth
+    ]
+    assert unbounded == []

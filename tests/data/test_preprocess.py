@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from depth_common.atomic import parse_temp_name
+from depth_common.atomic import UnmanagedDirectoryError, mark_managed, parse_temp_name
 from depth_common.cli.parser import main
 from depth_common.config import load_params
 from depth_common.data import discover, disparity_to_depth, read_camera, resize_depth_nearest
@@ -359,7 +359,18 @@ def test_one_run_at_a_time_per_output_directory(synthetic_raw, tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
+    mark_managed(out)  # as the running preprocess did
     with open(out / ".preprocess.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running preprocess holds it
         with pytest.raises(DataError, match="another preprocessing run is writing here"):
             preprocess_dataset(synthetic_raw, out, _cfg("data.img_size=[64,128]"), progress=False)
+
+
+def test_never_writes_into_a_directory_it_did_not_make(synthetic_raw, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "train").mkdir()
+    (home / "train" / "notes.txt").write_text("mine")
+    with pytest.raises(UnmanagedDirectoryError, match=f"^{home}: not empty"):
+        preprocess_dataset(synthetic_raw, home, _cfg("data.img_size=[64,128]"), progress=False)
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == ["train", "train/notes.txt"]

@@ -150,8 +150,9 @@ def test_first_deploy_creates_waits_and_smoke_tests(served) -> None:
         assert "POST" in _methods(k8s) and not k8s.patches()
         created = next(r.body for r in k8s.requests if r.method == "POST")
         assert created == build_inferenceservice(
-            "cpu", name=NAME, namespace=NS, storage_uri=NEW, model_version=3
-        )
+            "cpu", name=NAME, namespace=NS, storage_uri=NEW, model_version=3,
+            transformer_args=CFG.transformer_args(),
+        )  # fmt: skip
         # Ready only after the progressing status: at least stale + progress + 1 status reads.
         assert _methods(k8s).count("GET") >= 1 + k8s.progress_polls + 1
     assert result.smoke.ok, result.smoke.detail
@@ -199,6 +200,24 @@ def test_failing_smoke_test_rolls_back(served) -> None:
     assert result is not None and not result.smoke.ok and result.smoke.max_abs_diff > 1e-3
     report = write_deploy_report(result)
     assert "# Deploy: FAILED" in report and f"| rolled back to | `{OLD}` |" in report
+
+
+def test_the_transformer_gets_the_limits_of_params() -> None:
+    cfg = DeployConfig(
+        name=NAME, timeout_s=5, max_request_pixels=1_000_000, max_response_bytes=2048,
+        read_timeout_s=7.5, max_connections=9,
+    )  # fmt: skip
+    with KServeApiDouble(outcomes={NEW: "load-failed"}) as k8s:
+        with pytest.raises(DeployError):
+            deploy_kserve(NEW, 1, cfg, namespace=NS, api=k8s.api(), **FAST)
+        (created,) = [r.body for r in k8s.requests if r.method == "POST"]
+    args = created["spec"]["transformer"]["containers"][0]["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--max_request_pixels"] == "1000000"
+    assert flags["--max_response_bytes"] == "2048"
+    assert flags["--read_timeout_s"] == "7.5"
+    assert flags["--max_connections"] == "9"
+    assert flags["--model_name"] == "depth"  # the manifest's own arguments are kept
 
 
 def test_annotations_carry_the_lineage_of_the_onnx_file(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from depth_common.atomic import UnmanagedDirectoryError, mark_managed
 from depth_common.deploy.local import deploy_local, install_repository, latest_version
 from depth_common.deploy.report import DeployError, write_deploy_report
 from depth_common.errors import DataError
@@ -32,12 +33,26 @@ def _nothing_listens(port: int) -> bool:
     return False
 
 
+def test_install_never_replaces_a_directory_the_project_did_not_write(tmp_path: Path) -> None:
+    """``rollback --set export.repository_dir=~`` must not move a home directory aside."""
+    src, home = tmp_path / "src", tmp_path / "home"
+    (src / "depth" / "1").mkdir(parents=True)
+    (home / "photos").mkdir(parents=True)
+    (home / "photos" / "a.jpg").write_bytes(b"jpeg")
+    with pytest.raises(UnmanagedDirectoryError, match=f"^{home}: not empty and not written"):
+        install_repository(src, home)
+    assert [p.name for p in home.rglob("*")] == ["photos", "a.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "src"]
+
+
 def test_install_replaces_the_tree_whole(tmp_path: Path) -> None:
     src, dest = tmp_path / "src", tmp_path / "serve" / "repo"
     (src / "depth" / "2").mkdir(parents=True)
     (src / "depth" / "config.pbtxt").write_text("new")
+    mark_managed(src)  # as build_triton_repository leaves it
     (dest / "depth" / "1").mkdir(parents=True)
     (dest / "depth" / "1" / "stale.onnx").write_text("old")
+    mark_managed(dest)  # an earlier install wrote it
     assert install_repository(src, dest) == dest.resolve()
     assert _digest(dest) == _digest(src)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["repo"]  # no staging leftovers

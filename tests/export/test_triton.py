@@ -11,6 +11,7 @@ from google.protobuf import text_format
 from helpers import TinyDepthNet
 from tritonclient.grpc import model_config_pb2 as mc
 
+from depth_common.atomic import MARKER, UnmanagedDirectoryError
 from depth_common.config import ExportConfig, params_from_dict
 from depth_common.errors import DataError
 from depth_common.export.onnx import export_model
@@ -32,7 +33,9 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MARKER
+    )
 
 
 def test_layout_and_config(onnx_file: Path, tmp_path: Path) -> None:
@@ -194,6 +197,21 @@ def test_parse_model_config_names_the_file(tmp_path: Path) -> None:
     bad.write_text('name: "depth"\nmax_batch_sise: 8\n')
     with pytest.raises(DataError, match=r"config\.pbtxt: not a valid Triton model config"):
         parse_model_config(bad)
+
+
+def test_versions_are_never_written_into_a_foreign_directory(
+    onnx_file: Path, tmp_path: Path
+) -> None:
+    foreign = tmp_path / "home"
+    (foreign / "depth" / "1").mkdir(parents=True)
+    (foreign / "depth" / "1" / "thesis.tex").write_text("mine")
+    with pytest.raises(UnmanagedDirectoryError, match=f"^{foreign}: not empty"):
+        build_triton_repository(onnx_file, foreign, version=1)
+    assert _files(foreign) == ["depth/1/thesis.tex"]
+    repo = build_triton_repository(onnx_file, tmp_path / "repo", version=1)
+    assert (repo / MARKER).is_file()
+    build_triton_repository(onnx_file, repo, version=2)  # its own repository: versions added
+    assert "depth/2/model.onnx" in _files(repo)
 
 
 def test_the_canonical_focal_travels_from_onnx_metadata_to_every_config(tmp_path: Path) -> None:

@@ -189,3 +189,44 @@ def test_the_transformer_image_is_built_on_the_component_images_base_with_labels
         in builds[1]
     )
     assert "org.opencontainers.image.revision=" in builds[1]
+
+
+def test_by_default_what_can_be_built_is_built_and_a_skip_is_one_line(tmp_path: Path) -> None:
+    """Without TensorRT's libraries (not on PyPI) the CUDA image cannot be built: `make images`
+    builds the others and says in one line what it skipped and how to build it."""
+    fake = _fake_docker(tmp_path)
+    fake["env"]["WHEEL_CACHE"] = str(tmp_path / "cache")
+    out = _build(fake)
+    assert out.returncode == 0, out.stderr
+    built = [t.split()[-1] for t in _calls(fake, "tag")]
+    assert built == [CPU_IMAGE, TRANSFORMER_IMAGE]
+    skips = [line for line in out.stderr.splitlines() if "skipping" in line]
+    assert skips == [
+        f"images: skipping cuda (TensorRT {IMAGES_ENV['TENSORRT_VERSION']}'s libraries are not on "
+        "PyPI: make images IMAGES=cuda IMAGE_ARGS='--extra-index URL' or '--wheels DIR')"
+    ]
+    assert out.stderr.rstrip().endswith("; skipped cuda")
+
+
+@pytest.mark.parametrize("how", ["extra-index", "wheels"])
+def test_the_cuda_image_is_built_by_default_where_tensorrt_is_reachable(
+    tmp_path: Path, how: str
+) -> None:
+    fake = _fake_docker(tmp_path)
+    fake["env"]["WHEEL_CACHE"] = str(tmp_path / "cache")
+    if how == "extra-index":
+        args = ["--extra-index", "https://pypi.example/simple"]
+    else:
+        wheels = tmp_path / "wheels"
+        wheels.mkdir()
+        version = IMAGES_ENV["TENSORRT_VERSION"]
+        (wheels / f"tensorrt_cu12_libs-{version}-py2.py3-none-manylinux_2_17_x86_64.whl").touch()
+        args = ["--wheels", str(wheels)]
+    out = _build(fake, *args)
+    assert out.returncode == 0, out.stderr
+    assert [t.split()[-1] for t in _calls(fake, "tag")] == [
+        CPU_IMAGE,
+        CUDA_IMAGE,
+        TRANSFORMER_IMAGE,
+    ]
+    assert "skipping" not in out.stderr

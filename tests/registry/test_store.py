@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from depth_common.errors import DataError
-from depth_common.registry.store import ensure_sqlite_store
+from depth_common.registry.store import ensure_sqlite_store, require_sqlite_store
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE = "import sys; from depth_common.registry.store import ensure_sqlite_store as e; print(e(sys.argv[1]))"
@@ -122,3 +122,18 @@ def test_non_sqlite_uris_and_garbage_files(tmp_path: Path) -> None:
     junk.write_bytes(b"not a database" * 100)
     with pytest.raises(DataError, match="junk.db: not a readable SQLite database"):
         ensure_sqlite_store(f"sqlite:///{junk}")
+
+
+def test_a_read_only_opener_refuses_a_missing_store_and_creates_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "typo" / "mlflow.db"
+    with pytest.raises(DataError, match=f"^no MLflow store at {db} "):
+        require_sqlite_store(f"sqlite:///{db}")
+    assert not (tmp_path / "typo").exists()
+    empty = tmp_path / "empty.db"
+    empty.touch()  # MLflow would build its schema into a zero-byte file
+    with pytest.raises(DataError, match="no MLflow store at"):
+        require_sqlite_store(f"sqlite:///{empty}")
+    assert empty.stat().st_size == 0
+    ensure_sqlite_store(f"sqlite:///{tmp_path / 'real.db'}")
+    require_sqlite_store(f"sqlite:///{tmp_path / 'real.db'}")  # an existing store: fine
+    require_sqlite_store("http://mlflow:5000")  # a tracking server's: not ours to check

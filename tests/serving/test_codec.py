@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from depth_common.errors import DataError
@@ -208,3 +210,50 @@ def test_resize_depth_bilinear_matches_torch() -> None:
     )[0, 0].numpy()
     np.testing.assert_allclose(resize_depth_bilinear(d, (30, 44)), want, atol=1e-4)
     assert resize_depth_bilinear(d, (12, 20)) is d
+
+
+def _mutated_tiff(mode: str, offset: int, value: int) -> bytes:
+    """A small TIFF of ``mode`` with one byte changed (found by a mutation fuzz of load_rgb)."""
+    rgb = (np.arange(24 * 32 * 3) % 251).astype(np.uint8).reshape(24, 32, 3)
+    data = bytearray(_encode(Image.fromarray(rgb).convert(mode), "TIFF"))
+    data[offset] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("mode", "offset", "value"),
+    [("RGBA", 72, 2), ("1", 60, 5)],  # Pillow raised TypeError for both (a 500 in the server)
+)
+def test_a_corrupt_tiff_tag_is_a_decode_error(mode: str, offset: int, value: int) -> None:
+    with pytest.raises(ImageDecodeError, match="^upload.tif: truncated or corrupt"):
+        load_rgb(_mutated_tiff(mode, offset, value), source="upload.tif")
+
+
+_SEEDS = [
+    _encode(Image.fromarray((np.arange(12 * 16 * 3) % 251).astype(np.uint8).reshape(12, 16, 3))
+            .convert(mode), fmt)
+    for mode, fmt in [("RGB", "PNG"), ("RGB", "JPEG"), ("RGBA", "TIFF"), ("1", "TIFF"),
+                      ("F", "TIFF"), ("P", "GIF"), ("RGB", "BMP"), ("RGB", "WEBP"), ("L", "PPM")]
+]  # fmt: skip
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(
+    seed=st.sampled_from(_SEEDS),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+    cut=st.integers(1, 10**6),
+)
+def test_fuzzed_images_decode_or_are_refused_never_crash(
+    seed: bytes, edits: list[tuple[int, int]], cut: int
+) -> None:
+    """Mutated images of every allowed format: an RGB array or an ImageDecodeError, nothing else
+    (bounded and seeded: the same 300 cases every run, a few seconds)."""
+    data = bytearray(seed[: max(1, cut % (len(seed) + 1))])
+    for offset, value in edits:
+        data[offset % len(data)] = value
+    try:
+        rgb = load_rgb(bytes(data), source="fuzz")
+    except ImageDecodeError as exc:
+        assert str(exc).startswith("fuzz: ")
+        return
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3

@@ -29,6 +29,7 @@ from depth_common.serving.demo import (
     DISPLAY_MAX_SIDE,
     OnnxPredictor,
     build_demo,
+    demo_server,
     display_size,
     make_predict_fn,
     render_side_by_side,
@@ -61,13 +62,23 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def app(model: Path, examples: list[Path]) -> Iterator[tuple[Any, str]]:
+    """The demo as ``launch_demo`` serves it (:func:`demo_server`), in a thread."""
+    import threading
+
     demo = build_demo(onnx_path=model, examples=examples)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    server = demo_server(demo, "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the demo did not start"
+        time.sleep(0.05)
     try:
         yield demo, f"http://127.0.0.1:{port}"
     finally:
-        demo.close()
+        server.should_exit = True
+        thread.join(15)
 
 
 def _expected_picture(model: Path, rgb: np.ndarray) -> np.ndarray:
@@ -340,3 +351,45 @@ def test_endpoint_and_transformer_modes_give_the_same_picture_as_onnxruntime(
     assert "170x70 px" in summary
     np.testing.assert_array_equal(image_picture, picture)
     assert image_summary == summary
+
+
+def test_the_served_demo_closes_slow_clients_and_caps_connections(model: Path) -> None:
+    """launch_demo's server: the page loads; a request not sent within deploy.read_timeout_s
+    gets a 408 and is closed; over deploy.max_connections, a 503 (127.0.0.1, 4 sockets)."""
+    import socket
+    import threading
+
+    from depth_common.config import DeployConfig
+
+    port = free_port()
+    limits = DeployConfig(read_timeout_s=0.5, max_connections=3)
+    server = demo_server(build_demo(onnx_path=model), "127.0.0.1", port, limits)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def get() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return sock.recv(64)
+
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline, "the demo did not start"
+            time.sleep(0.05)
+        assert get().startswith(b"HTTP/1.1 200")
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        for sock in slow:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Never-Ends")
+        time.sleep(0.1)
+        assert get().startswith(b"HTTP/1.1 503")
+        for sock in slow:
+            with sock:
+                reply = b""
+                while chunk := sock.recv(4096):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408")
+        assert get().startswith(b"HTTP/1.1 200")
+    finally:
+        server.should_exit = True
+        thread.join(15)

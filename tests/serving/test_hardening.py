@@ -193,9 +193,7 @@ def _status(url: str, method: str = "GET", headers: dict | None = None, body: by
         ("GET", "/v2/logging"),
     ],
 )
-def test_admin_apis_need_the_admin_header(
-    server: LocalTritonServer, method: str, path: str
-) -> None:
+def test_admin_apis_are_refused(server: LocalTritonServer, method: str, path: str) -> None:
     base = f"http://{server.http_url}"
     code, body = _status(base + path, method)
     assert code == 403 and b"restricted" in body, (code, body)
@@ -203,20 +201,38 @@ def test_admin_apis_need_the_admin_header(
     assert _status(base + "/v2/models/depth/config")[0] == 200  # clients need this one
 
 
-def test_statistics_with_the_admin_header_and_over_grpc(server: LocalTritonServer) -> None:
-    key, value = server.admin_header
-    code, body = _status(f"http://{server.http_url}/v2/models/depth/stats", headers={key: value})
-    assert code == 200 and json.loads(body)["model_stats"][0]["name"] == "depth"
+def test_no_key_is_on_the_command_line_and_the_admin_apis_are_off(
+    server: LocalTritonServer,
+) -> None:
+    """/proc/PID/cmdline is readable by every local user: it holds no key that opens anything.
+    The header the admin APIs require has a line break in its value, which no HTTP request
+    can carry (a raw socket tries the ways a parser might fold it) and gRPC refuses."""
+    import socket
+
+    argv = Path(f"/proc/{server.triton_pid}/cmdline").read_bytes().split(b"\0")
+    restricted = [a for a in argv if a.startswith(b"--http-restricted-api=")]
+    assert restricted == [b"--http-restricted-api=shared-memory,statistics,model-repository,"
+                          b"trace,logging:depth-api=off\n"]  # fmt: skip
+    host, port = server.http_url.split(":")
+    for header in (b"depth-api: off", b"depth-api: off\n", b"depth-api: off\r\n ",
+                   b"depth-api: off\n ", b"depth-api: off\\n", b"depth-api: off\r"):  # fmt: skip
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /v2/models/depth/stats HTTP/1.1\r\nHost: x\r\n" + header
+                         + b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert not reply.startswith(b"HTTP/1.1 200"), (header, reply[:200])
     import tritonclient.grpc as tc
     from tritonclient.utils import InferenceServerException
 
     client = tc.InferenceServerClient(server.grpc_url)
-    with pytest.raises(InferenceServerException, match="restricted"):
-        client.get_inference_statistics("depth", client_timeout=10)
-    grpc_key, grpc_value = server.admin_grpc_header
-    headers = {grpc_key: grpc_value}
-    stats = client.get_inference_statistics("depth", headers=headers, client_timeout=10)
-    assert stats.model_stats[0].name == "depth"
+    for value in ("off", "off\n"):
+        with pytest.raises(InferenceServerException, match="restricted|Invalid metadata"):
+            client.get_inference_statistics(
+                "depth", headers={"triton-grpc-protocol-depth-api": value}, client_timeout=10
+            )
+    assert _status(f"http://{server.http_url}/v2/health/ready")[0] == 200
 
 
 def test_a_taken_port_is_refused_and_the_first_server_keeps_serving(

@@ -322,6 +322,13 @@ def _binary_body(header: dict, payload: bytes) -> tuple[bytes, dict]:
     }
 
 
+def _binary_body_raw(head: bytes) -> tuple[bytes, dict]:
+    return head, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(head)),
+    }
+
+
 def _bytes_tensor(*items: bytes) -> bytes:
     return b"".join(len(i).to_bytes(4, "little") + i for i in items)
 
@@ -329,8 +336,6 @@ def _bytes_tensor(*items: bytes) -> bytes:
 def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
     js = {"Content-Type": "application/json"}
     photo = (PHOTOS / "rocket.jpg").read_bytes()
-    bomb = io.BytesIO()
-    Image.new("L", (9000, 9000)).save(bomb, "PNG")  # 81 MP of zeros: a few KB compressed
 
     def v2(data: list, datatype: str = "BYTES", name: str = "image_bytes") -> bytes:
         return json.dumps({"inputs": [{"name": name, "shape": [len(data)],
@@ -346,7 +351,19 @@ def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
         ("not-an-image", v2p, v2([b64(b"hello world")]), js, "not a readable image"),
         ("truncated", v2p, v2([b64(photo[:4000])]), js, "truncated"),
         ("zero-bytes", v2p, v2([""]), js, "empty (0 bytes)"),
-        ("bomb", v2p, v2([b64(bomb.getvalue())]), js, "81,000,000 pixels is over the limit"),
+        (
+            "deep-header",
+            v2p,
+            *_binary_body_raw(b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+            "nested too deeply",
+        ),  # fmt: skip
+        (
+            "base64-not-ascii",
+            v1p,
+            json.dumps({"instances": [{"image_bytes": {"b64": "aGk=\u00e9"}}]}).encode(),
+            js,
+            "not valid base64",
+        ),  # fmt: skip
         ("wrong-datatype", v2p, v2([1.0], "FP32"), js, "datatype FP32, expected BYTES"),
         ("missing-input", v2p, v2([b64(photo)], name="image"), js, "expected one input"),
         ("no-inputs", v2p, b'{"outputs": []}', js, "malformed request"),
@@ -377,7 +394,7 @@ def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
                 },
                 (999).to_bytes(4, "little") + b"abcd",
             ),
-            "length prefix says 999",
+            "not a BYTES tensor of shape [1]",
         ),  # fmt: skip
         (
             "v2-focal-zero",
@@ -418,6 +435,35 @@ def test_bad_inputs_get_a_400_and_both_servers_stay_ready(
     code, raw, _ = _post(transformer.url + path, body, headers)
     assert code == 400, (code, raw[:300])
     assert message.replace("\\", "") in json.loads(raw)["error"], raw[:300]
+    with DepthClient(transformer.url, mode="image") as client:
+        assert client.ready()
+    with DepthClient(triton.http_url) as client:
+        assert client.ready()
+
+
+def _one_colour_png(size: tuple[int, int], mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, "PNG")  # one colour: a few KB compressed
+    return buf.getvalue()
+
+
+def test_requests_over_the_limits_get_a_413_before_any_work(stack) -> None:
+    """A decompression bomb (81 MP) and the red team's 16 KB PNG asking for 70 MiB of JSON depth:
+    413 naming the params key, and both servers stay ready."""
+    triton, transformer = stack
+    url = transformer.url + "/v2/models/depth/infer"
+    bomb = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                   "data": [base64.b64encode(_one_colour_png((9000, 9000))).decode()]}]})  # fmt: skip
+    code, raw, _ = _post(url, bomb.encode(), {"Content-Type": "application/json"})
+    assert code == 413, raw[:300]
+    assert "81,000,000 pixels in all" in json.loads(raw)["error"]
+    assert "deploy.max_request_pixels" in json.loads(raw)["error"]
+    png = _one_colour_png((2000, 2000), "RGB")
+    header = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                          "parameters": {"binary_data_size": len(png) + 4}}],
+              "outputs": [{"name": "depth"}]}  # fmt: skip
+    code, raw, _ = _post(url, *_binary_body(header, _bytes_tensor(png)))
+    assert code == 413 and "deploy.max_response_bytes" in json.loads(raw)["error"], raw[:300]
     with DepthClient(transformer.url, mode="image") as client:
         assert client.ready()
     with DepthClient(triton.http_url) as client:

@@ -10,12 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import DEMO
 
+from depth_common.atomic import MARKER, UnmanagedDirectoryError
 from depth_common.config import Params, load_params
-from depth_common.model.checkpoint import load_checkpoint
+from depth_common.model.checkpoint import load_checkpoint, model_from_checkpoint
 from depth_common.training.state import lr_factor
 from depth_common.training.train import TrainingError, TrainingInterrupted, train
 
@@ -64,9 +66,15 @@ def test_epochs_zero_saves_initial_model_and_logs(processed_data, tiny_params, t
     assert run.data.metrics["val_rmse"] == pytest.approx(result.best_val["val_rmse"])
     names = {a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoint")}
     assert names == {"checkpoint/best.pt"}
-    # the MLflow model loads back and predicts like the checkpoint
-    model = mlflow.pytorch.load_model(f"runs:/{result.mlflow_run_id}/model")
-    assert model(torch.zeros(1, 3, 64, 128)).shape == (1, 1, 64, 128)
+    # the MLflow model loads back (no pickle in it) and predicts like the checkpoint
+    files = {a.path for a in client.list_artifacts(result.mlflow_run_id, "model")}
+    assert not any(f.endswith((".pkl", ".pth", "pickle")) for f in files), files
+    model = mlflow.pyfunc.load_model(f"runs:/{result.mlflow_run_id}/model")
+    x = torch.rand(2, 3, 64, 128)
+    reference, _ = model_from_checkpoint(result.checkpoint_path)
+    with torch.no_grad():
+        want = reference(x).numpy()
+    np.testing.assert_array_equal(model.predict(x.numpy()), want)
 
 
 def test_mlflow_per_epoch_metrics(processed_data, tiny_params, tmp_path) -> None:
@@ -205,14 +213,14 @@ def test_a_run_with_no_finite_validation_fails(processed_data, tiny_params, tmp_
     train(params, processed_data, out)
     assert (out / "best.pt").is_file()  # an earlier, healthy run's model
     diverging = params.with_overrides(
-        ["training.encoder_lr=1.0e+30", "training.decoder_lr=1.0e+30", "training.grad_clip=0"]
+        ["training.encoder_lr=1.0e+6", "training.decoder_lr=1.0e+6", "training.grad_clip=0"]
     )
     with pytest.raises(TrainingError, match=r"every validation gave a non-finite val_rmse"):
         train(diverging, processed_data, out)
     assert not (out / "best.pt").exists()
     run_id = load_checkpoint(out / "last.pt")["mlflow_run_id"]  # the diverging run's
     run = mlflow.MlflowClient(params.mlflow.tracking_uri).get_run(run_id)
-    assert run.info.status == "FAILED" and run.data.params["training.encoder_lr"] == "1e+30"
+    assert run.info.status == "FAILED" and run.data.params["training.encoder_lr"] == "1000000.0"
 
 
 def test_resume_refuses_a_different_model(processed_data, tiny_params, tmp_path) -> None:
@@ -258,3 +266,14 @@ def test_learning_beats_median_baseline(tmp_path) -> None:
     )
     assert trained < 0.75 * baseline["abs_rel"]
     assert result.best_val["val_rmse"] < baseline["rmse"]
+
+
+def test_checkpoints_never_go_into_a_foreign_directory(processed_data, tiny_params, tmp_path):
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "best.pt").write_bytes(b"someone else's")
+    with pytest.raises(UnmanagedDirectoryError, match=f"^{foreign}: not empty"):
+        train(tiny_params, processed_data, foreign)
+    assert (foreign / "best.pt").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in foreign.iterdir()) == ["best.pt"]
+    assert MARKER not in {p.name for p in foreign.iterdir()}
