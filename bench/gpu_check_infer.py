@@ -202,9 +202,8 @@ def build_tensorrt(onnx_path: Path, work: Path, export_cfg: ExportConfig) -> dic
     build + serialise), ``plan_mb``, ``tensorrt`` (version), ``parity`` per profile batch
     (``check_trt_parity``'s statistics) and ``plan`` (its path) when the gate passed.
     """
-    from depth_common.export.onnx import ParityError
+    from depth_common.errors import ParityError, TensorRTUnavailable
     from depth_common.export.tensorrt import (
-        TensorRTUnavailable,
         build_engine,
         check_trt_parity,
         gpu_available,

@@ -16,7 +16,8 @@ from typing import Any
 
 from bench.bench_export import MODELS
 from depth_common.cli.parser import add_params_arguments
-from depth_common.config import ConfigError, Params, load_params
+from depth_common.config import Params, load_params
+from depth_common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The measured model: params.yaml's default vit_base_patch16_224 DPT at 224x224, random weights.

@@ -22,7 +22,8 @@ def configure(base_params: str, keys: dict, values: dict, overrides: list) -> Na
     import yaml
 
     from depth_common.cli.startup import record_startup
-    from depth_common.config import ConfigError, params_from_dict
+    from depth_common.config import params_from_dict
+    from depth_common.errors import ConfigError
 
     record_startup("configure")
 

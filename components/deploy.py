@@ -24,9 +24,10 @@ def deploy(
     from depth_common.config import params_from_dict
     from depth_common.data.synthetic import probe_scenes
     from depth_common.deploy.probe import ProbeSet
-    from depth_common.deploy.report import DeployError, canary_chart_markdown, write_deploy_report
+    from depth_common.deploy.report import canary_chart_markdown, write_deploy_report
     from depth_common.deploy.rollout import deploy_model, serving_target
     from depth_common.deploy.target import Release
+    from depth_common.errors import DeployError
     from depth_common.export.onnx import file_sha256
     from depth_common.export.triton import read_onnx_io
     from depth_common.registry.lineage import record_artifacts, record_serving

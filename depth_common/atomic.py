@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from depth_common.errors import DataError
+from depth_common.errors import UnmanagedDirectoryError
 
 DAY_S = 86400.0
 #: The file that says "this project wrote this directory and may replace it".
@@ -73,10 +73,6 @@ def parse_temp_name(name: str) -> TempName | None:
     """The parts of a name made by :func:`temp_sibling`; ``None`` for any other name."""
     m = _TEMP_RE.match(name)
     return TempName(m["target"], int(m["pid"]), m["host"]) if m else None
-
-
-class UnmanagedDirectoryError(DataError):
-    """A directory the project would replace or write into holds files it did not write."""
 
 
 def check_managed(path: str | Path) -> None:

@@ -18,11 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depth_common.errors import DataError
-
-
-class ContainerError(RuntimeError):
-    """No engine, no image, or an image that cannot run the pipeline."""
+from depth_common.errors import ContainerError, DataError
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ import yaml
 from depth_common.cli.parser import add_params_arguments
 from depth_common.cli.startup import ENV as STARTUP_ENV
 from depth_common.cli.startup import format_startup, read_startup_log
-from depth_common.config import ConfigError, Params, load_params, params_from_dict
+from depth_common.config import Params, load_params, params_from_dict
 from depth_common.config.params import overlay_overrides
-from pipelines.docker_run import ContainerError
+from depth_common.errors import ConfigError, ContainerError
 from pipelines.task_logs import TaskLogRouter
 
 RUNNERS = ("subprocess", "docker")

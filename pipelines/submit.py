@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from depth_common.config import ConfigError, load_params, parse_override
+from depth_common.config import load_params, parse_override
+from depth_common.errors import ConfigError
 
 DEFAULT_EXPERIMENT = "depth-estimation"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from depth_common.config import ConfigError
+from depth_common.errors import ConfigError
 from depth_common.threads import (
     affinity_cpus,
     cgroup_cpu_limit,

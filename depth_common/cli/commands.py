@@ -108,7 +108,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from depth_common.export.onnx import ParityError, export_onnx, log_onnx_to_mlflow
+    from depth_common.errors import ParityError
+    from depth_common.export.onnx import export_onnx, log_onnx_to_mlflow
 
     params = _params(args)
     try:
@@ -130,8 +131,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_export_tensorrt(args: argparse.Namespace) -> int:
-    from depth_common.export.onnx import ParityError
-    from depth_common.export.tensorrt import TensorRTUnavailable, export_tensorrt
+    from depth_common.errors import ParityError, TensorRTUnavailable
+    from depth_common.export.tensorrt import export_tensorrt
 
     params = _params(args)
     try:
@@ -171,8 +172,8 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from depth_common.errors import TritonServerError
     from depth_common.serving.local_stack import serve_forever
-    from depth_common.serving.server import TritonServerError
 
     params = _params(args)
     repository = args.repository or params.export.repository_dir
@@ -214,9 +215,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from depth_common.deploy.report import DeployError, write_deploy_report
+    from depth_common.deploy.report import write_deploy_report
     from depth_common.deploy.rollback import rollback
     from depth_common.deploy.rollout import serving_target
+    from depth_common.errors import DeployError
     from depth_common.registry.registry import Registry
 
     _log_info()
@@ -283,7 +285,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def _kfp_arguments(pairs: list[str]) -> dict[str, object]:
     import yaml
 
-    from depth_common.config import ConfigError
+    from depth_common.errors import ConfigError
 
     out: dict[str, object] = {}
     for text in pairs:

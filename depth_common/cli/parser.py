@@ -8,18 +8,12 @@ tritonclient) only when run, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from depth_common.cli import commands
-from depth_common.config import ConfigError
-from depth_common.errors import DataError, Stopped
-from depth_common.registry.lineage import LineageNotFound
-
-#: What a shell reports for a process that SIGTERM ended (128 + 15): a stopped run, not an error.
-EXIT_STOPPED = 128 + signal.SIGTERM
+from depth_common.errors import DepthError, Stopped, exit_code
 
 if TYPE_CHECKING:  # what add_subparsers returns (argparse does not name it publicly)
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -403,12 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, LineageNotFound) as exc:
+    except DepthError as exc:  # the project's errors: one line, the exit code of their kind
+        print(f"{'stopped' if isinstance(exc, Stopped) else 'error'}: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Stopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@ Every stage reads its configuration through :func:`load_params`. Overrides use t
 ``model.pretrained=false`` work).
 """
 
-from depth_common.config.base import ConfigError, ConfigModel
+from depth_common.config.base import ConfigModel
 from depth_common.config.cluster import ClusterConfig, toleration
 from depth_common.config.data import (
     DATA_LAYOUTS,
@@ -29,6 +29,7 @@ from depth_common.config.sections import (
     TrainingConfig,
 )
 from depth_common.config.serving import DeployConfig, ExportConfig
+from depth_common.errors import ConfigError
 
 __all__ = [
     "DATA_LAYOUTS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-from depth_common.config import ConfigError
+from depth_common.errors import ConfigError
 
 IMAGES_PACKAGE = "images"  # the repository's images/ folder, installed as package data
 

@@ -17,13 +17,11 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
+from depth_common.errors import ConfigError
+
 ENCODERS_FILE = Path(__file__).with_name("vit_encoders.json")
 FAMILY = "timm vision_transformer ViTs (vit_<size>_patch<N>_..., e.g. vit_tiny_patch16_224)"
 _PATCH = re.compile(r"_patch(\d+)")
-
-
-class EncoderError(ValueError):
-    """``model.encoder`` is not a supported ViT, or ``data.img_size`` does not fit its patches."""
 
 
 @cache
@@ -36,15 +34,15 @@ def patch_size(encoder: str) -> int:
     """The (square) patch size in pixels that ``encoder``'s name states."""
     match = _PATCH.search(encoder)
     if match is None:
-        raise EncoderError(f"{encoder!r}: no _patch<N> in the name (expected one of {FAMILY})")
+        raise ConfigError(f"{encoder!r}: no _patch<N> in the name (expected one of {FAMILY})")
     return int(match.group(1))
 
 
 def check_encoder(encoder: str, img_size: Sequence[int]) -> None:
-    """Raise ``EncoderError`` (message starting with the dotted key) unless ``encoder`` is a
+    """Raise ``ConfigError`` (message starting with the dotted key) unless ``encoder`` is a
     supported ViT and both sides of ``img_size`` are multiples of its patch size."""
     if encoder not in supported_encoders():
-        raise EncoderError(
+        raise ConfigError(
             f"model.encoder: {encoder!r} is not a supported encoder: expected one of the "
             f"{FAMILY}; the full list is {ENCODERS_FILE.name}"
         )
@@ -52,7 +50,7 @@ def check_encoder(encoder: str, img_size: Sequence[int]) -> None:
     h, w = (int(v) for v in img_size)
     if h % patch or w % patch:
         fit = [max(patch, round(v / patch) * patch) for v in (h, w)]
-        raise EncoderError(
+        raise ConfigError(
             f"data.img_size: {[h, w]} is not a multiple of {encoder}'s patch size {patch} "
             f"(expected e.g. {fit})"
         )

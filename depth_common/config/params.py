@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import Field, model_validator
 
-from depth_common.config.base import ConfigError, ConfigModel, reject_message, validate_section
+from depth_common.config.base import ConfigModel, reject_message, validate_section
 from depth_common.config.cluster import ClusterConfig
 from depth_common.config.data import DataConfig
 from depth_common.config.sections import (
@@ -24,6 +24,7 @@ from depth_common.config.sections import (
     TrainingConfig,
 )
 from depth_common.config.serving import DeployConfig, ExportConfig
+from depth_common.errors import ConfigError
 
 
 class Params(ConfigModel):
@@ -42,11 +43,11 @@ class Params(ConfigModel):
     def _encoder_fits_img_size(self) -> Params:
         # The encoder family and img_size vs its patch size, from a name list (no timm
         # import), so a bad value fails before any data work.
-        from depth_common.config.encoders import EncoderError, check_encoder
+        from depth_common.config.encoders import check_encoder
 
         try:
             check_encoder(self.model.encoder, self.data.img_size)
-        except EncoderError as exc:
+        except ConfigError as exc:
             reject_message(str(exc))
         return self
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from depth_common.deploy.analysis import StepAnalysis
 from depth_common.deploy.probe import VersionEndpoint
+from depth_common.errors import CanaryError
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ class CanaryOutcome:
     promoted: bool
     reason: str
     steps: tuple[StepAnalysis, ...] = field(default_factory=tuple)
-
-
-class CanaryError(RuntimeError):
-    """The rollout failed (not the analysis: an error); ``outcome`` holds the steps so far."""
-
-    def __init__(self, message: str, outcome: CanaryOutcome) -> None:
-        super().__init__(message)
-        self.outcome = outcome
 
 
 def _always_wanted() -> str | None:

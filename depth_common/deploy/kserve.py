@@ -23,8 +23,9 @@ from depth_common.deploy.manifests import (
     build_inferenceservice,
     storage_uri_of,
 )
-from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.report import DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
+from depth_common.errors import DeployError, DeployTimeout
 from depth_common.export.onnx import file_sha256, read_metadata
 from depth_common.registry.lineage import ONNX_SHA256, carried
 
@@ -43,10 +44,6 @@ TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 REQUEST_TIMEOUT_S = 30.0  # each API call; the Ready wait has its own deadline
 # modelStatus.transitionStatus values after which waiting longer cannot help.
 _FAILED_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
-
-
-class DeployTimeout(DeployError):
-    """The InferenceService did not become Ready in time."""
 
 
 def model_annotations(

@@ -43,9 +43,10 @@ from depth_common.deploy.manifests import (
     storage_uri_of,
 )
 from depth_common.deploy.probe import VersionEndpoint
-from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.report import DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
 from depth_common.deploy.target import Release, Served
+from depth_common.errors import DeployError
 from depth_common.registry.lease import lease_ttl_s, serving_lease
 from depth_common.registry.registry import Registry
 

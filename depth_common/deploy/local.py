@@ -26,10 +26,10 @@ import numpy as np
 
 from depth_common.atomic import copy_atomic, remove_leftovers
 from depth_common.deploy.probe import VersionEndpoint
-from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.report import DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
 from depth_common.deploy.target import Release, Served
-from depth_common.errors import DataError
+from depth_common.errors import DataError, DeployError
 from depth_common.registry.registry import Registry
 
 log = logging.getLogger(__name__)

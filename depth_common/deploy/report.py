@@ -29,14 +29,6 @@ class DeployResult:
     aliases: str = ""  # the registry's aliases after the deploy, e.g. "champion v2, previous v1"
 
 
-class DeployError(RuntimeError):
-    """A deploy failed; ``result`` holds what was observed (smoke test, rollback)."""
-
-    def __init__(self, message: str, result: DeployResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
-
-
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 

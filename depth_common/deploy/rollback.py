@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.report import DeployResult
 from depth_common.deploy.target import Release, ServingTarget
+from depth_common.errors import DeployError
 from depth_common.registry.aliases import (
     ALIASES,
     CHAMPION_ALIAS,

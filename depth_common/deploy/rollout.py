@@ -31,13 +31,14 @@ import numpy as np
 
 from depth_common.config import Params
 from depth_common.deploy.analysis import Thresholds, analyse
-from depth_common.deploy.canary import Analyse, CanaryError, CanaryOutcome, run_canary
+from depth_common.deploy.canary import Analyse, CanaryOutcome, run_canary
 from depth_common.deploy.kserve_canary import KServeTarget
 from depth_common.deploy.local import LocalTarget
 from depth_common.deploy.probe import ProbeSet, VersionEndpoint, measure
-from depth_common.deploy.report import DeployError, DeployResult, write_deploy_report
+from depth_common.deploy.report import DeployResult, write_deploy_report
 from depth_common.deploy.smoke import SmokeResult
 from depth_common.deploy.target import Release, Served, ServingTarget
+from depth_common.errors import CanaryError, DeployError
 from depth_common.registry import promotion
 from depth_common.registry.registry import Registry
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from depth_common.errors import ConfigError
 from depth_common.export.onnx import CANONICAL_FOCAL_KEY, read_metadata
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,6 @@ DEFAULT_LIMITATIONS = (
     "the scale.\n"
     "- Not a safety component: do not use for autonomous driving decisions."
 )
-
-
-class HubTokenError(RuntimeError):
-    """``HF_TOKEN`` is not set although a Hub repository id was given."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +159,10 @@ def _camera_section(info: ModelCardInfo) -> str:
 
 
 def hub_token() -> str:
-    """``$HF_TOKEN``; :class:`HubTokenError` when missing or empty (the message holds no value)."""
+    """``$HF_TOKEN``; :class:`ConfigError` when missing or empty (the message holds no value)."""
     token = os.environ.get(HF_TOKEN_ENV, "").strip()
     if not token:
-        raise HubTokenError(
+        raise ConfigError(
             f"{HF_TOKEN_ENV} is not set: pushing to the Hugging Face Hub needs a write token in "
             f"the environment (on a cluster: the '{HF_TOKEN_SECRET}' Secret, key "
             f"'{HF_TOKEN_SECRET_KEY}', see manifests/secrets/hf-token.yaml); set "

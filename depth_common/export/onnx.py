@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch loads in the functions that run a model, not for the 
     import torch
 
 from depth_common.atomic import atomic_path
+from depth_common.errors import ParityError
 from depth_common.registry.lineage import carried
 
 INPUT_NAME = "image"
@@ -38,20 +39,6 @@ PARITY_BATCHES: tuple[int, ...] = (1, 4)
 #: The batch size used while tracing. Not 1, so that no broadcast over a size-1 batch can be
 #: baked into the graph as a constant.
 _TRACE_BATCH = 2
-
-
-class ParityError(RuntimeError):
-    """An exported model's outputs differ from the reference by more than the tolerance.
-
-    ``max_abs_diff`` is the measured difference (metres), ``atol`` the allowed one and
-    ``batch`` the batch size on which it was measured.
-    """
-
-    def __init__(self, message: str, *, max_abs_diff: float, atol: float, batch: int) -> None:
-        super().__init__(message)
-        self.max_abs_diff = max_abs_diff
-        self.atol = atol
-        self.batch = batch
 
 
 @dataclass(frozen=True)

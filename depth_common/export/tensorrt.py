@@ -19,13 +19,9 @@ import numpy as np
 
 from depth_common.atomic import atomic_path, scratch_dir, write_bytes
 from depth_common.config import ExportConfig
-from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, ParityError, parity_inputs
-from depth_common.export.trt_runtime import (  # re-exported: the runner half of the API
-    TensorRTUnavailable,
-    TrtRunner,
-    gpu_available,
-    import_tensorrt,
-)
+from depth_common.errors import ParityError, TensorRTUnavailable
+from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, parity_inputs
+from depth_common.export.trt_runtime import TrtRunner, gpu_available, import_tensorrt
 
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",

@@ -18,11 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from depth_common.errors import TensorRTUnavailable
 from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME
-
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT, the CUDA bindings or a CUDA GPU is missing; the message says which."""
 
 
 def import_tensorrt() -> Any:

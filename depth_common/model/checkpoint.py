@@ -16,17 +16,12 @@ import torch
 from torch import nn
 
 from depth_common.atomic import atomic_write
-from depth_common.config import ConfigError, Params
-from depth_common.errors import DataError
+from depth_common.config import Params
+from depth_common.errors import CheckpointError, ConfigError
 
 FORMAT = "depth_common.checkpoint/v1"
 _REQUIRED = ("model_state", "model_config", "params", "epoch", "metrics")
 _MODEL_CONFIG_KEYS = ("encoder", "decoder_features", "img_size", "hooks")
-
-
-class CheckpointError(DataError):
-    """A checkpoint file is unreadable or not in this project's format (a DataError, so the CLI
-    reports it as a one-line error)."""
 
 
 def save_checkpoint(

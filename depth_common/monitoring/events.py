@@ -21,16 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from depth_common.errors import DataError
+from depth_common.errors import EventError
 from depth_common.serving.payload_logger import REQUEST, RESPONSE
 
 REQUIRED = ("ce-specversion", "ce-id", "ce-source", "ce-type")
 INPUT = "image_bytes"
 HEADER_LENGTH = "inference-header-content-length"  # v2's binary tensor extension
-
-
-class EventError(DataError):
-    """A CloudEvent the monitor refuses (HTTP 400); the message says what was wrong."""
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from depth_common.errors import ConfigError, DataError
+from depth_common.errors import ConfigError, DataError, EventError
 from depth_common.monitoring.drift import MIN_WINDOW, DriftResult, KSDriftDetector
-from depth_common.monitoring.events import REQUEST, RESPONSE, Event, EventError, parse_event
+from depth_common.monitoring.events import REQUEST, RESPONSE, Event, parse_event
 from depth_common.monitoring.profile import image_features
 from depth_common.monitoring.trigger import Retrainer
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS, load_rgb
@@ -248,7 +248,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(411 if length is None else 400, {"error": "Content-Length: required"})
             return None
         if int(length) > limit:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
+            # A body up to a few times the limit is read and dropped first, so the client, still
+            # sending, gets the 413 rather than a reset; a larger one is cut off unread.
+            if int(length) <= DRAIN_FACTOR * limit:
+                _drain(self.rfile, int(length))
+            self.close_connection = True
             self._json(413, {"error": f"body of {length} bytes is over the limit of {limit}"})
             return None
         return self.rfile.read(int(length))
@@ -304,3 +308,16 @@ def serve_monitor(
     finally:
         server.server_close()
         signal.signal(signal.SIGTERM, previous)
+
+
+#: Over-limit bodies up to this many times the limit are drained before the 413 (see _body).
+DRAIN_FACTOR = 4
+
+
+def _drain(stream: Any, length: int, chunk: int = 1 << 16) -> None:
+    """Read and drop ``length`` bytes of ``stream`` (less if the client stops sending)."""
+    while length > 0:
+        data = stream.read(min(chunk, length))
+        if not data:
+            return
+        length -= len(data)

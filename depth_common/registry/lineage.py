@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from depth_common.config import Params
-from depth_common.errors import DepthError
+from depth_common.errors import LineageNotFound
 
 GIT_COMMIT = "git_commit"
 GIT_DIRTY = "git_dirty"
@@ -81,10 +81,6 @@ CARRIED_KEYS = (*RUN_KEYS, TRAIN_RUN_ID)
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _KFP_RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,250}$")
-
-
-class LineageNotFound(DepthError):
-    """No registered version, alias, run or dataset matches the query (the message says which)."""
 
 
 # -- what a run records -------------------------------------------------------------------------

@@ -23,14 +23,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from depth_common.errors import RegistryLockTimeout
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 120.0
 _SOURCE = "depth-mlops:promotion-lock"  # a version's required source; nothing is stored there
-
-
-class RegistryLockTimeout(TimeoutError):
-    """The lock was not had in time; the message names the holder."""
 
 
 def lock_model_name(model_name: str, kind: str = "promotion") -> str:

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from depth_common.config import Params
+from depth_common.errors import PromotionError
 from depth_common.registry.aliases import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
@@ -44,10 +45,6 @@ LOGGED_MODEL_TAG = "logged_model_id"
 MODEL_ARTIFACT_PATH = "model"
 #: The metric promotion compares (metres, lower is better).
 PROMOTION_METRIC = "test_rmse"
-
-
-class PromotionError(RuntimeError):
-    """The registry or a run is not in a state promotion can decide on (the message says why)."""
 
 
 @dataclass(frozen=True)

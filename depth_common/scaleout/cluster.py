@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from depth_common.config import ConfigError
+from depth_common.errors import ConfigError, JobFailed, NotEnded
 from depth_common.scaleout.crd import validate_job
 from depth_common.scaleout.job import ScaleOutJob
 from depth_common.scaleout.manifests import (
@@ -34,18 +34,6 @@ TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 LAUNCHERS = ("trainjob", "pytorchjob")
 _STARTED = ("Running", "Succeeded", "Failed")  # pod phases with a container log
 _LOG_JOIN_S = 30.0  # how long the end of a job waits for the rest of its log
-
-
-class JobFailed(RuntimeError):
-    """The TrainJob/PyTorchJob ended in a failed state; the message carries its reason."""
-
-
-class NotEnded(TimeoutError):
-    """A launcher's wait ran out of time; ``phase`` is the last one seen."""
-
-    def __init__(self, phase: str) -> None:
-        super().__init__(phase)
-        self.phase = phase
 
 
 @dataclass(frozen=True)

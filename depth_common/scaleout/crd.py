@@ -15,15 +15,12 @@ from typing import Any
 import yaml
 
 from depth_common.deploy.manifests import manifests_dir
+from depth_common.errors import ConfigError
 
 CRD_FILES = {
     "TrainJob": "trainer.kubeflow.org_trainjobs.yaml",
     "PyTorchJob": "kubeflow.org_pytorchjobs.yaml",
 }
-
-
-class JobValidationError(ValueError):
-    """A job object does not match its operator's CRD schema (message: the field path)."""
 
 
 def default_crd_dir() -> Path:
@@ -40,18 +37,18 @@ def crd_schema(kind: str, crd_dir: str | None = None) -> dict:
     for version in crd["spec"]["versions"]:
         if version.get("served") and version.get("storage"):
             return version["schema"]["openAPIV3Schema"]
-    raise JobValidationError(f"{path}: no served storage version")
+    raise ConfigError(f"{path}: no served storage version")
 
 
 def validate_job(obj: Mapping[str, Any], crd_dir: str | Path | None = None) -> None:
-    """Raise :class:`JobValidationError` (field path + reason) unless ``obj`` matches its CRD."""
+    """Raise :class:`ConfigError` (field path + reason) unless ``obj`` matches its CRD."""
     import jsonschema
 
     if obj.get("kind") not in CRD_FILES:
-        raise JobValidationError(f"kind: got {obj.get('kind')!r}, expected TrainJob or PyTorchJob")
+        raise ConfigError(f"kind: got {obj.get('kind')!r}, expected TrainJob or PyTorchJob")
     schema = crd_schema(obj["kind"], str(crd_dir) if crd_dir else None)
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(dict(obj)), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
-        raise JobValidationError(f"{obj['kind']} {obj['metadata']['name']}: " + "; ".join(lines))
+        raise ConfigError(f"{obj['kind']} {obj['metadata']['name']}: " + "; ".join(lines))

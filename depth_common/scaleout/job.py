@@ -12,8 +12,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from depth_common.config import ConfigError, Params
+from depth_common.config import Params
 from depth_common.config.container_images import component_image
+from depth_common.errors import ConfigError
 
 SHARED_MOUNT = "/mnt/shared"
 """Where ``training.shared_pvc`` is mounted in the train pods (data, params, checkpoints)."""

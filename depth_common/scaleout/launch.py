@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from depth_common.atomic import claim_dir, copy_atomic, remove_leftovers, write_text
-from depth_common.config import ConfigError, Params
-from depth_common.scaleout.cluster import JobFailed, Launcher, launcher_for, run_job
+from depth_common.config import Params
+from depth_common.errors import ConfigError, JobFailed
+from depth_common.scaleout.cluster import Launcher, launcher_for, run_job
 from depth_common.scaleout.job import SHARED_MOUNT, job_from_params
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from depth_common.data.cityscapes import CITYSCAPES_FOCAL_PX, CITYSCAPES_WIDTH_PX
-from depth_common.errors import DataError
+from depth_common.errors import DataError, FocalError
 from depth_common.serving.codec import ALLOWED_FORMATS
 
 FOCAL_KEY = "focal_px"
@@ -50,11 +50,6 @@ SOURCE_REQUEST, SOURCE_EXIF, SOURCE_DEFAULT = "request", "exif", "default"
 FILM_35MM_DIAGONAL_MM = math.hypot(36.0, 24.0)
 _EXIF_IFD = 0x8769
 _FOCAL_35MM_TAG = 0xA405  # FocalLengthIn35mmFilm, in the Exif sub-IFD
-
-
-class FocalError(DataError):
-    """A ``focal_px`` that is not a finite number in (1, 100000] pixels; names where it came
-    from."""
 
 
 @dataclass(frozen=True)

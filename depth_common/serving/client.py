@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from depth_common.errors import DepthConnectionError, DepthServingError
 from depth_common.serving.codec import load_rgb, resize_depth_bilinear
 
 try:
@@ -50,18 +51,6 @@ T = TypeVar("T")
 MODES = ("tensor", "image")
 # gRPC statuses (tritonclient's ``status()`` strings) that mean "could not reach it in time".
 _UNREACHABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
-
-
-class DepthServingError(RuntimeError):
-    """The server refused or failed a request; ``str()`` keeps the server's own message."""
-
-    def __init__(self, message: str, status: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class DepthConnectionError(DepthServingError):
-    """The server could not be reached, or did not answer within the client's timeout."""
 
 
 @dataclass(frozen=True)

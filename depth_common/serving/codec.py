@@ -38,7 +38,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from depth_common.errors import DataError
+from depth_common.errors import ImageDecodeError
 
 #: 50 megapixels: a 48-50 MP phone photo passes; a "decompression bomb" header does not.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -61,10 +61,6 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | Image.Image | np.ndarray
-
-
-class ImageDecodeError(DataError):
-    """An image could not be decoded or is refused; the message names the source and why."""
 
 
 def load_rgb(

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from depth_common.config import DeployConfig
+from depth_common.errors import TritonServerError
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS
 from depth_common.serving.server import (
     LocalTritonServer,
     ManagedServer,
-    TritonServerError,
     ensure_port_free,
     free_port,
     scrubbed_env,

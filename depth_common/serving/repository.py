@@ -38,7 +38,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from depth_common.config.serving import MAX_BATCH, MAX_INSTANCES, MAX_QUEUE_DELAY_US
-from depth_common.errors import DataError
+from depth_common.errors import RepositoryError
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ MAX_WARMUP_COUNT = 100
 MAX_WARMUP_SAMPLES = 16
 #: Most values (batch x dims) of one warm-up input: 64 Mi, 256 MiB of FP32.
 MAX_WARMUP_ELEMENTS = 1 << 26
-
-
-class RepositoryError(DataError):
-    """The repository cannot be served locally; the message names the file and field."""
 
 
 def runs_on_cpu(config: mc.ModelConfig) -> str | None:

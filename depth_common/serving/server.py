@@ -39,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from depth_common.errors import TritonServerError
 from depth_common.serving.repository import build_local_repository
 from depth_common.serving.supervisor import SupervisedProcess
 
@@ -65,10 +66,6 @@ UNSENDABLE_HEADER = ("depth-api", "off\n")
 #: is dropped). Thread knobs pass so ORT/OpenMP settings of the caller still apply.
 _ENV_ALLOWED = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 _ENV_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-class TritonServerError(RuntimeError):
-    """The local Triton server could not be prepared, started or stopped cleanly."""
 
 
 @dataclass(frozen=True)

@@ -60,11 +60,10 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from depth_common.data.transforms import prepare_image
-from depth_common.errors import DepthError
+from depth_common.errors import FocalError, ImageDecodeError, RequestTooLarge
 from depth_common.serving.camera import (
     FOCAL_KEY,
     CanonicalCamera,
-    FocalError,
     back_project,
     check_focal,
     encode_ply,
@@ -74,7 +73,6 @@ from depth_common.serving.camera import (
 )
 from depth_common.serving.codec import (
     DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
     depth_summary,
     encode_depth_png,
     image_size,
@@ -121,10 +119,6 @@ PIXEL_OUTPUTS = {"depth": 1, "points": 3, "confidence": 1}
 #: (15 bytes); an 8-bit confidence PNG holds at most ~1 byte a pixel.
 V1_EXTRA_BYTES = {"ply": 20, "confidence_png": 2}
 _BASE64_WHITESPACE = re.compile(rb"[ \t\r\n]+")
-
-
-class RequestTooLarge(DepthError):
-    """The request would decode or answer more than a limit allows (HTTP 413, naming it)."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from depth_common.errors import RequestTooLarge
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS
 from depth_common.serving.http_guard import (
     DEFAULT_MAX_CONNECTIONS,
@@ -52,7 +53,6 @@ from depth_common.serving.transformer import (
     DEFAULT_MAX_REQUEST_PIXELS,
     DEFAULT_MAX_RESPONSE_BYTES,
     DepthTransformer,
-    RequestTooLarge,
 )
 
 log = logging.getLogger(__name__)
@@ -188,17 +188,13 @@ class EdgeGuard:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise BodyTooLarge(_too_large(f"more than {received}", self))
+                raise RequestTooLarge(_too_large(f"more than {received}", self))
             return message
 
         try:
             await self.app(scope, counted_receive, send)
-        except BodyTooLarge as exc:
+        except RequestTooLarge as exc:
             await _json(send, 413, str(exc))
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def _too_large(size: str, guard: EdgeGuard) -> str:

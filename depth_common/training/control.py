@@ -11,17 +11,9 @@ from types import FrameType
 from typing import Any
 
 from depth_common.config import Params
-from depth_common.errors import Stopped
+from depth_common.errors import TrainingInterrupted
 from depth_common.registry.tracking import TaskContext
 from depth_common.training import distributed
-
-
-class TrainingError(RuntimeError):
-    """The run produced no usable model (every validation gave a non-finite RMSE)."""
-
-
-class TrainingInterrupted(Stopped, RuntimeError):
-    """SIGTERM stopped the run after it saved a resumable ``last.pt``."""
 
 
 class StopRequest:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from depth_common.config import ConfigError
+from depth_common.errors import ConfigError
 from depth_common.model.checkpoint import resolve_device, unwrap
 
 # torchrun's environment contract (torch.distributed.run): these are set for every worker.

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from depth_common.config import ConfigError, Params
+from depth_common.config import Params
 from depth_common.data.dataset import canonical_focal_for
+from depth_common.errors import ConfigError
 from depth_common.model.checkpoint import load_checkpoint, save_checkpoint
 from depth_common.model.dpt import DPT, build_model
 

@@ -31,19 +31,15 @@ from typing import Any
 import torch
 
 from depth_common.atomic import claim_dir
-from depth_common.config import ConfigError, Params
+from depth_common.config import Params
 from depth_common.data.digest import file_sha256
 from depth_common.data.samplers import eval_sampler, train_sampler
+from depth_common.errors import ConfigError, TrainingError, TrainingInterrupted
 from depth_common.registry.lineage import CHECKPOINT_SHA256
 from depth_common.registry.tracking import TaskContext
 from depth_common.threads import apply_torch_threads
 from depth_common.training import distributed
-from depth_common.training.control import (
-    StopRequest,
-    TrainingError,
-    TrainingInterrupted,
-    tracked_run,
-)
+from depth_common.training.control import StopRequest, tracked_run
 from depth_common.training.loop import RunSettings, train_one_epoch, validate
 from depth_common.training.losses import DepthLoss
 from depth_common.training.state import TrainState, amp_mode, new_train_state

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from torch import nn
 
-from depth_common.config import ConfigError, Params
+from depth_common.config import Params
+from depth_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def resolve_init(params: Params, scratch: Path) -> InitSource | None:
 
 def load_init_weights(model: nn.Module, source: InitSource) -> None:
     """Copy the weights of ``source`` into ``model`` (a DPT of the same description)."""
-    from depth_common.model.checkpoint import CheckpointError, load_checkpoint
+    from depth_common.errors import CheckpointError
+    from depth_common.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(source.path)
     if dict(ckpt["model_config"]) != dict(model.config):

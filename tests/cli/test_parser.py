@@ -10,7 +10,8 @@ import time
 
 from helpers import DEMO
 
-from depth_common.cli.parser import EXIT_STOPPED, main
+from depth_common.cli.parser import main
+from depth_common.errors import EXIT_STOPPED
 
 
 def test_cli_train_then_evaluate(processed_data, tmp_path, capsys) -> None:

@@ -10,8 +10,9 @@ from kfp import dsl
 
 import components
 from components.image import COMPONENT_IMAGE
-from depth_common.config import ConfigError, load_params
+from depth_common.config import load_params
 from depth_common.config.container_images import component_image, read_images_env
+from depth_common.errors import ConfigError
 from pipelines.depth_pipeline import PARAM_KEYS, PARAMS_FILE
 
 BASE = json.dumps(load_params(PARAMS_FILE).to_dict())

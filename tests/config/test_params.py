@@ -7,7 +7,8 @@ import pytest
 import yaml
 from helpers import DEMO
 
-from depth_common.config import ConfigError, Params, load_params, params_from_dict
+from depth_common.config import Params, load_params, params_from_dict
+from depth_common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

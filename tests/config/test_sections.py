@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from depth_common.config import (
-    ClusterConfig,
-    ConfigError,
-    DataConfig,
-    Params,
-    load_params,
-    params_from_dict,
-)
+from depth_common.config import ClusterConfig, DataConfig, Params, load_params, params_from_dict
+from depth_common.errors import ConfigError
 from depth_common.scaleout.job import job_from_params
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from depth_common.config import ConfigError, params_from_dict
+from depth_common.config import params_from_dict
 from depth_common.data import discover, disparity_to_depth, prepare_image, read_camera
 from depth_common.data.cityscapes import CameraIntrinsics, frame_id
 from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_depth_nearest
-from depth_common.errors import DataError
+from depth_common.errors import ConfigError, DataError
 
 # --- disparity → depth ------------------------------------------------------------------------
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from depth_common.atomic import UnmanagedDirectoryError, mark_managed, parse_temp_name
+from depth_common.atomic import mark_managed, parse_temp_name
 from depth_common.cli.parser import main
 from depth_common.config import load_params
 from depth_common.data import discover, disparity_to_depth, read_camera, resize_depth_nearest
 from depth_common.data.convert import GT_SUFFIX, load_depth_png
 from depth_common.data.preprocess import MANIFEST, preprocess_dataset
-from depth_common.errors import DataError
+from depth_common.errors import DataError, UnmanagedDirectoryError
 
 ROOT = Path(__file__).resolve().parents[2]
 

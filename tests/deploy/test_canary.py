@@ -10,16 +10,16 @@ from doubles.kubernetes_api import KServeApiDouble, isvc_validator
 
 from depth_common.config import DeployConfig
 from depth_common.deploy.analysis import Thresholds, VersionSample, analyse
-from depth_common.deploy.canary import CanaryError, run_canary
+from depth_common.deploy.canary import run_canary
 from depth_common.deploy.kserve import (
     MLFLOW_RUN_ANNOTATION,
     MLFLOW_VERSION_ANNOTATION,
-    DeployTimeout,
     model_annotations,
 )
 from depth_common.deploy.kserve_canary import KServeCanary, served_model, traffic_split
 from depth_common.deploy.manifests import build_inferenceservice
 from depth_common.deploy.smoke import SmokeResult
+from depth_common.errors import CanaryError, DeployTimeout
 
 NS, NAME = "team-a", "depth"
 OLD, NEW = "s3://models/depth/v1/triton_repository", "s3://models/depth/v2/triton_repository"

@@ -11,9 +11,10 @@ import torch
 from doubles.kubernetes_api import KServeApiDouble, isvc_validator
 
 from depth_common.config import DeployConfig
-from depth_common.deploy.kserve import DeployTimeout, deploy_kserve, describe_status
+from depth_common.deploy.kserve import deploy_kserve, describe_status
 from depth_common.deploy.manifests import MODEL_VERSION_LABEL, build_inferenceservice
-from depth_common.deploy.report import DeployError, write_deploy_report
+from depth_common.deploy.report import write_deploy_report
+from depth_common.errors import DeployError, DeployTimeout
 from depth_common.export.onnx import export_model
 
 NS, NAME = "team-a", "depth"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from depth_common.atomic import UnmanagedDirectoryError, mark_managed
+from depth_common.atomic import mark_managed
 from depth_common.deploy.local import deploy_local, install_repository, latest_version
-from depth_common.deploy.report import DeployError, write_deploy_report
-from depth_common.errors import DataError
+from depth_common.deploy.report import write_deploy_report
+from depth_common.errors import DataError, DeployError, UnmanagedDirectoryError
 from depth_common.export.onnx import export_model
 
 

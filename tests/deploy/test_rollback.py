@@ -9,8 +9,8 @@ import itertools
 import pytest
 from doubles.serving_target import RecordingTarget
 
-from depth_common.deploy.report import DeployError
 from depth_common.deploy.rollback import rollback, status
+from depth_common.errors import DeployError
 from depth_common.registry.aliases import CHAMPION_ALIAS, PREVIOUS_ALIAS, REPLACED_TAG, SOURCE_TAG
 from depth_common.registry.registry import Registry
 

@@ -26,10 +26,11 @@ from depth_common.config import Params
 from depth_common.data.synthetic import probe_scenes
 from depth_common.deploy.local import install_repository, latest_version
 from depth_common.deploy.probe import ProbeSet
-from depth_common.deploy.report import DeployError, DeployResult
+from depth_common.deploy.report import DeployResult
 from depth_common.deploy.rollback import rollback
 from depth_common.deploy.rollout import deploy_model, serving_target
 from depth_common.deploy.target import Release
+from depth_common.errors import DeployError
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import build_triton_repository
 from depth_common.registry.aliases import (

@@ -163,7 +163,8 @@ def test_predict_files(trained, tmp_path) -> None:
 
 
 def test_predict_files_focal_scales_depth_and_points_go_to_a_ply(trained, tmp_path) -> None:
-    from depth_common.serving.camera import FocalError, back_project, decode_ply
+    from depth_common.errors import FocalError
+    from depth_common.serving.camera import back_project, decode_ply
     from depth_common.serving.predict import predict_files
 
     _, result = trained

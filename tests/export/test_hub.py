@@ -13,9 +13,9 @@ import pytest
 import yaml
 from doubles.loopback import JsonHandler, LoopbackServer
 
+from depth_common.errors import ConfigError
 from depth_common.export.hub import (
     HF_TOKEN_ENV,
-    HubTokenError,
     ModelCardInfo,
     hub_token,
     push_to_hub,
@@ -122,10 +122,10 @@ def test_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.delenv(HF_TOKEN_ENV, raising=False)
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"onnx")
-    with pytest.raises(HubTokenError, match="HF_TOKEN is not set.*hf-token.*hf_repo_id"):
+    with pytest.raises(ConfigError, match="HF_TOKEN is not set.*hf-token.*hf_repo_id"):
         push_to_hub(onnx, REPO, card=CARD)
     monkeypatch.setenv(HF_TOKEN_ENV, "  ")
-    with pytest.raises(HubTokenError):
+    with pytest.raises(ConfigError):
         hub_token()
     with pytest.raises(ValueError, match="owner/name"):
         push_to_hub(onnx, "no-owner", card=CARD)

@@ -14,10 +14,10 @@ import torch
 
 from depth_common.config import Params, params_from_dict
 from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from depth_common.errors import ParityError
 from depth_common.export import onnx as onnx_export
 from depth_common.export.onnx import (
     OnnxExport,
-    ParityError,
     export_model,
     export_onnx,
     log_onnx_to_mlflow,

@@ -19,12 +19,12 @@ import torch
 from helpers import TinyDepthNet
 
 from depth_common.config import ExportConfig, params_from_dict
+from depth_common.errors import ParityError, TensorRTUnavailable
 from depth_common.export import tensorrt as trt_export
-from depth_common.export.onnx import ParityError, export_model, export_onnx
+from depth_common.export.onnx import export_model, export_onnx
 from depth_common.export.tensorrt import (
     FP16_ATOL_M,
     FP16_RTOL,
-    TensorRTUnavailable,
     build_engine,
     compare_outputs,
     gpu_available,

@@ -11,9 +11,9 @@ from google.protobuf import text_format
 from helpers import TinyDepthNet
 from tritonclient.grpc import model_config_pb2 as mc
 
-from depth_common.atomic import MARKER, UnmanagedDirectoryError
+from depth_common.atomic import MARKER
 from depth_common.config import ExportConfig, params_from_dict
-from depth_common.errors import DataError
+from depth_common.errors import DataError, UnmanagedDirectoryError
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import (
     build_triton_repository,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from depth_common.config import Params
+from depth_common.errors import CheckpointError
 from depth_common.model.checkpoint import (
     FORMAT,
-    CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from depth_common.config import ConfigError
+from depth_common.errors import ConfigError
 from pipelines import submit
 
 

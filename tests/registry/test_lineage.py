@@ -13,10 +13,10 @@ import pytest
 
 from depth_common.cli.parser import main
 from depth_common.config import Params
+from depth_common.errors import LineageNotFound
 from depth_common.registry import lineage, tracking
 from depth_common.registry.aliases import CHAMPION_ALIAS, registry_client
 from depth_common.registry.lineage import (
-    LineageNotFound,
     alias_version,
     code_provenance,
     describe_version,

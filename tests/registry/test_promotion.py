@@ -13,6 +13,7 @@ import os
 import pytest
 
 from depth_common.config import Params
+from depth_common.errors import PromotionError
 from depth_common.registry.aliases import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
@@ -23,7 +24,6 @@ from depth_common.registry.aliases import (
 )
 from depth_common.registry.promotion import (
     IN_FLIGHT_TAG,
-    PromotionError,
     abandon_challenger,
     champion_version,
     crown_challenger,

@@ -11,9 +11,10 @@ import torch
 from helpers import CLUSTER
 
 from depth_common import atomic
-from depth_common.config import ConfigError, Params, load_params
+from depth_common.config import Params, load_params
+from depth_common.errors import ConfigError, JobFailed
 from depth_common.model.checkpoint import save_checkpoint
-from depth_common.scaleout.cluster import JobFailed, JobState
+from depth_common.scaleout.cluster import JobState
 from depth_common.scaleout.job import ScaleOutJob, job_from_params
 from depth_common.scaleout.launch import (
     job_name_for,

@@ -8,7 +8,7 @@ import pytest
 from doubles.trainer_api import TrainingApiDouble
 from helpers import scaleout_job
 
-from depth_common.config import ConfigError
+from depth_common.errors import ConfigError
 from depth_common.scaleout import cluster, crd, manifests
 
 
@@ -179,7 +179,7 @@ def test_launcher_dispatches_on_training_launcher(job):
 def test_crd_validation_catches_bad_objects(job, trainjob, kind, mutate, needle):
     obj = copy.deepcopy(trainjob if kind == "TrainJob" else manifests.build_pytorchjob(job))
     mutate(obj)
-    with pytest.raises(crd.JobValidationError, match=needle):
+    with pytest.raises(ConfigError, match=needle):
         crd.validate_job(obj)
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from helpers import jpeg_with_exif
 
+from depth_common.errors import FocalError
 from depth_common.serving.camera import (
     CITYSCAPES_FOCAL_PX,
     CanonicalCamera,
-    FocalError,
     back_project,
     check_focal,
     decode_ply,

@@ -12,13 +12,8 @@ from helpers import MAX_BATCH, H, W, ort_reference
 from PIL import Image
 
 from depth_common.data.transforms import prepare_image
-from depth_common.serving.client import (
-    DepthClient,
-    DepthConnectionError,
-    DepthServingError,
-    resize_depth_bilinear,
-)
-from depth_common.serving.codec import ImageDecodeError
+from depth_common.errors import DepthConnectionError, DepthServingError, ImageDecodeError
+from depth_common.serving.client import DepthClient, resize_depth_bilinear
 from depth_common.serving.server import LocalTritonServer
 
 pytestmark = pytest.mark.slow

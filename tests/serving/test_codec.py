@@ -18,10 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from depth_common.errors import DataError
+from depth_common.errors import DataError, ImageDecodeError
 from depth_common.serving.codec import (
     DEPTH_PNG_SCALE,
-    ImageDecodeError,
     decode_depth_png,
     depth_summary,
     depth_to_png_values,

@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 from helpers import H, W
 
+from depth_common.errors import DepthServingError, RepositoryError, TritonServerError
 from depth_common.export.triton import parse_model_config, write_model_config
-from depth_common.serving.client import DepthClient, DepthServingError
-from depth_common.serving.repository import RepositoryError, build_local_repository
-from depth_common.serving.server import LocalTritonServer, TritonServerError, free_port
+from depth_common.serving.client import DepthClient
+from depth_common.serving.repository import build_local_repository
+from depth_common.serving.server import LocalTritonServer, free_port
 from depth_common.serving.supervisor import group_members
 
 pytestmark = pytest.mark.slow

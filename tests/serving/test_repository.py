@@ -11,8 +11,9 @@ import pytest
 from helpers import H, W
 
 from depth_common.config.serving import MAX_INSTANCES
+from depth_common.errors import RepositoryError
 from depth_common.export.triton import parse_model_config, write_model_config
-from depth_common.serving.repository import RepositoryError, build_local_repository
+from depth_common.serving.repository import build_local_repository
 
 
 def _hostile(tiny: Path, dest: Path, edit) -> Path:

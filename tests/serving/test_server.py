@@ -20,15 +20,10 @@ import pytest
 from helpers import MAX_BATCH, H, TinyDepthNet, W, ort_reference
 
 from depth_common.config import ExportConfig
+from depth_common.errors import RepositoryError, TritonServerError
 from depth_common.export.onnx import export_model
 from depth_common.export.triton import build_triton_repository, parse_model_config
-from depth_common.serving.repository import RepositoryError
-from depth_common.serving.server import (
-    LocalTritonServer,
-    TritonServerError,
-    build_local_repository,
-    find_triton,
-)
+from depth_common.serving.server import LocalTritonServer, build_local_repository, find_triton
 from depth_common.serving.supervisor import group_members
 
 pytestmark = pytest.mark.slow

@@ -24,13 +24,14 @@ from helpers import W
 from PIL import Image
 
 from depth_common.deploy.smoke import image_reference, smoke_test_v2
+from depth_common.errors import DepthServingError
 from depth_common.serving.camera import (
     CanonicalCamera,
     back_project,
     decode_ply,
     focal_from_35mm,
 )
-from depth_common.serving.client import DepthClient, DepthServingError
+from depth_common.serving.client import DepthClient
 from depth_common.serving.codec import decode_depth_png, load_rgb
 from depth_common.serving.local_stack import LocalTransformer
 from depth_common.serving.server import LocalTritonServer

@@ -23,14 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from depth_common.errors import RequestTooLarge
 from depth_common.serving import transformer as transformer_module
 from depth_common.serving.kserve_import import InvalidInput
-from depth_common.serving.transformer import (
-    DepthTransformer,
-    ImageBatch,
-    RequestTooLarge,
-    parse_request,
-)
+from depth_common.serving.transformer import DepthTransformer, ImageBatch, parse_request
 from depth_common.serving.transformer_server import parse_binary_request
 
 BYTES_INPUT = {"name": "image_bytes", "datatype": "BYTES"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from depth_common.config import ConfigError
 from depth_common.data import samplers as S
+from depth_common.errors import ConfigError
 from depth_common.training import distributed as D
 
 # -- unit tests (one process) --------------------------------------------------------------------

@@ -15,11 +15,12 @@ import pytest
 import torch
 from helpers import DEMO
 
-from depth_common.atomic import MARKER, UnmanagedDirectoryError
+from depth_common.atomic import MARKER
 from depth_common.config import Params, load_params
+from depth_common.errors import TrainingError, TrainingInterrupted, UnmanagedDirectoryError
 from depth_common.model.checkpoint import load_checkpoint, model_from_checkpoint
 from depth_common.training.state import lr_factor
-from depth_common.training.train import TrainingError, TrainingInterrupted, train
+from depth_common.training.train import train
 
 
 def assert_same_history(a: list[dict], b: list[dict]) -> None:
@@ -224,7 +225,7 @@ def test_a_run_with_no_finite_validation_fails(processed_data, tiny_params, tmp_
 
 
 def test_resume_refuses_a_different_model(processed_data, tiny_params, tmp_path) -> None:
-    from depth_common.config import ConfigError
+    from depth_common.errors import ConfigError
 
     params = tiny_params.with_overrides(["training.max_train_batches=1", "training.epochs=1"])
     train(params, processed_data, tmp_path, tracking=False)

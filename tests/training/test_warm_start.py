@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from depth_common.config import ConfigError, Params
+from depth_common.config import Params
+from depth_common.errors import ConfigError
 from depth_common.model.checkpoint import load_checkpoint
 from depth_common.registry.aliases import registry_client
 from depth_common.training.train import train
