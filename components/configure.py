@@ -10,7 +10,7 @@ from components.image import depth_component
 
 @depth_component
 def configure(base_params: str, keys: dict, values: dict, overrides: list) -> NamedTuple(
-    "Config", [("params", str), ("data_params", str), ("hf_repo_id", str)]
+    "Config", [("params_json", str), ("data_params", str), ("hf_repo_id", str)]
 ):
     """``keys`` maps pipeline parameter → dotted params key, ``values`` pipeline parameter →
     value. Outputs the full Params as JSON, its ``data`` section alone (what preprocess
@@ -64,7 +64,7 @@ def configure(base_params: str, keys: dict, values: dict, overrides: list) -> Na
 
     full = params.to_dict()
     print(json.dumps(full, indent=1))
-    return namedtuple("Config", ["params", "data_params", "hf_repo_id"])(
+    return namedtuple("Config", ["params_json", "data_params", "hf_repo_id"])(
         json.dumps(full, sort_keys=True),
         json.dumps({"data": full["data"]}, sort_keys=True),
         params.export.hf_repo_id,

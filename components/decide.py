@@ -8,7 +8,7 @@ from components.image import depth_component
 
 
 @depth_component
-def decide(run_id: str, params: str, decision: Output[Markdown]) -> NamedTuple(
+def decide(run_id: str, params_json: str, decision: Output[Markdown]) -> NamedTuple(
     "Decision", [("promote", bool), ("reason", str)]
 ):
     import json
@@ -20,7 +20,7 @@ def decide(run_id: str, params: str, decision: Output[Markdown]) -> NamedTuple(
 
     record_startup("decide")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     d = decide_promotion(run_id, p)
     with open(decision.path, "w") as fh:
         fh.write(format_decision(d, p.mlflow.model_name))

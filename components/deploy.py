@@ -11,7 +11,7 @@ from components.image import depth_component
 def deploy(
     repository: Input[Model],
     onnx_model: Input[Model],
-    params: str,
+    params_json: str,
     version: int,
     run_id: str,
     report: Output[Markdown],
@@ -35,7 +35,7 @@ def deploy(
 
     record_startup("deploy")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
     # KFP names its MinIO store minio://bucket/key; KServe's storage initializer reads it
     # as the S3 API it is (endpoint from the storage Secret's annotations).

@@ -9,7 +9,7 @@ from components.image import depth_component
 def evaluate(
     model: Input[Model],
     processed: Input[Dataset],
-    params: str,
+    params_json: str,
     run_id: str,
     test: Output[Metrics],
     report: Output[HTML],
@@ -28,7 +28,7 @@ def evaluate(
 
     record_startup("evaluate")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     with tempfile.TemporaryDirectory() as tmp:  # logs test_* and the report to run_id
         context = TaskContext(kfp_run=kfp_run, dataset_uri=processed.uri)
         result = evaluate_model(

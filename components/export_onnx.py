@@ -6,7 +6,7 @@ from components.image import depth_component
 
 
 @depth_component
-def export_onnx(model: Input[Model], params: str, run_id: str, onnx_model: Output[Model]):
+def export_onnx(model: Input[Model], params_json: str, run_id: str, onnx_model: Output[Model]):
     """``onnx_model`` is a directory holding ``model.onnx`` (the name Triton and the Hub use)."""
     import json
     from pathlib import Path
@@ -19,7 +19,7 @@ def export_onnx(model: Input[Model], params: str, run_id: str, onnx_model: Outpu
 
     record_startup("export_onnx")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     result = export(
         model.path,
         Path(onnx_model.path) / "model.onnx",

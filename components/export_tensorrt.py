@@ -8,7 +8,7 @@ from components.image import COMPONENT_CUDA_IMAGE
 
 # The CUDA image (TensorRT needs the GPU it builds for); kfp from the image, as depth_component.
 @dsl.component(base_image=COMPONENT_CUDA_IMAGE, install_kfp_package=False)
-def export_tensorrt(onnx_model: Input[Model], params: str, plan: Output[Model]):
+def export_tensorrt(onnx_model: Input[Model], params_json: str, plan: Output[Model]):
     """``plan`` is a directory holding ``model.plan`` (the name Triton's TensorRT backend loads)."""
     import json
     from pathlib import Path
@@ -19,7 +19,7 @@ def export_tensorrt(onnx_model: Input[Model], params: str, plan: Output[Model]):
 
     record_startup("export_tensorrt")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
     out_dir = Path(plan.path)
     out_dir.mkdir(parents=True, exist_ok=True)

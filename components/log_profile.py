@@ -7,7 +7,7 @@ from components.image import depth_component
 
 
 @depth_component
-def log_profile(reference: Input[Dataset], run_id: str, version: int, params: str) -> str:
+def log_profile(reference: Input[Dataset], run_id: str, version: int, params_json: str) -> str:
     import json
     import shutil
     import tempfile
@@ -19,7 +19,7 @@ def log_profile(reference: Input[Dataset], run_id: str, version: int, params: st
 
     record_startup("log_profile")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     with tempfile.TemporaryDirectory() as tmp:  # the artifact's file has no name of its own
         named = Path(tmp) / "profile.json"
         shutil.copyfile(reference.path, named)

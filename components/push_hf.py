@@ -11,7 +11,7 @@ def push_hf(
     onnx_model: Input[Model],
     repository: Input[Model],
     test: Input[Metrics],
-    params: str,
+    params_json: str,
     run_id: str,
     version: int,
     report: Input[HTML] = None,
@@ -33,7 +33,7 @@ def push_hf(
 
     record_startup("push_hf")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     h, w = p.data.img_size
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
     card = ModelCardInfo(

@@ -7,7 +7,7 @@ from components.image import depth_component
 
 
 @depth_component
-def register(run_id: str, params: str, pipeline_run: str) -> NamedTuple(
+def register(run_id: str, params_json: str, pipeline_run: str) -> NamedTuple(
     "Registration", [("promoted", bool), ("version", int), ("reason", str)]
 ):
     import json
@@ -19,7 +19,7 @@ def register(run_id: str, params: str, pipeline_run: str) -> NamedTuple(
 
     record_startup("register")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     reg = register_model(run_id, p, pipeline_run=pipeline_run)
     print(reg.reason)
     if reg.promoted:

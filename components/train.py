@@ -8,7 +8,7 @@ from components.image import depth_component
 @depth_component
 def train(
     processed: Input[Dataset],
-    params: str,
+    params_json: str,
     model: Output[Model],
     val: Output[Metrics],
     kfp_run: str = "",
@@ -27,7 +27,7 @@ def train(
     from depth_common.training.train import train as train_model
 
     record_startup("train")
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     # Scratch next to the artifact (not uploaded); only the best checkpoint becomes the Model.
     work = Path(model.path).parent / "train-work"
     context = TaskContext(kfp_run=kfp_run, dataset_uri=processed.uri)

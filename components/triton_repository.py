@@ -8,7 +8,7 @@ from components.image import depth_component
 @depth_component
 def triton_repository(
     onnx_model: Input[Model],
-    params: str,
+    params_json: str,
     version: int,
     repository: Output[Model],
     plan: Input[Model] = None,
@@ -23,7 +23,7 @@ def triton_repository(
 
     record_startup("triton_repository")
 
-    p = params_from_dict(json.loads(params))
+    p = params_from_dict(json.loads(params_json))
     onnx_file = Path(onnx_model.path) / onnx_model.metadata.get("file", "model.onnx")
     plan_file = None if plan is None else Path(plan.path) / plan.metadata.get("file", "model.plan")
     build_triton_repository(

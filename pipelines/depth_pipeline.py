@@ -76,7 +76,7 @@ def _with_secrets(task: dsl.PipelineTask, params: Params) -> dsl.PipelineTask:
 def _export_and_serve(
     trained: dsl.PipelineTask,
     evaluated: dsl.PipelineTask,
-    params: str,
+    params_json: str,
     version: Any,
     run_id: Any,
     hf_repo_id: str,
@@ -85,17 +85,20 @@ def _export_and_serve(
 ) -> None:
     """export ONNX [→ TensorRT] → Triton repository → [Hub push] and deploy (canary or replace)."""
     onnx = export_onnx(
-        model=trained.outputs["model"], params=params, run_id=run_id
+        model=trained.outputs["model"], params_json=params_json, run_id=run_id
     ).set_display_name("export ONNX")
     _with_secrets(onnx, settings)  # it reads the training run's lineage tags
     trt_inputs = {}
     if use_trt:  # compile-time: no GPU task at all when export.tensorrt is false
-        trt = export_tensorrt(onnx_model=onnx.outputs["onnx_model"], params=params)
+        trt = export_tensorrt(onnx_model=onnx.outputs["onnx_model"], params_json=params_json)
         trt.set_display_name("export TensorRT")
         trt.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         trt_inputs["plan"] = trt.outputs["plan"]
     repo = triton_repository(
-        onnx_model=onnx.outputs["onnx_model"], params=params, version=version, **trt_inputs
+        onnx_model=onnx.outputs["onnx_model"],
+        params_json=params_json,
+        version=version,
+        **trt_inputs,
     ).set_display_name("Triton repository")
     with dsl.If(hf_repo_id != "", name="hub-push"):  # "" = skipped (shown as not run)
         pushed = push_hf(
@@ -103,7 +106,7 @@ def _export_and_serve(
             repository=repo.outputs["repository"],
             test=evaluated.outputs["test"],
             report=evaluated.outputs["report"],
-            params=params,
+            params_json=params_json,
             run_id=run_id,
             version=version,
         ).set_display_name("push to Hugging Face Hub")
@@ -114,7 +117,7 @@ def _export_and_serve(
     served = deploy(
         repository=repo.outputs["repository"],
         onnx_model=onnx.outputs["onnx_model"],
-        params=params,
+        params_json=params_json,
         version=version,
         run_id=run_id,
     ).set_display_name("deploy")
@@ -122,9 +125,9 @@ def _export_and_serve(
     _with_secrets(served, settings)  # it moves the registry's aliases and logs the analysis
 
 
-def _train_task(prep: dsl.PipelineTask, params: str, settings: Params) -> dsl.PipelineTask:
+def _train_task(prep: dsl.PipelineTask, params_json: str, settings: Params) -> dsl.PipelineTask:
     """The train task with its resources, GPU request, credentials and scale-out volume."""
-    trained = train(processed=prep.outputs["processed"], params=params, kfp_run=KFP_RUN)
+    trained = train(processed=prep.outputs["processed"], params_json=params_json, kfp_run=KFP_RUN)
     # CPU limit = request: its cgroup quota is what the thread policy (depth_common.threads)
     # sizes torch's pools by, so the task runs training.train_cpu threads.
     cpu = str(settings.training.train_cpu)
@@ -143,20 +146,20 @@ def _train_task(prep: dsl.PipelineTask, params: str, settings: Params) -> dsl.Pi
 
 
 def _evaluate_and_decide(
-    trained: dsl.PipelineTask, prep: dsl.PipelineTask, params: str, settings: Params
+    trained: dsl.PipelineTask, prep: dsl.PipelineTask, params_json: str, settings: Params
 ) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
     """evaluate the trained model on the test split, then decide against the champion."""
     run_id = trained.outputs["Output"]
     evaluated = evaluate(
         model=trained.outputs["model"],
         processed=prep.outputs["processed"],
-        params=params,
+        params_json=params_json,
         run_id=run_id,
         kfp_run=KFP_RUN,
     ).set_display_name("evaluate")
     _with_secrets(evaluated, settings)
 
-    decided = decide(run_id=run_id, params=params).set_display_name("decide")
+    decided = decide(run_id=run_id, params_json=params_json).set_display_name("decide")
     decided.after(evaluated)  # reads the test_rmse that evaluate logs to MLflow
     decided.set_caching_options(False)  # the registry changes between runs
     _with_secrets(decided, settings)
@@ -172,7 +175,7 @@ def _record_why_not(run_id: Any, reason: Any) -> dsl.PipelineTask:
 def _register_and_serve(
     trained: dsl.PipelineTask,
     evaluated: dsl.PipelineTask,
-    params: str,
+    params_json: str,
     hf_repo_id: str,
     settings: Params,
     profiled: dsl.PipelineTask,
@@ -180,9 +183,9 @@ def _register_and_serve(
     """register the challenger; when it still wins under the lock, log its reference profile,
     export and serve it, else record why it stood down."""
     run_id = trained.outputs["Output"]
-    registered = register(run_id=run_id, params=params, pipeline_run=KFP_RUN).set_display_name(
-        "register challenger"
-    )
+    registered = register(
+        run_id=run_id, params_json=params_json, pipeline_run=KFP_RUN
+    ).set_display_name("register challenger")
     registered.set_caching_options(False)
     _with_secrets(registered, settings)
     version = registered.outputs["version"]
@@ -190,11 +193,14 @@ def _register_and_serve(
     # register re-decides under the registry lock: a run crowned meanwhile may win.
     with dsl.If(registered.outputs["promoted"] == True, name="registered"):  # noqa: E712
         logged = log_profile(
-            reference=profiled.outputs["reference"], run_id=run_id, version=version, params=params
+            reference=profiled.outputs["reference"],
+            run_id=run_id,
+            version=version,
+            params_json=params_json,
         ).set_display_name("log reference profile")
         _with_secrets(logged.set_caching_options(False), settings)
         _export_and_serve(
-            trained, evaluated, params, version, run_id, hf_repo_id, use_trt, settings
+            trained, evaluated, params_json, version, run_id, hf_repo_id, use_trt, settings
         )
     with dsl.Else(name="stood-down"):
         _record_why_not(run_id, registered.outputs["reason"])
@@ -202,21 +208,21 @@ def _register_and_serve(
 
 def _train_and_promote_pipeline(settings: Params) -> Any:
     """The sub-pipeline each data branch runs; its compile-time settings from ``settings``
-    (its own ``params`` input is the resolved JSON string)."""
+    (its own ``params_json`` input is the resolved params_json as JSON)."""
 
     @dsl.pipeline(
         name="train-and-promote",
         description="preprocess → train → evaluate → decide → promote or record why not",
     )
-    def train_and_promote(raw: Input[Dataset], params: str, data_params: str, hf_repo_id: str):
+    def train_and_promote(raw: Input[Dataset], params_json: str, data_params: str, hf_repo_id: str):
         prep = preprocess(raw=raw, data_params=data_params).set_display_name("preprocess")
         prep.set_caching_options(True)  # the slow, deterministic step: reuse when inputs match
         # The drift monitor's reference: the raw training images, as clients send them.
         profiled = profile_data(raw=raw).after(prep).set_display_name("profile training data")
-        trained = _train_task(prep, params, settings)
-        evaluated, decided = _evaluate_and_decide(trained, prep, params, settings)
+        trained = _train_task(prep, params_json, settings)
+        evaluated, decided = _evaluate_and_decide(trained, prep, params_json, settings)
         with dsl.If(decided.outputs["promote"] == True, name="promote"):  # noqa: E712
-            _register_and_serve(trained, evaluated, params, hf_repo_id, settings, profiled)
+            _register_and_serve(trained, evaluated, params_json, hf_repo_id, settings, profiled)
         with dsl.Else(name="keep-champion"):
             _record_why_not(trained.outputs["Output"], decided.outputs["reason"])
 
@@ -228,19 +234,19 @@ def _train_on_data(
 ) -> None:
     """The data branches: generate a synthetic dataset, or import ``data_uri``; each runs the
     same ``train_and_promote`` sub-pipeline on its raw Dataset."""
-    resolved, data_params = cfg.outputs["params"], cfg.outputs["data_params"]
+    resolved, data_params = cfg.outputs["params_json"], cfg.outputs["data_params"]
     hub = cfg.outputs["hf_repo_id"]
     with dsl.If(data_uri == "synthetic", name="synthetic-data"):
         raw = synthesize(options=synthetic).set_display_name("synthesize data")
         train_and_promote(
-            raw=raw.outputs["raw"], params=resolved, data_params=data_params, hf_repo_id=hub
+            raw=raw.outputs["raw"], params_json=resolved, data_params=data_params, hf_repo_id=hub
         ).set_display_name("train and promote")
     with dsl.Else(name="imported-data"):
         imported = dsl.importer(
             artifact_uri=data_uri, artifact_class=Dataset, reimport=False
         ).set_display_name("import data")
         train_and_promote(
-            raw=imported.output, params=resolved, data_params=data_params, hf_repo_id=hub
+            raw=imported.output, params_json=resolved, data_params=data_params, hf_repo_id=hub
         ).set_display_name("train and promote")
 
 

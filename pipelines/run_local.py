@@ -223,7 +223,7 @@ def run_local(
     stages = events.stages()
     ok = bool(stages) and all(status == "SUCCESS" for _, status, _ in stages)
     tasks = read_task_outputs(run_dir)
-    resolved = tasks.get("configure", {}).get("parameterValues", {}).get("params")
+    resolved = tasks.get("configure", {}).get("parameterValues", {}).get("params_json")
     if resolved:  # what the tasks really used (pipeline arguments included)
         params = params_from_dict(json.loads(resolved))
     return LocalRun(run_dir, ok, stages, tasks, params, wall, log_dir)

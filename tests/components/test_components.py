@@ -22,7 +22,7 @@ def _configure(values: dict, overrides=()) -> tuple[dict, dict]:
     out = components.configure.python_func(
         base_params=BASE, keys=PARAM_KEYS, values=values, overrides=list(overrides)
     )
-    return json.loads(out.params), json.loads(out.data_params)
+    return json.loads(out.params_json), json.loads(out.data_params)
 
 
 def test_configure_restores_types_from_kfp_text():
@@ -153,7 +153,7 @@ def test_train_submits_a_cluster_job_when_scaled_out(tmp_path, monkeypatch):
     model.path, val.path = str(tmp_path / "model"), str(tmp_path / "val")
     run_id = components.train.python_func(
         processed=dsl.Dataset(uri=str(tmp_path / "data")),
-        params=json.dumps(params.to_dict()),
+        params_json=json.dumps(params.to_dict()),
         model=model,
         val=val,
     )
@@ -180,7 +180,7 @@ def test_export_tensorrt_writes_the_plan_and_its_metadata(tmp_path, monkeypatch)
     plan = dsl.Model(name="plan", uri=str(tmp_path / "plan"))
     params = load_params(PARAMS_FILE, ["export.trt_opt_batch=2"])
     components.export_tensorrt.python_func(
-        onnx_model=onnx, params=json.dumps(params.to_dict()), plan=plan
+        onnx_model=onnx, params_json=json.dumps(params.to_dict()), plan=plan
     )
     assert calls == [(tmp_path / "onnx" / "m.onnx", tmp_path / "plan" / "model.plan", True)]
     assert (tmp_path / "plan" / "model.plan").read_bytes() == b"engine"
@@ -210,7 +210,7 @@ def test_triton_repository_passes_the_optional_plan(tmp_path, monkeypatch, with_
         )
     params = load_params(PARAMS_FILE)
     components.triton_repository.python_func(
-        onnx_model=onnx, params=json.dumps(params.to_dict()), version=3, repository=repo, **extra
+        onnx_model=onnx, params_json=json.dumps(params.to_dict()), version=3, repository=repo, **extra
     )
     assert seen["onnx"] == tmp_path / "onnx" / "model.onnx"
     assert seen["out"] == tmp_path / "repo"
