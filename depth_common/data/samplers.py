@@ -11,11 +11,20 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
-def _rank_and_world() -> tuple[int, int]:
+def _placement(
+    sampler: str, num_samples: int, rank: int | None, world: int | None
+) -> tuple[int, int]:
+    """(rank, world) given, else the process group's, checked against ``num_samples``."""
     # Asked of torch.distributed itself: the data layer sits below training's process group.
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    grouped = dist.is_available() and dist.is_initialized()
+    rank = rank if rank is not None else dist.get_rank() if grouped else 0
+    world = world if world is not None else dist.get_world_size() if grouped else 1
+    if num_samples < 0 or not 0 <= rank < world:
+        raise ValueError(
+            f"{sampler}: need num_samples >= 0 and 0 <= rank < world, got "
+            f"num_samples={num_samples}, rank={rank}, world={world}"
+        )
+    return rank, world
 
 
 class ShardSampler(Sampler[int]):
@@ -29,14 +38,7 @@ class ShardSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, rank_: int | None = None, world: int | None = None):
-        group_rank, group_world = _rank_and_world()
-        self.world = group_world if world is None else world
-        self.rank = group_rank if rank_ is None else rank_
-        if num_samples < 0 or not 0 <= self.rank < self.world:
-            raise ValueError(
-                f"ShardSampler: need num_samples >= 0 and 0 <= rank < world, got "
-                f"num_samples={num_samples}, rank={self.rank}, world={self.world}"
-            )
+        self.rank, self.world = _placement("ShardSampler", num_samples, rank_, world)
         self.start = self.rank * num_samples // self.world
         self.stop = (self.rank + 1) * num_samples // self.world
 
@@ -73,14 +75,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         world: int | None = None,
     ) -> None:
         self.num_samples, self.seed, self.shuffle = num_samples, int(seed), shuffle
-        group_rank, group_world = _rank_and_world()
-        self.world = group_world if world is None else world
-        self.rank = group_rank if rank_ is None else rank_
-        if num_samples < 0 or not 0 <= self.rank < self.world:
-            raise ValueError(
-                f"EpochSampler: need num_samples >= 0 and 0 <= rank < world, got "
-                f"num_samples={num_samples}, rank={self.rank}, world={self.world}"
-            )
+        self.rank, self.world = _placement("EpochSampler", num_samples, rank_, world)
         self.epoch, self._skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
