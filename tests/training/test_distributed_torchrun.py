@@ -239,7 +239,8 @@ def test_ddp_training_one_run_one_checkpoint_loss_decreases(ddp_training):
     import mlflow
 
     params, out, _ = ddp_training
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]  # no temp files
+    # no temp files: the checkpoints and the marker of a directory the project manages
+    assert sorted(p.name for p in out.iterdir()) == [".depth-managed", "best.pt", "last.pt"]
     client = mlflow.MlflowClient(params.mlflow.tracking_uri)
     (exp,) = [e for e in client.search_experiments() if e.name == "ddp-test"]
     runs = client.search_runs([exp.experiment_id])
