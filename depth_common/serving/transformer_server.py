@@ -22,12 +22,16 @@ controller appends them to a transformer container's arguments) plus ours. Three
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from depth_common.errors import RequestTooLarge
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS
@@ -48,12 +52,12 @@ from depth_common.serving.kserve_import import (
     model_server,
 )
 from depth_common.serving.payload_logger import PayloadLogger, PayloadLogMiddleware
-from depth_common.serving.transformer import (
+from depth_common.serving.requests import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_REQUEST_PIXELS,
     DEFAULT_MAX_RESPONSE_BYTES,
-    DepthTransformer,
 )
+from depth_common.serving.transformer import DepthTransformer
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +213,10 @@ async def _json(send: Any, status: int, message: str) -> None:
 
 
 async def _too_large_error(request: Any, exc: RequestTooLarge) -> Any:
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(status_code=413, content={"error": str(exc)})
 
 
 async def _validation_error(request: Any, exc: Any) -> Any:
-    from fastapi.responses import JSONResponse
-
     errors = "; ".join(
         f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
     )
@@ -262,14 +262,10 @@ class TransformerServer(kserve.ModelServer):
         self.dataplane = BinarySafeDataPlane(model_registry=self.registered_models)
         app = model_server.app
         app.add_middleware(EdgeGuard, model_name=model_name, max_request_bytes=max_request_bytes)
-        from fastapi.exceptions import RequestValidationError
-
         app.add_exception_handler(RequestValidationError, _validation_error)
         app.add_exception_handler(RequestTooLarge, _too_large_error)
 
     def start(self, models: list[Any]) -> None:
-        import asyncio
-
         self._register_and_check_atleast_one_model_is_ready(models)
         self._rest_server = RESTServer(
             "kserve.model_server:app",

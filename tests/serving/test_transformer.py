@@ -334,37 +334,36 @@ def _bytes_tensor(*items: bytes) -> bytes:
     return b"".join(len(i).to_bytes(4, "little") + i for i in items)
 
 
-def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
-    js = {"Content-Type": "application/json"}
+BadCase = tuple[str, str, bytes, dict, str]  # id, path, body, headers, message expected
+_JSON = {"Content-Type": "application/json"}
+_V2_PATH, _V1_PATH = "/v2/models/depth/infer", "/v1/models/depth:predict"
+
+
+def _v2_json(data: list, datatype: str = "BYTES", name: str = "image_bytes") -> bytes:
+    return json.dumps({"inputs": [{"name": name, "shape": [len(data)],
+                                   "datatype": datatype, "data": data}]}).encode()  # fmt: skip
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _bad_image_cases() -> list[BadCase]:
+    """Well-formed requests whose image is not one."""
     photo = (PHOTOS / "rocket.jpg").read_bytes()
-
-    def v2(data: list, datatype: str = "BYTES", name: str = "image_bytes") -> bytes:
-        return json.dumps({"inputs": [{"name": name, "shape": [len(data)],
-                                       "datatype": datatype, "data": data}]}).encode()  # fmt: skip
-
-    def b64(b: bytes) -> str:
-        return base64.b64encode(b).decode()
-
-    v2p, v1p = "/v2/models/depth/infer", "/v1/models/depth:predict"
-    good_header = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                               "parameters": {"binary_data_size": 100}}]}  # fmt: skip
+    v2p, js = _V2_PATH, _JSON
     return [
-        ("not-an-image", v2p, v2([b64(b"hello world")]), js, "not a readable image"),
-        ("truncated", v2p, v2([b64(photo[:4000])]), js, "truncated"),
-        ("zero-bytes", v2p, v2([""]), js, "empty (0 bytes)"),
-        (
-            "deep-header",
-            v2p,
-            *_binary_body_raw(b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
-            "nested too deeply",
-        ),  # fmt: skip
-        (
-            "base64-not-ascii",
-            v1p,
-            json.dumps({"instances": [{"image_bytes": {"b64": "aGk=\u00e9"}}]}).encode(),
-            js,
-            "not valid base64",
-        ),  # fmt: skip
+        ("not-an-image", v2p, _v2_json([_b64(b"hello world")]), js, "not a readable image"),
+        ("truncated", v2p, _v2_json([_b64(photo[:4000])]), js, "truncated"),
+        ("zero-bytes", v2p, _v2_json([""]), js, "empty (0 bytes)"),
+    ]
+
+
+def _bad_v2_cases() -> list[BadCase]:
+    """v2 JSON requests with a wrong input, output or focal."""
+    photo = (PHOTOS / "rocket.jpg").read_bytes()
+    v2, b64, v2p, js = _v2_json, _b64, _V2_PATH, _JSON
+    return [
         ("wrong-datatype", v2p, v2([1.0], "FP32"), js, "datatype FP32, expected BYTES"),
         ("missing-input", v2p, v2([b64(photo)], name="image"), js, "expected one input"),
         ("no-inputs", v2p, b'{"outputs": []}', js, "malformed request"),
@@ -377,6 +376,33 @@ def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
             ).encode(),
             js,
             "unknown output 'normals'",
+        ),  # fmt: skip
+        (
+            "v2-focal-zero",
+            v2p,
+            json.dumps(
+                {
+                    "inputs": json.loads(v2([b64(photo)]))["inputs"]
+                    + [{"name": "focal_px", "shape": [1], "datatype": "FP32", "data": [0.0]}]
+                }
+            ).encode(),
+            js,
+            "input 'focal_px'[0]: 0.0 is not a finite number of pixels",
+        ),  # fmt: skip
+    ]
+
+
+def _bad_binary_cases() -> list[BadCase]:
+    """v2 requests with the binary tensor extension: a bad JSON header or tensor."""
+    v2p = _V2_PATH
+    good_header = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                               "parameters": {"binary_data_size": 100}}]}  # fmt: skip
+    return [
+        (
+            "deep-header",
+            v2p,
+            *_binary_body_raw(b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+            "nested too deeply",
         ),  # fmt: skip
         ("binary-short", v2p, *_binary_body(good_header, _bytes_tensor(b"x" * 10)), "runs past"),
         (
@@ -397,23 +423,26 @@ def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
             ),
             "not a BYTES tensor of shape [1]",
         ),  # fmt: skip
+    ]
+
+
+def _bad_v1_cases() -> list[BadCase]:
+    """v1 requests with bad JSON, instances, base64 or focal."""
+    photo = (PHOTOS / "rocket.jpg").read_bytes()
+    v1p, js = _V1_PATH, _JSON
+    return [
         (
-            "v2-focal-zero",
-            v2p,
-            json.dumps(
-                {
-                    "inputs": json.loads(v2([b64(photo)]))["inputs"]
-                    + [{"name": "focal_px", "shape": [1], "datatype": "FP32", "data": [0.0]}]
-                }
-            ).encode(),
+            "base64-not-ascii",
+            v1p,
+            json.dumps({"instances": [{"image_bytes": {"b64": "aGk=\u00e9"}}]}).encode(),
             js,
-            "input 'focal_px'[0]: 0.0 is not a finite number of pixels",
+            "not valid base64",
         ),  # fmt: skip
         (
             "v1-focal-text",
             v1p,
             json.dumps(
-                {"instances": [{"image_bytes": {"b64": b64(photo)}, "focal_px": "wide"}]}
+                {"instances": [{"image_bytes": {"b64": _b64(photo)}, "focal_px": "wide"}]}
             ).encode(),
             js,
             "instances[0].focal_px: expected a number",
@@ -422,6 +451,10 @@ def _bad_cases() -> list[tuple[str, str, bytes, dict, str]]:
         ("v1-not-b64", v1p, b'{"instances": [{"image_bytes": "abc"}]}', js, "b64"),
         ("v1-bad-json", v1p, b'{"instances": [', js, "Unrecognized request format"),
     ]
+
+
+def _bad_cases() -> list[BadCase]:
+    return _bad_image_cases() + _bad_v2_cases() + _bad_binary_cases() + _bad_v1_cases()
 
 
 @pytest.mark.parametrize(

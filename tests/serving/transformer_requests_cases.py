@@ -26,7 +26,9 @@ from PIL import Image
 from depth_common.errors import RequestTooLarge
 from depth_common.serving import transformer as transformer_module
 from depth_common.serving.kserve_import import InvalidInput
-from depth_common.serving.transformer import DepthTransformer, ImageBatch, parse_request
+from depth_common.serving.requests import ImageBatch, parse_request
+from depth_common.serving.responses import check_answer_size
+from depth_common.serving.transformer import DepthTransformer
 from depth_common.serving.transformer_server import parse_binary_request
 
 BYTES_INPUT = {"name": "image_bytes", "datatype": "BYTES"}
@@ -109,11 +111,10 @@ def test_pixels_of_all_images_together_are_capped_before_decoding(no_decoding) -
 
 
 def test_an_answer_over_the_limit_as_sent_is_refused() -> None:
-    model = DepthTransformer(max_response_bytes=1000)
     batch = ImageBatch("v1", [(20, 20)], [], outputs={})
-    model._check_answer(batch, [np.ones((20, 20), np.float32)], [b"x" * 600])  # 800 in base64
+    check_answer_size(batch, [np.ones((20, 20), np.float32)], [b"x" * 600], 1000)  # 800 base64
     with pytest.raises(RequestTooLarge, match=r"1,001 bytes.*limit of 1,000 bytes"):
-        model._check_answer(batch, [np.ones((20, 20), np.float32)], [b"x" * 751])
+        check_answer_size(batch, [np.ones((20, 20), np.float32)], [b"x" * 751], 1000)
 
 
 def test_binary_bytes_tensors_are_decoded_by_kserve() -> None:
