@@ -4,7 +4,7 @@ statistics of a response.
 The logger sends each request and each response of an InferenceService as an HTTP POST whose
 body is the payload as the model received or returned it, with the CloudEvent attributes as
 ``ce-*`` headers (``ce-type: org.kubeflow.serving.inference.request`` / ``…response``). The
-bodies this parses are the transformer's protocols (:mod:`depth_common.serving.transformer`):
+bodies this parses are the transformer's protocols (:mod:`depth_common.serving.requests`):
 v1 JSON (``instances[].image_bytes.b64``), v2 JSON (BYTES input ``image_bytes``, base64), v2 with the
 binary tensor extension (the ``Inference-Header-Content-Length`` header passed on) and a raw
 image body (``Content-Type: image/*``). Every refusal is an :class:`EventError` naming the
