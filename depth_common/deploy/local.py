@@ -30,7 +30,15 @@ from depth_common.deploy.report import DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
 from depth_common.deploy.target import Release, Served
 from depth_common.errors import DataError, DeployError
+from depth_common.export.triton import (
+    ONNX_FILENAME,
+    parse_model_config,
+    read_onnx_io,
+    write_model_config,
+)
 from depth_common.registry.registry import Registry
+from depth_common.serving.local_stack import LocalTransformer
+from depth_common.serving.server import LocalTritonServer
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +86,6 @@ def deploy_local(
     ``model.onnx``; ``image`` (uint8 (h, w, 3)) is the smoke test's input (default: its own).
     Raises :class:`DeployError` (and leaves ``serve_dir`` untouched) when the smoke test fails.
     """
-    from depth_common.serving.local_stack import LocalTransformer
-    from depth_common.serving.server import LocalTritonServer
 
     repository = Path(repository_dir)
     version = latest_version(repository, model_name)
@@ -147,12 +153,6 @@ def build_canary_repository(
     allows, else a copy: the local server accepts no model file outside its repository). Raises
     :class:`DeployError` when they cannot share one model config (different input size).
     """
-    from depth_common.export.triton import (
-        ONNX_FILENAME,
-        parse_model_config,
-        read_onnx_io,
-        write_model_config,
-    )
 
     champ_v = latest_version(champion_repo, model_name)
     chall_v = latest_version(challenger_repo, model_name)
@@ -205,7 +205,6 @@ class LocalCanary:
         self._tmp: Path | None = None
 
     def begin(self, percent: int) -> None:
-        from depth_common.serving.server import LocalTritonServer
 
         self._tmp = Path(tempfile.mkdtemp(prefix="depth-canary-"))
         self.versions = build_canary_repository(

@@ -11,6 +11,7 @@ from depth_common.config import Params
 from depth_common.data.discovery import split_dir
 from depth_common.errors import DataError
 from depth_common.monitoring.profile import DEFAULT_MAX_IMAGES, Profile, profile_directory
+from depth_common.registry import tracking
 
 PROFILE_TAG = "reference_profile_uri"
 ARTIFACT_DIR = "reference_profile"
@@ -36,8 +37,6 @@ def log_reference_profile(
     """Log ``profile_path`` to run ``run_id``; tag the run (and model ``version`` if > 0) with
     its artifact URI; return the URI."""
     from mlflow import MlflowClient  # heavy: only this pipeline step needs it
-
-    from depth_common.registry import tracking
 
     tracking.configure(params.mlflow)
     client = MlflowClient()

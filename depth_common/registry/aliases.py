@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from depth_common.registry.store import ensure_sqlite_store
+
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_ALIAS = "previous"
@@ -30,8 +32,6 @@ SOURCE_TAG = "serving_source"
 def registry_client(tracking_uri: str) -> Any:  # -> mlflow.MlflowClient
     """A client on ``tracking_uri`` (a local SQLite store is created/upgraded first, safely)."""
     from mlflow import MlflowClient
-
-    from depth_common.registry.store import ensure_sqlite_store
 
     ensure_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlparse
 
 from depth_common.errors import DataError
 
@@ -34,7 +35,6 @@ LOCK_TIMEOUT_S = 600.0  # creating the schema takes ~10-30 s on a busy 2-core ma
 
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///path`` URI (relative or absolute), else None."""
-    from urllib.parse import urlparse
 
     if not tracking_uri.startswith("sqlite:"):
         return None

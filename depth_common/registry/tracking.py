@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 from depth_common.config import MlflowConfig, Params
 from depth_common.registry import lineage
+from depth_common.registry.mlflow_model import CHECKPOINT_KEY, INPUT_NAME
 from depth_common.registry.store import ensure_sqlite_store, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -184,7 +186,6 @@ def log_dataset(
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log finite metrics to ``run_id`` (NaN/inf are skipped with a warning: MLflow's SQL
     stores reject or mangle them, and a missing point is more honest than a fake one)."""
-    import time
 
     from mlflow.entities import Metric
 
@@ -265,8 +266,6 @@ def log_model(run_id: str, checkpoint_path: str | Path, img_size: tuple[int, int
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
-
-    from depth_common.registry.mlflow_model import CHECKPOINT_KEY, INPUT_NAME
 
     h, w = img_size
     signature = ModelSignature(

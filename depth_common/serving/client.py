@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from depth_common.data.transforms import prepare_image
 from depth_common.errors import DepthConnectionError, DepthServingError
 from depth_common.serving.codec import load_rgb, resize_depth_bilinear
 
@@ -268,7 +269,6 @@ class DepthClient:
             return [
                 self.infer_images([encode_for_upload(img)]).as_numpy("depth")[0] for img in images
             ]
-        from depth_common.data.transforms import prepare_image
 
         info = self.info
         rgbs = [load_rgb(img) for img in images]
