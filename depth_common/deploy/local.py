@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from depth_common.atomic import copy_atomic, remove_leftovers
 from depth_common.deploy.probe import VersionEndpoint
@@ -124,7 +125,6 @@ def serve_lock(serve_dir: str | Path, timeout_s: float = 3600.0) -> Iterator[Non
 
     A file lock beside it, which the kernel releases if the holder dies.
     """
-    from filelock import FileLock, Timeout
 
     serve_dir = Path(serve_dir).resolve()
     serve_dir.parent.mkdir(parents=True, exist_ok=True)

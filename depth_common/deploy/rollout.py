@@ -20,6 +20,7 @@ runs:
 
 from __future__ import annotations
 
+# mlflow is imported where a deploy result is logged: a rollout that logs nothing never loads it.
 import logging
 import math
 import time

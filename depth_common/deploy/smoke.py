@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+# onnxruntime is imported where a reference output is computed: a smoke test against a
+# served model alone never loads it.
 import base64
 import io
 import json
@@ -25,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from depth_common.data.transforms import prepare_image
 from depth_common.serving.client import DepthClient
@@ -63,7 +66,6 @@ def smoke_rgb(size: tuple[int, int] = (96, 160), seed: int = 0) -> np.ndarray:
 
 def smoke_image(size: tuple[int, int] = (96, 160), seed: int = 0) -> bytes:
     """:func:`smoke_rgb` as a PNG file's bytes."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(smoke_rgb(size, seed)).save(buf, format="PNG")

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from depth_common.atomic import atomic_write
 from depth_common.config import Params
@@ -220,7 +221,6 @@ def _training_curves(params: Params, run_id: str) -> dict[str, list[tuple[int, f
 
 
 def _gt_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
 
     with Image.open(path) as img:
         return img.height, img.width

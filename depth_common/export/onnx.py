@@ -12,6 +12,9 @@ compared with PyTorch in ONNX Runtime on batch 1 and batch 4, and only then move
 
 from __future__ import annotations
 
+# torch, onnx, onnxruntime and mlflow are imported where each step runs: this module is
+# imported by the deploy and Triton modules (export.triton, deploy.kserve) for its metadata
+# helpers, which need none of them.
 import hashlib
 import json
 import warnings

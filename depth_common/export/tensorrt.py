@@ -11,6 +11,8 @@ TensorRT 10 and 11 build the engine differently (docs/export.md, "TensorRT versi
 
 from __future__ import annotations
 
+# onnx, onnxruntime and modelopt are imported where an engine is built: modelopt and tensorrt
+# exist only in the CUDA image, and the module must import on a CPU machine.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

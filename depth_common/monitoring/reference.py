@@ -5,6 +5,8 @@ served version finds its reference (``reference_profile_uri``)."""
 
 from __future__ import annotations
 
+# mlflow is imported where a reference profile is fetched from a run: only this pipeline
+# step needs it.
 from pathlib import Path
 
 from depth_common.config import Params

@@ -17,6 +17,8 @@ can serve it again. Every function takes an ``MlflowClient``; the promotion lock
 
 from __future__ import annotations
 
+# mlflow is imported where an MLflow client is made: the local registry store (sqlite)
+# and the deploy steps that import this module for alias names need no mlflow.
 from typing import Any
 
 from depth_common.registry.store import ensure_sqlite_store

@@ -15,6 +15,7 @@ exclusive (the usual lease caveat).
 
 from __future__ import annotations
 
+# mlflow is imported where the lock model is created: the rest works on a client passed in.
 import contextlib
 import logging
 import os

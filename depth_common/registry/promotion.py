@@ -22,6 +22,8 @@ them).
 
 from __future__ import annotations
 
+# mlflow is imported where a version is registered: the promotion decision works on a
+# client passed in.
 import math
 import time
 from dataclasses import dataclass

@@ -9,6 +9,8 @@ The alias rules themselves are :mod:`depth_common.registry.aliases`; the locks
 
 from __future__ import annotations
 
+# mlflow is imported where a client is made: the CLI's --help and the deploy steps that
+# only read aliases must not pay for it.
 from contextlib import AbstractContextManager
 from typing import Any
 

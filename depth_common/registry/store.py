@@ -18,12 +18,15 @@ costs milliseconds. Remote stores (``http://``...) are left to the tracking serv
 
 from __future__ import annotations
 
+# mlflow is imported where its schema revision is read: opening the local store needs no mlflow.
 import logging
 import os
 import shutil
 import sqlite3
 from pathlib import Path
 from urllib.parse import urlparse
+
+from filelock import FileLock, Timeout
 
 from depth_common.errors import DataError
 
@@ -188,7 +191,6 @@ def ensure_sqlite_store(tracking_uri: str, timeout_s: float = LOCK_TIMEOUT_S) ->
             return "current"  # the common case: no lock needed to see that nothing is to do
     except sqlite3.DatabaseError as exc:
         raise DataError(f"{db}: not a readable SQLite database ({exc})") from None
-    from filelock import FileLock, Timeout
 
     db.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -8,6 +8,8 @@ or different pods — and still write to the same run. Promotion logic lives in
 
 from __future__ import annotations
 
+# mlflow (and torch/timm to log a model) are imported where a run is written: the
+# monitoring and evaluation modules import this one, and only a run that logs pays for them.
 import json
 import logging
 import math
@@ -17,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from depth_common.config import MlflowConfig, Params
 from depth_common.registry import lineage
@@ -261,7 +265,6 @@ def log_model(run_id: str, checkpoint_path: str | Path, img_size: tuple[int, int
     rather than inferred (inference loads the model in a subprocess: slow).
     """
     import mlflow
-    import numpy as np
     import timm
     import torch
     from mlflow.models import ModelSignature

@@ -19,6 +19,8 @@ thread that created it, so give each thread its own client.
 
 from __future__ import annotations
 
+# tritonclient (and gevent for its gRPC/HTTP pools) are imported where a server is
+# called: deploy.probe and deploy.smoke import this module for its request helpers.
 import io
 import os
 import socket

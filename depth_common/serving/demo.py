@@ -22,6 +22,8 @@ which offers no read timeout and no connection cap: :func:`demo_server` sets bot
 
 from __future__ import annotations
 
+# gradio, fastapi and onnxruntime are imported where the demo starts or a model runs:
+# its image helpers are used without a UI.
 import tempfile
 import threading
 from collections.abc import Callable, Sequence

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.artifacts import download_artifacts
 from torch import nn
 
 from depth_common.config import Params
@@ -50,7 +51,6 @@ def champion_checkpoint(params: Params, dest: Path) -> InitSource | None:
     db = sqlite_path(params.mlflow.tracking_uri)
     if db is not None and not db.is_file():
         return None  # no local store yet, so no champion (and no store created just to look)
-    from mlflow.artifacts import download_artifacts
 
     name = params.mlflow.model_name
     client = registry_client(params.mlflow.tracking_uri)
