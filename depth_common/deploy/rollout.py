@@ -20,7 +20,6 @@ runs:
 
 from __future__ import annotations
 
-# mlflow is imported where a deploy result is logged: a rollout that logs nothing never loads it.
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.entities import Metric
 
 from depth_common.config import Params
 from depth_common.deploy.analysis import Thresholds, analyse
@@ -108,7 +108,6 @@ def _conclude(
 def _log_to_mlflow(registry: Registry, run_id: str, result: DeployResult) -> None:
     if not run_id:
         return
-    from mlflow.entities import Metric  # heavy; the registry already imported mlflow
 
     client = registry.client
     now = int(time.time() * 1000)

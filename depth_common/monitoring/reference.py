@@ -5,9 +5,9 @@ served version finds its reference (``reference_profile_uri``)."""
 
 from __future__ import annotations
 
-# mlflow is imported where a reference profile is fetched from a run: only this pipeline
-# step needs it.
 from pathlib import Path
+
+from mlflow import MlflowClient
 
 from depth_common.config import Params
 from depth_common.data.discovery import split_dir
@@ -38,7 +38,6 @@ def log_reference_profile(
 ) -> str:
     """Log ``profile_path`` to run ``run_id``; tag the run (and model ``version`` if > 0) with
     its artifact URI; return the URI."""
-    from mlflow import MlflowClient  # heavy: only this pipeline step needs it
 
     tracking.configure(params.mlflow)
     client = MlflowClient()

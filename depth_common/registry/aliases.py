@@ -17,9 +17,11 @@ can serve it again. Every function takes an ``MlflowClient``; the promotion lock
 
 from __future__ import annotations
 
-# mlflow is imported where an MLflow client is made: the local registry store (sqlite)
-# and the deploy steps that import this module for alias names need no mlflow.
 from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from depth_common.registry.store import ensure_sqlite_store
 
@@ -33,7 +35,6 @@ SOURCE_TAG = "serving_source"
 
 def registry_client(tracking_uri: str) -> Any:  # -> mlflow.MlflowClient
     """A client on ``tracking_uri`` (a local SQLite store is created/upgraded first, safely)."""
-    from mlflow import MlflowClient
 
     ensure_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -41,8 +42,6 @@ def registry_client(tracking_uri: str) -> Any:  # -> mlflow.MlflowClient
 
 def is_missing(exc: Exception) -> bool:
     """True for MLflow's RESOURCE_DOES_NOT_EXIST (no such run / model / version / alias)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
     return isinstance(exc, MlflowException) and exc.error_code == ErrorCode.Name(
         RESOURCE_DOES_NOT_EXIST

@@ -15,7 +15,6 @@ exclusive (the usual lease caveat).
 
 from __future__ import annotations
 
-# mlflow is imported where the lock model is created: the rest works on a client passed in.
 import contextlib
 import logging
 import os
@@ -23,6 +22,8 @@ import socket
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from depth_common.errors import RegistryLockTimeout
 
@@ -41,7 +42,6 @@ def _holder_id(holder: str) -> str:
 
 
 def _ensure_lock_model(client: Any, name: str) -> None:
-    from mlflow.exceptions import MlflowException
 
     try:
         client.create_registered_model(

@@ -9,10 +9,10 @@ The alias rules themselves are :mod:`depth_common.registry.aliases`; the locks
 
 from __future__ import annotations
 
-# mlflow is imported where a client is made: the CLI's --help and the deploy steps that
-# only read aliases must not pay for it.
 from contextlib import AbstractContextManager
 from typing import Any
+
+from mlflow import MlflowClient
 
 from depth_common.config import Params
 from depth_common.registry import aliases as _aliases
@@ -38,7 +38,6 @@ class Registry:
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         must_exist: bool = False,
     ) -> None:
-        from mlflow import MlflowClient  # heavy: the CLI's --help must not pay for it
 
         if must_exist:
             require_sqlite_store(tracking_uri)

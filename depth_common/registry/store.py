@@ -18,7 +18,9 @@ costs milliseconds. Remote stores (``http://``...) are left to the tracking serv
 
 from __future__ import annotations
 
-# mlflow is imported where its schema revision is read: opening the local store needs no mlflow.
+# mlflow's SQL store utilities (sqlalchemy, alembic) are imported where the schema revision is
+# read: aliases, registry, tracking and warm_start import this module and open a store
+# without either.
 import logging
 import os
 import shutil
