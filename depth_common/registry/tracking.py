@@ -33,7 +33,6 @@ from mlflow.types import Schema, TensorSpec
 
 from depth_common.config import MlflowConfig, Params
 from depth_common.registry import lineage
-from depth_common.registry.mlflow_model import CHECKPOINT_KEY, INPUT_NAME
 from depth_common.registry.store import ensure_sqlite_store, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -252,6 +251,11 @@ def run_exists(run_id: str) -> bool:
 
 #: The code of the logged MLflow model (MLflow "models from code": no pickle).
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+# Named here, read by the model code: importing mlflow_model would load torch with every run.
+#: The name of the checkpoint among the model's artifacts.
+CHECKPOINT_KEY = "checkpoint"
+#: The input tensor's name in the model's signature.
+INPUT_NAME = "image"
 
 
 def log_model(run_id: str, checkpoint_path: str | Path, img_size: tuple[int, int]) -> None:
