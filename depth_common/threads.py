@@ -20,6 +20,8 @@ imports torch when called, :func:`ort_session_options` imports onnxruntime.
 
 from __future__ import annotations
 
+# torch and onnxruntime are imported where their thread pools are set: this ground-floor
+# module is imported by torch-free code (the serving repository, the demo).
 import contextlib
 import functools
 import logging

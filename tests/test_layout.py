@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,41 @@ def test_no_module_imports_from_a_stage_above_its_own(path: Path) -> None:
         if STAGES.index(stage_of(name)) > own
     ]
     assert not upward, f"{path.relative_to(ROOT)} imports from above its stage: {upward}"
+
+
+def imports_inside_functions(path: Path) -> list[tuple[int, str]]:
+    """Every standard-library or ``depth_common`` import in a function body (line, module)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found |= {(node.lineno, name) for name in names if is_local_or_stdlib(name)}
+    return sorted(found)
+
+
+def is_local_or_stdlib(module: str) -> bool:
+    top = module.split(".")[0]
+    return top == "depth_common" or top in sys.stdlib_module_names
+
+
+def outside_the_cli(path: Path) -> bool:
+    # The command line defers its commands' imports so ``--help`` stays light.
+    return stage_of(module_name(path)) != "cli"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in library_modules() if outside_the_cli(p)],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_standard_and_own_imports_stand_at_the_module_top(path: Path) -> None:
+    inside = [f"line {line}: {name}" for line, name in imports_inside_functions(path)]
+    assert not inside, f"{path.relative_to(ROOT)} imports inside a function: {inside}"

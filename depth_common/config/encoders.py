@@ -11,6 +11,8 @@ a timm upgrade, regenerate it with ``python -m depth_common.config.encoders``.
 
 from __future__ import annotations
 
+# timm is imported only by regenerate(): `import depth_common.config` stays free of timm and
+# torch (tests/config/test_params.py), the list is read from JSON instead.
 import json
 import re
 from collections.abc import Sequence

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from depth_common.config.base import ConfigModel, reject_message, validate_section
 from depth_common.config.cluster import ClusterConfig
 from depth_common.config.data import DataConfig
+from depth_common.config.encoders import check_encoder
 from depth_common.config.sections import (
     AugmentationConfig,
     EvaluationConfig,
@@ -43,7 +44,6 @@ class Params(ConfigModel):
     def _encoder_fits_img_size(self) -> Params:
         # The encoder family and img_size vs its patch size, from a name list (no timm
         # import), so a bad value fails before any data work.
-        from depth_common.config.encoders import check_encoder
 
         try:
             check_encoder(self.model.encoder, self.data.img_size)

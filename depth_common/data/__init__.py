@@ -1,13 +1,11 @@
 """Data: Cityscapes discovery and disparity → depth, preprocessing, the torch Dataset.
 
-Importing this package needs only numpy and PIL; the torch parts (``DepthDataset``,
-``build_dataloader``, ``read_manifest``) load on first use, so a serving client can use
-``prepare_image`` without torch.
+Importing this package needs only numpy and PIL, so a serving client can use
+``prepare_image`` without torch; the torch parts (``DepthDataset``, ``build_dataloader``,
+``read_manifest``) are imported from ``depth_common.data.dataset``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from depth_common.data.cityscapes import (
     CameraIntrinsics,
@@ -24,17 +22,6 @@ from depth_common.data.transforms import (
     resize_depth_nearest,
 )
 
-_LAZY = {"DepthDataset", "build_dataloader", "read_manifest", "augment_pair", "seed_worker"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from depth_common.data import dataset
-
-        return getattr(dataset, name)
-    raise AttributeError(f"module 'depth_common.data' has no attribute {name!r}")
-
-
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -47,5 +34,4 @@ __all__ = [
     "preprocess_dataset",
     "read_camera",
     "resize_depth_nearest",
-    *sorted(_LAZY),
 ]

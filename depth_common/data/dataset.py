@@ -27,6 +27,7 @@ from depth_common.config import AugmentationConfig, Params
 from depth_common.data.cityscapes import canonical_focal_px, open_image
 from depth_common.data.convert import load_depth_npy
 from depth_common.data.preprocess import FORMAT, MANIFEST
+from depth_common.data.samplers import train_sampler
 from depth_common.data.transforms import prepare_image, resize_depth_nearest
 from depth_common.errors import DataError
 
@@ -260,8 +261,6 @@ def loader_for(
     when batches go to CUDA.
     """
     if train and sampler is None:
-        from depth_common.data.samplers import train_sampler
-
         sampler = train_sampler(len(dataset), seed=params.training.seed)
     workers = params.data.num_workers
     generator = torch.Generator()

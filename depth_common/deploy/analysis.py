@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from depth_common.config import DeployConfig
+from depth_common.evaluation.metrics import per_image_metrics
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,6 @@ def mean_abs_rel(
     Pairs where either side is None, or the reference has no valid pixel, are left out; NaN
     when none is left.
     """
-    from depth_common.evaluation.metrics import per_image_metrics
 
     pairs = [(p, r) for p, r in zip(preds, refs, strict=True) if p is not None and r is not None]
     if not pairs:

@@ -11,6 +11,7 @@ is raised says what failed and how the rollback went.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +64,6 @@ def describe_error(exc: BaseException) -> str:
     server's message rather than its multi-line dump with headers."""
     status, body = getattr(exc, "status", None), getattr(exc, "body", None)
     if isinstance(status, int) and body is not None:
-        import json
-
         try:
             message = json.loads(body).get("message", "")
         except (TypeError, ValueError, AttributeError):

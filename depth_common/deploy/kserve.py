@@ -9,6 +9,8 @@ failure patch ``storageUri`` back to the previous one and raise :class:`DeployEr
 
 from __future__ import annotations
 
+# kubernetes is imported where a cluster is called: building and checking an
+# InferenceService manifest needs no cluster client.
 import logging
 import time
 from collections.abc import Callable

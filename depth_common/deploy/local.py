@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from depth_common.atomic import copy_atomic, remove_leftovers
 from depth_common.deploy.probe import VersionEndpoint
@@ -30,7 +31,15 @@ from depth_common.deploy.report import DeployResult
 from depth_common.deploy.smoke import SmokeResult, smoke_test_v2
 from depth_common.deploy.target import Release, Served
 from depth_common.errors import DataError, DeployError
+from depth_common.export.triton import (
+    ONNX_FILENAME,
+    parse_model_config,
+    read_onnx_io,
+    write_model_config,
+)
 from depth_common.registry.registry import Registry
+from depth_common.serving.local_stack import LocalTransformer
+from depth_common.serving.server import LocalTritonServer
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +87,6 @@ def deploy_local(
     ``model.onnx``; ``image`` (uint8 (h, w, 3)) is the smoke test's input (default: its own).
     Raises :class:`DeployError` (and leaves ``serve_dir`` untouched) when the smoke test fails.
     """
-    from depth_common.serving.local_stack import LocalTransformer
-    from depth_common.serving.server import LocalTritonServer
 
     repository = Path(repository_dir)
     version = latest_version(repository, model_name)
@@ -118,7 +125,6 @@ def serve_lock(serve_dir: str | Path, timeout_s: float = 3600.0) -> Iterator[Non
 
     A file lock beside it, which the kernel releases if the holder dies.
     """
-    from filelock import FileLock, Timeout
 
     serve_dir = Path(serve_dir).resolve()
     serve_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -147,12 +153,6 @@ def build_canary_repository(
     allows, else a copy: the local server accepts no model file outside its repository). Raises
     :class:`DeployError` when they cannot share one model config (different input size).
     """
-    from depth_common.export.triton import (
-        ONNX_FILENAME,
-        parse_model_config,
-        read_onnx_io,
-        write_model_config,
-    )
 
     champ_v = latest_version(champion_repo, model_name)
     chall_v = latest_version(challenger_repo, model_name)
@@ -205,7 +205,6 @@ class LocalCanary:
         self._tmp: Path | None = None
 
     def begin(self, percent: int) -> None:
-        from depth_common.serving.server import LocalTritonServer
 
         self._tmp = Path(tempfile.mkdtemp(prefix="depth-canary-"))
         self.versions = build_canary_repository(

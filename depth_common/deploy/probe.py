@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from depth_common.data.transforms import prepare_image
 from depth_common.deploy.analysis import VersionSample
+from depth_common.serving.client import DepthClient, resize_depth_bilinear
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,6 @@ class _Caller:
     """One version's client, its prepared inputs and what it answered."""
 
     def __init__(self, endpoint: VersionEndpoint, probes: ProbeSet, timeout_s: float) -> None:
-        from depth_common.serving.client import DepthClient
 
         self.endpoint = endpoint
         self.client = DepthClient(
@@ -68,7 +69,6 @@ class _Caller:
         self.errors: list[str] = []
 
     def warm_up(self) -> None:
-        from depth_common.data.transforms import prepare_image
 
         try:
             info = self.client.info  # the version's own input size
@@ -81,7 +81,6 @@ class _Caller:
             self.unreachable = f"{type(exc).__name__}: {exc}"
 
     def call(self, i: int) -> None:
-        from depth_common.serving.client import resize_depth_bilinear
 
         problem = self.unreachable
         if problem is None:

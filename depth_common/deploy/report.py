@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from depth_common.deploy.analysis import StepAnalysis
 from depth_common.deploy.smoke import SmokeResult
+from depth_common.evaluation.charts import step_chart
+from depth_common.evaluation.viz import bytes_data_uri
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,6 @@ def canary_chart_markdown(result: DeployResult) -> str:
     p95 latency and error rate of champion and challenger, their disagreement and each one's
     AbsRel against the ground truth. "" without analysed steps. Kept out of
     :func:`write_deploy_report`, which is also printed to the task log."""
-    from depth_common.evaluation.charts import step_chart
-    from depth_common.evaluation.viz import bytes_data_uri
 
     def series(key: str) -> list[tuple[float, float]]:
         points = [(float(s.traffic_percent), s.metrics()[key]) for s in result.steps]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.entities import Metric
 
 from depth_common.config import Params
 from depth_common.deploy.analysis import Thresholds, analyse
@@ -107,7 +108,6 @@ def _conclude(
 def _log_to_mlflow(registry: Registry, run_id: str, result: DeployResult) -> None:
     if not run_id:
         return
-    from mlflow.entities import Metric  # heavy; the registry already imported mlflow
 
     client = registry.client
     now = int(time.time() * 1000)

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+# onnxruntime is imported where a reference output is computed: a smoke test against a
+# served model alone never loads it.
 import base64
 import io
 import json
@@ -25,8 +27,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from depth_common.data.transforms import prepare_image
+from depth_common.serving.client import DepthClient
+from depth_common.serving.codec import decode_depth_png, load_rgb, resize_depth_bilinear
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,6 @@ def smoke_rgb(size: tuple[int, int] = (96, 160), seed: int = 0) -> np.ndarray:
 
 def smoke_image(size: tuple[int, int] = (96, 160), seed: int = 0) -> bytes:
     """:func:`smoke_rgb` as a PNG file's bytes."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(smoke_rgb(size, seed)).save(buf, format="PNG")
@@ -72,8 +76,6 @@ def image_reference(onnx_path: str | Path, data: bytes) -> np.ndarray:
     """What the image endpoint must answer for ``data``: the same decode, preprocessing, ONNX
     Runtime and resize, in-process."""
     import onnxruntime as ort
-
-    from depth_common.serving.codec import load_rgb, resize_depth_bilinear
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
@@ -98,7 +100,6 @@ def _is_image_endpoint(meta: dict) -> bool:
 
 def _v1_png_check(url: str, model_name: str, data: bytes, want: np.ndarray, timeout_s: float):
     """The v1 endpoint's depth PNG decodes to ``want`` within its 1/256 m quantisation."""
-    from depth_common.serving.codec import decode_depth_png
 
     body = json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(data).decode()}}]})
     request = urllib.request.Request(
@@ -126,7 +127,6 @@ def smoke_test_image(
     at the image's size, finite, within ``atol`` metres of ONNX Runtime with ``onnx_path``)
     and v1 (the depth PNG decodes to the same map). Never raises: the reason is in the result.
     """
-    from depth_common.serving.client import DepthClient
 
     data = smoke_image(seed=seed)
     try:
@@ -219,7 +219,6 @@ def smoke_test_v2(
     several (the local canary). Never raises for a bad endpoint: the reason is in the result (a
     deploy rolls back).
     """
-    from depth_common.serving.client import DepthClient
 
     kwargs = {"onnx_path": onnx_path, "atol": atol, "ready_timeout_s": ready_timeout_s,
               "request_timeout_s": request_timeout_s, "seed": seed}  # fmt: skip

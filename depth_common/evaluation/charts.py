@@ -6,6 +6,8 @@ matplotlib is imported inside each function (about half a second): only a report
 
 from __future__ import annotations
 
+# matplotlib is imported where a chart is drawn: the evaluation numbers and the deploy
+# report's tables need no plotting library.
 import io
 from collections.abc import Mapping, Sequence
 from typing import Any

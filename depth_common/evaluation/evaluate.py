@@ -20,15 +20,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from depth_common.atomic import atomic_write
 from depth_common.config import Params
+from depth_common.data.convert import gt_path, load_depth_png
+from depth_common.data.dataset import DepthDataset, build_dataloader, read_manifest
+from depth_common.data.digest import manifest_digest
+from depth_common.data.preprocess import manifest_path
 from depth_common.errors import DataError
 from depth_common.evaluation.analysis import ErrorAnalysis
 from depth_common.evaluation.metrics import DepthMetricsAccumulator
 from depth_common.evaluation.protocol import Scorer, describe
 from depth_common.evaluation.report import Sample, format_metrics_table, report_html
+from depth_common.model.checkpoint import model_from_checkpoint, resolve_device
+from depth_common.registry import tracking
 from depth_common.registry.tracking import TaskContext
+from depth_common.threads import apply_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +64,6 @@ def _check_size(model_size: tuple[int, int], batch: torch.Tensor, processed_dir:
 
 def _full_gt_paths(processed_dir: Path, split: str, dataset: Any) -> list[Path]:
     """The full-resolution ground truth of every item of ``dataset``, checked to exist."""
-    from depth_common.data import read_manifest
-    from depth_common.data.convert import gt_path
 
     kept = read_manifest(processed_dir).get("full_resolution_gt", {}).get("splits", [])
     paths = [gt_path(png) for png, _ in dataset.items]
@@ -84,7 +90,6 @@ def _score_split(
     """Predict every batch (times its item's ``scales``: metres); score at model resolution,
     or against ``gts`` (full resolution); ``analysis`` (error by band, density) always at model
     resolution."""
-    from depth_common.data.convert import load_depth_png
 
     samples: list[Sample] = []
     seen = 0
@@ -110,10 +115,6 @@ def _log_to_mlflow(
     """test_* metrics and the report to the training run ``run_id`` (what promotion reads);
     in a pipeline also an ``<kfp run>/evaluate`` child run with the dataset as its testing
     input, the same metrics and files."""
-    from depth_common.data import read_manifest
-    from depth_common.data.digest import manifest_digest
-    from depth_common.data.preprocess import manifest_path
-    from depth_common.registry import tracking
 
     tracking.configure(params.mlflow)
     if not tracking.run_exists(run_id):
@@ -159,9 +160,6 @@ def evaluate(
     the run recorded in the checkpoint (none: no logging); with ``context.kfp_run`` also to an
     ``<kfp run>/evaluate`` child of the pipeline run, with the dataset as its testing input.
     """
-    from depth_common.data import build_dataloader, read_manifest
-    from depth_common.model.checkpoint import model_from_checkpoint, resolve_device
-    from depth_common.threads import apply_torch_threads
 
     processed_dir, out_dir = Path(processed_dir), Path(out_dir)
     apply_torch_threads(params.training.threads, role="evaluate")
@@ -215,7 +213,6 @@ def evaluate(
 def _training_curves(params: Params, run_id: str) -> dict[str, list[tuple[int, float]]] | None:
     """train_loss, val_rmse and learning_rate per epoch from the MLflow run's history (None
     when the run is not in the store: logging then reports that)."""
-    from depth_common.registry import tracking
 
     tracking.configure(params.mlflow)
     if not tracking.run_exists(run_id):
@@ -224,7 +221,6 @@ def _training_curves(params: Params, run_id: str) -> dict[str, list[tuple[int, f
 
 
 def _gt_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
 
     with Image.open(path) as img:
         return img.height, img.width
@@ -235,7 +231,6 @@ def training_median_depth(processed_dir: str | Path, params: Params, bin_m: floa
 
     A histogram over (0, max_depth) keeps memory constant on a full dataset.
     """
-    from depth_common.data import DepthDataset
 
     lo, hi = params.data.min_depth, params.data.max_depth
     edges = np.arange(0.0, hi + bin_m, bin_m)
@@ -255,7 +250,6 @@ def median_baseline_metrics(
     processed_dir: str | Path, params: Params, split: str = "val"
 ) -> dict[str, float]:
     """Metrics (unprefixed keys) of predicting the training median depth at every pixel of ``split``."""
-    from depth_common.data import DepthDataset
 
     median = training_median_depth(processed_dir, params)
     acc = DepthMetricsAccumulator(params.data.min_depth, params.data.max_depth)

@@ -11,9 +11,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from depth_common.data.transforms import denormalize_image
 from depth_common.evaluation.analysis import ErrorAnalysis
+from depth_common.evaluation.charts import band_chart, density_plot, training_curves
 from depth_common.evaluation.metrics import METRIC_KEYS
 from depth_common.evaluation.protocol import MEDIAN_SCALED
+from depth_common.evaluation.viz import bytes_data_uri, colorbar, colorize_depth, png_data_uri
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image (3,h,w), gt (h,w), pred (h,w), metres
 
@@ -70,8 +73,6 @@ def _img(uri: str, alt: str) -> str:
 def _sample_rows(samples: list[Sample], vmax: float) -> str:
     """input | ground truth | prediction | AbsRel error map, depth maps on one scale (0..vmax
     metres), error maps on another (0..ERROR_MAP_MAX)."""
-    from depth_common.data.transforms import denormalize_image
-    from depth_common.evaluation.viz import colorize_depth, png_data_uri
 
     rows = []
     for n, (image, gt, pred) in enumerate(samples):
@@ -97,8 +98,6 @@ def _band_section(analysis: ErrorAnalysis | None) -> str:
     """The chart and table of error by distance band, and the density plot."""
     if analysis is None:
         return ""
-    from depth_common.evaluation.charts import band_chart, density_plot
-    from depth_common.evaluation.viz import bytes_data_uri
 
     bands = analysis.bands()
     rows = "".join(
@@ -119,8 +118,6 @@ def _band_section(analysis: ErrorAnalysis | None) -> str:
 def _curves_section(curves: Mapping[str, Sequence[tuple[int, float]]] | None) -> str:
     if not curves or not any(curves.values()):
         return ""
-    from depth_common.evaluation.charts import training_curves
-    from depth_common.evaluation.viz import bytes_data_uri
 
     chart = bytes_data_uri(training_curves(curves))
     return f"<h2>Training curves</h2>\n<p>From the MLflow run's history.</p>\n{_img(chart, 'training curves')}\n"
@@ -139,7 +136,6 @@ def report_html(
     """The HTML page: protocol line, run facts, the metrics table, sample rows on one scale
     with their error maps, error by distance band, the density plot and the training curves
     (``curves``: metric → [(epoch, value)]); every image inline (base64 PNG)."""
-    from depth_common.evaluation.viz import colorbar, png_data_uri
 
     # One scale for every map in the report: 0 m to the 99th percentile of the shown ground
     # truth, so colours compare across images and between ground truth and prediction.

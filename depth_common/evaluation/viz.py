@@ -6,6 +6,8 @@ matplotlib takes about 0.3 s).
 
 from __future__ import annotations
 
+# matplotlib is imported where its colormap is read (once, cached): the serving predict and
+# demo paths that import this module for colorize load it only when they draw.
 import base64
 import functools
 import io

@@ -8,6 +8,7 @@ never written to the card and never logged.
 
 from __future__ import annotations
 
+# huggingface_hub is imported where a model is pushed: building the model card needs no hub client.
 import dataclasses
 import json
 import logging

@@ -12,6 +12,9 @@ compared with PyTorch in ONNX Runtime on batch 1 and batch 4, and only then move
 
 from __future__ import annotations
 
+# torch, onnx, onnxruntime and mlflow are imported where each step runs: this module is
+# imported by the deploy and Triton modules (export.triton, deploy.kserve) for its metadata
+# helpers, which need none of them.
 import hashlib
 import json
 import warnings
@@ -26,8 +29,11 @@ if TYPE_CHECKING:  # torch loads in the functions that run a model, not for the 
     import torch
 
 from depth_common.atomic import atomic_path
+from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from depth_common.errors import ParityError
+from depth_common.model.checkpoint import model_from_checkpoint
 from depth_common.registry.lineage import carried
+from depth_common.threads import apply_torch_threads, ort_session_options
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -83,7 +89,6 @@ def build_metadata(
     the horizontal focal (pixels at the input width) the depth is for; "" for a camera-blind
     model (then depth is for whatever camera the training data had).
     """
-    from depth_common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     return {
         "encoder": encoder,
@@ -121,8 +126,6 @@ def parity_inputs(batch: int, img_size: tuple[int, int], seed: int = 0) -> np.nd
 def _ort_session(path: Path) -> Any:
     import onnxruntime as ort
 
-    from depth_common.threads import ort_session_options
-
     options = ort_session_options(role="export parity")  # threads that fit this process's CPUs
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -144,8 +147,6 @@ def check_onnx_parity(
     ``label`` names the file in messages (default: ``onnx_path``).
     """
     import torch
-
-    from depth_common.threads import apply_torch_threads
 
     label = label or onnx_path
     apply_torch_threads(role="export parity")
@@ -283,7 +284,6 @@ def export_onnx(
     checkpoint's ``model_config.img_size`` (pixels); ``max_depth`` (metres) from its params.
     Raises :class:`ParityError` if ONNX Runtime and PyTorch differ by ``atol`` (metres) or more.
     """
-    from depth_common.model.checkpoint import model_from_checkpoint
 
     checkpoint_path = Path(checkpoint_path)
     model, ckpt = model_from_checkpoint(checkpoint_path)

@@ -11,6 +11,8 @@ TensorRT 10 and 11 build the engine differently (docs/export.md, "TensorRT versi
 
 from __future__ import annotations
 
+# onnx, onnxruntime and modelopt are imported where an engine is built: modelopt and tensorrt
+# exist only in the CUDA image, and the module must import on a CPU machine.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from depth_common.atomic import atomic_path, scratch_dir, write_bytes
 from depth_common.config import ExportConfig
 from depth_common.errors import ParityError, TensorRTUnavailable
 from depth_common.export.onnx import INPUT_NAME, OUTPUT_NAME, parity_inputs
+from depth_common.export.triton import read_onnx_io
 from depth_common.export.trt_runtime import TrtRunner, gpu_available, import_tensorrt
 
 __all__ = [
@@ -111,7 +114,6 @@ def build_engine(
     The plan is tied to the GPU model and TensorRT version it was built with: build it on the
     node type that serves it.
     """
-    from depth_common.export.triton import read_onnx_io
 
     trt = import_tensorrt()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)

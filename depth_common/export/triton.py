@@ -24,6 +24,8 @@ versions of a model and is rewritten for the newest one.
 
 from __future__ import annotations
 
+# onnx and tritonclient (its protobuf model config) are imported where a model is read or a
+# config built: deploy.local imports this module, and each path needs one of them at most.
 import os
 import shutil
 from pathlib import Path

@@ -13,6 +13,8 @@ TensorRT 10, and the project's torch build already installs it (``cuda-bindings`
 
 from __future__ import annotations
 
+# tensorrt and cuda exist only in the CUDA image: they are imported where an engine runs,
+# so the module imports (and says what is missing) on a CPU machine.
 from pathlib import Path
 from typing import Any
 

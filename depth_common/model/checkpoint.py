@@ -18,6 +18,7 @@ from torch import nn
 from depth_common.atomic import atomic_write
 from depth_common.config import Params
 from depth_common.errors import CheckpointError, ConfigError
+from depth_common.model.dpt import DPT  # timm import only when a model is really needed
 
 FORMAT = "depth_common.checkpoint/v1"
 _REQUIRED = ("model_state", "model_config", "params", "epoch", "metrics")
@@ -101,7 +102,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the DPT (``pretrained=False``: the weights come from the file) → ``(model.eval(), ckpt)``."""
-    from depth_common.model.dpt import DPT  # timm import only when a model is really needed
 
     ckpt = load_checkpoint(path, map_location)
     cfg = ckpt["model_config"]

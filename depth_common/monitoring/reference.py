@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from depth_common.config import Params
 from depth_common.data.discovery import split_dir
 from depth_common.errors import DataError
 from depth_common.monitoring.profile import DEFAULT_MAX_IMAGES, Profile, profile_directory
+from depth_common.registry import tracking
 
 PROFILE_TAG = "reference_profile_uri"
 ARTIFACT_DIR = "reference_profile"
@@ -35,9 +38,6 @@ def log_reference_profile(
 ) -> str:
     """Log ``profile_path`` to run ``run_id``; tag the run (and model ``version`` if > 0) with
     its artifact URI; return the URI."""
-    from mlflow import MlflowClient  # heavy: only this pipeline step needs it
-
-    from depth_common.registry import tracking
 
     tracking.configure(params.mlflow)
     client = MlflowClient()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -292,7 +293,6 @@ def serve_monitor(
     monitor: DriftMonitor, host: str, port: int, ready: Callable[[str], None] = print
 ) -> None:
     """Serve until Ctrl-C / SIGTERM."""
-    import signal
 
     server = MonitorServer(monitor, host, port)
 

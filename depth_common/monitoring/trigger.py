@@ -17,6 +17,8 @@ the cooldown and another ``M`` drifted windows, never in a loop.
 
 from __future__ import annotations
 
+# kfp is imported where a pipeline run is submitted (KfpLauncher): the monitor service
+# with its LocalLauncher needs no kfp.
 import contextlib
 import logging
 import os

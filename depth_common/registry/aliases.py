@@ -19,6 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from depth_common.registry.store import ensure_sqlite_store
+
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_ALIAS = "previous"
@@ -29,9 +35,6 @@ SOURCE_TAG = "serving_source"
 
 def registry_client(tracking_uri: str) -> Any:  # -> mlflow.MlflowClient
     """A client on ``tracking_uri`` (a local SQLite store is created/upgraded first, safely)."""
-    from mlflow import MlflowClient
-
-    from depth_common.registry.store import ensure_sqlite_store
 
     ensure_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -39,8 +42,6 @@ def registry_client(tracking_uri: str) -> Any:  # -> mlflow.MlflowClient
 
 def is_missing(exc: Exception) -> bool:
     """True for MLflow's RESOURCE_DOES_NOT_EXIST (no such run / model / version / alias)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
     return isinstance(exc, MlflowException) and exc.error_code == ErrorCode.Name(
         RESOURCE_DOES_NOT_EXIST

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from depth_common.config import Params
+from depth_common.config.container_images import component_image
 from depth_common.errors import LineageNotFound
+from depth_common.registry.aliases import aliases, is_missing
 
 GIT_COMMIT = "git_commit"
 GIT_DIRTY = "git_dirty"
@@ -104,7 +106,6 @@ def code_provenance() -> dict[str, str]:
     worktree's ``.git`` is a file, hence ``exists``) and the image is the component image that
     ``images/images.env`` names (what the compiled pipeline runs). Unknown values are "".
     """
-    from depth_common.config.container_images import component_image
 
     commit = os.environ.get("DEPTH_GIT_COMMIT", "")
     dirty = os.environ.get("DEPTH_GIT_DIRTY", "")
@@ -283,7 +284,6 @@ def describe_version(client: Any, name: str, version: int) -> dict[str, Any]:
 
 
 def _model_version(client: Any, name: str, version: int) -> Any:
-    from depth_common.registry.aliases import is_missing
 
     try:
         return client.get_model_version(name, str(version))
@@ -295,7 +295,6 @@ def _model_version(client: Any, name: str, version: int) -> Any:
 
 def alias_version(client: Any, name: str, alias: str) -> int:
     """The version holding ``alias`` (:class:`LineageNotFound` when none does)."""
-    from depth_common.registry.aliases import aliases
 
     current = aliases(client, name)
     if alias not in current:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from depth_common.errors import RegistryLockTimeout
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,6 @@ def _holder_id(holder: str) -> str:
 
 
 def _ensure_lock_model(client: Any, name: str) -> None:
-    from mlflow.exceptions import MlflowException
 
     try:
         client.create_registered_model(

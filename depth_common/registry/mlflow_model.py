@@ -21,11 +21,7 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from depth_common.model.checkpoint import model_from_checkpoint
-
-#: The name of the checkpoint among the model's artifacts.
-CHECKPOINT_KEY = "checkpoint"
-#: The input tensor's name in the model's signature.
-INPUT_NAME = "image"
+from depth_common.registry.tracking import CHECKPOINT_KEY, INPUT_NAME
 
 
 class DepthModel(PythonModel):

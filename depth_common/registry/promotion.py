@@ -26,6 +26,8 @@ import math
 import time
 from dataclasses import dataclass
 
+from mlflow.exceptions import MlflowException
+
 from depth_common.config import Params
 from depth_common.errors import PromotionError
 from depth_common.registry.aliases import (
@@ -197,7 +199,6 @@ def _logged_model_source(client, run_id: str) -> tuple[str, str | None]:
 
 def _register_version(reg: Registry, run_id: str, pipeline_run: str) -> int:
     """The registry version of ``runs:/<run_id>/model`` (created once), tagged with test_*."""
-    from mlflow.exceptions import MlflowException
 
     client, name = reg.client, reg.model_name
     metrics, _ = _run_metric(client, run_id, "challenger")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any
 
+from mlflow import MlflowClient
+
 from depth_common.config import Params
 from depth_common.registry import aliases as _aliases
 from depth_common.registry.lock import DEFAULT_TTL_S, registry_lock
@@ -36,7 +38,6 @@ class Registry:
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         must_exist: bool = False,
     ) -> None:
-        from mlflow import MlflowClient  # heavy: the CLI's --help must not pay for it
 
         if must_exist:
             require_sqlite_store(tracking_uri)

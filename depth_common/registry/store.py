@@ -18,11 +18,17 @@ costs milliseconds. Remote stores (``http://``...) are left to the tracking serv
 
 from __future__ import annotations
 
+# mlflow's SQL store utilities (sqlalchemy, alembic) are imported where the schema revision is
+# read: aliases, registry, tracking and warm_start import this module and open a store
+# without either.
 import logging
 import os
 import shutil
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlparse
+
+from filelock import FileLock, Timeout
 
 from depth_common.errors import DataError
 
@@ -34,7 +40,6 @@ LOCK_TIMEOUT_S = 600.0  # creating the schema takes ~10-30 s on a busy 2-core ma
 
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///path`` URI (relative or absolute), else None."""
-    from urllib.parse import urlparse
 
     if not tracking_uri.startswith("sqlite:"):
         return None
@@ -188,7 +193,6 @@ def ensure_sqlite_store(tracking_uri: str, timeout_s: float = LOCK_TIMEOUT_S) ->
             return "current"  # the common case: no lock needed to see that nothing is to do
     except sqlite3.DatabaseError as exc:
         raise DataError(f"{db}: not a readable SQLite database ({exc})") from None
-    from filelock import FileLock, Timeout
 
     db.parent.mkdir(parents=True, exist_ok=True)
     try:

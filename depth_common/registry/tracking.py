@@ -8,14 +8,28 @@ or different pods — and still write to the same run. Promotion logic lives in
 
 from __future__ import annotations
 
+# torch and timm are imported where a model is logged: monitoring.reference imports this
+# module to write a run and never loads a model.
 import json
 import logging
 import math
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from depth_common.config import MlflowConfig, Params
 from depth_common.registry import lineage
@@ -28,7 +42,6 @@ _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 
 def _client():
-    from mlflow import MlflowClient
 
     return MlflowClient()
 
@@ -41,8 +54,6 @@ def configure(mlflow_cfg: MlflowConfig) -> str:
     would be ``./mlruns`` under whatever the current directory happens to be). Two runs
     creating the experiment at once both get its id.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = mlflow_cfg.tracking_uri
     db = sqlite_path(uri)
@@ -87,7 +98,6 @@ def start_training_run(params: Params, context: TaskContext | None = None) -> st
     lineage (:mod:`depth_common.registry.lineage`); inside a pipeline (``context.kfp_run``) the
     run is the ``train`` child of the pipeline run, named ``<kfp run>/train``.
     """
-    from mlflow.entities import Param
 
     context = context or TaskContext()
     experiment_id = configure(params.mlflow)
@@ -135,9 +145,6 @@ def nest_run(params: Params, run_id: str, context: TaskContext, task: str) -> No
 
 def _processed_dataset(uri: str, digest: str, counts: Mapping[str, int], name: str) -> Any:
     """An ``mlflow.data`` dataset of a preprocessed directory: its source, digest and counts."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
-    from mlflow.data.meta_dataset import MetaDataset
 
     class ProcessedDataset(MetaDataset):  # defined here: mlflow is imported late
         @property
@@ -168,7 +175,6 @@ def log_dataset(
     digest: MLflow keeps a run's input once per dataset (name + digest), so the same entry
     logged twice would keep only its first context.
     """
-    from mlflow.entities import DatasetInput, InputTag
 
     inputs = [
         DatasetInput(
@@ -184,9 +190,6 @@ def log_dataset(
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log finite metrics to ``run_id`` (NaN/inf are skipped with a warning: MLflow's SQL
     stores reject or mangle them, and a missing point is more honest than a fake one)."""
-    import time
-
-    from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
     batch = []
@@ -238,7 +241,6 @@ def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def run_exists(run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
 
     try:
         _client().get_run(run_id)
@@ -249,6 +251,11 @@ def run_exists(run_id: str) -> bool:
 
 #: The code of the logged MLflow model (MLflow "models from code": no pickle).
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+# Named here, read by the model code: importing mlflow_model would load torch with every run.
+#: The name of the checkpoint among the model's artifacts.
+CHECKPOINT_KEY = "checkpoint"
+#: The input tensor's name in the model's signature.
+INPUT_NAME = "image"
 
 
 def log_model(run_id: str, checkpoint_path: str | Path, img_size: tuple[int, int]) -> None:
@@ -259,14 +266,8 @@ def log_model(run_id: str, checkpoint_path: str | Path, img_size: tuple[int, int
     example (which would make MLflow run the model), and the pip requirements are given
     rather than inferred (inference loads the model in a subprocess: slow).
     """
-    import mlflow
-    import numpy as np
     import timm
     import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    from depth_common.registry.mlflow_model import CHECKPOINT_KEY, INPUT_NAME
 
     h, w = img_size
     signature = ModelSignature(

@@ -14,6 +14,8 @@ A :class:`Launcher` per operator does the four calls; :func:`run_job` / :func:`w
 
 from __future__ import annotations
 
+# kubernetes and kubeflow are imported where a cluster is called: planning a job and
+# rendering its manifest need no cluster client.
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping

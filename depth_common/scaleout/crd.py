@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
 from depth_common.deploy.manifests import manifests_dir
@@ -42,7 +43,6 @@ def crd_schema(kind: str, crd_dir: str | None = None) -> dict:
 
 def validate_job(obj: Mapping[str, Any], crd_dir: str | Path | None = None) -> None:
     """Raise :class:`ConfigError` (field path + reason) unless ``obj`` matches its CRD."""
-    import jsonschema
 
     if obj.get("kind") not in CRD_FILES:
         raise ConfigError(f"kind: got {obj.get('kind')!r}, expected TrainJob or PyTorchJob")

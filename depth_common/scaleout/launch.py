@@ -20,8 +20,10 @@ import yaml
 from depth_common.atomic import claim_dir, copy_atomic, remove_leftovers, write_text
 from depth_common.config import Params
 from depth_common.errors import ConfigError, JobFailed
+from depth_common.model.checkpoint import load_checkpoint
 from depth_common.scaleout.cluster import Launcher, launcher_for, run_job
 from depth_common.scaleout.job import SHARED_MOUNT, job_from_params
+from depth_common.training.train import TrainResult
 
 
 def write_params_file(params: Params, path: str | Path) -> Path:
@@ -114,8 +116,6 @@ def _stage_run(params: Params, processed_dir: str | Path, run_dir: Path) -> Path
 
 
 def _result_from_checkpoints(best: Path, last: Path) -> Any:
-    from depth_common.model.checkpoint import load_checkpoint
-    from depth_common.training.train import TrainResult
 
     ckpt = load_checkpoint(best)
     history = load_checkpoint(last).get("history", []) if last.is_file() else []

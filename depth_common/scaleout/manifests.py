@@ -12,6 +12,8 @@ Pure functions: nothing here talks to a cluster.
 
 from __future__ import annotations
 
+# kubeflow's trainer SDK is imported where its typed options are built: rendering the
+# plain manifest dict needs no SDK.
 from typing import Any
 
 from depth_common.scaleout.job import SHARED_MOUNT, ScaleOutJob

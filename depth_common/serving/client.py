@@ -19,6 +19,8 @@ thread that created it, so give each thread its own client.
 
 from __future__ import annotations
 
+# tritonclient (and gevent for its gRPC/HTTP pools) are imported where a server is
+# called: deploy.probe and deploy.smoke import this module for its request helpers.
 import io
 import os
 import socket
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from depth_common.data.transforms import prepare_image
 from depth_common.errors import DepthConnectionError, DepthServingError
 from depth_common.serving.codec import load_rgb, resize_depth_bilinear
 
@@ -268,7 +271,6 @@ class DepthClient:
             return [
                 self.infer_images([encode_for_upload(img)]).as_numpy("depth")[0] for img in images
             ]
-        from depth_common.data.transforms import prepare_image
 
         info = self.info
         rgbs = [load_rgb(img) for img in images]

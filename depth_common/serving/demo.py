@@ -22,6 +22,8 @@ which offers no read timeout and no connection cap: :func:`demo_server` sets bot
 
 from __future__ import annotations
 
+# gradio, fastapi and onnxruntime are imported where the demo starts or a model runs:
+# its image helpers are used without a UI.
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -33,6 +35,10 @@ import uvicorn
 from PIL import Image
 
 from depth_common.config import DeployConfig
+from depth_common.data.io import save_png
+from depth_common.data.synthetic import cityscapes_camera, render_scene
+from depth_common.data.transforms import prepare_image
+from depth_common.evaluation.viz import colorbar, colorize_depth
 from depth_common.serving.camera import (
     CanonicalCamera,
     back_project,
@@ -44,6 +50,7 @@ from depth_common.serving.client import DepthClient, encode_for_upload
 from depth_common.serving.codec import ImageSource, load_rgb, resize_depth_bilinear
 from depth_common.serving.confidence import confidence_from_mirror, mirror_input
 from depth_common.serving.http_guard import guard_uvicorn
+from depth_common.threads import ort_session_options
 
 #: (the image as given, its decoded uint8 HxWx3) → depth (float32 HxW, metres, same size).
 Predictor = Callable[[ImageSource, np.ndarray], np.ndarray]
@@ -70,8 +77,6 @@ class OnnxPredictor:
             if self._session is None:
                 import onnxruntime as ort
 
-                from depth_common.threads import ort_session_options
-
                 # threads > 0 fixes the count; 0: what fits this process's CPUs (env wins)
                 options = ort_session_options(self.threads, role="demo")
                 self._session = ort.InferenceSession(
@@ -84,7 +89,6 @@ class OnnxPredictor:
         return self._session is not None
 
     def __call__(self, image: ImageSource, rgb: np.ndarray | None = None) -> np.ndarray:
-        from depth_common.data.transforms import prepare_image
 
         image = load_rgb(image) if rgb is None else rgb
         session = self._get_session()
@@ -96,7 +100,6 @@ class OnnxPredictor:
 
     def with_confidence(self, image: ImageSource, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(depth, confidence) at the image's size: the image and its mirror as one batch."""
-        from depth_common.data.transforms import prepare_image
 
         session = self._get_session()
         inp = session.get_inputs()[0]
@@ -134,7 +137,6 @@ class EndpointPredictor:
     def with_confidence(self, image: ImageSource, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(depth, confidence) at the image's size: the transformer's ``confidence`` output,
         or (tensor mode) the image and its mirror as one batch of two."""
-        from depth_common.data.transforms import prepare_image
 
         client = DepthClient(self.url, self.protocol, self.model_name, mode=self.mode)
         try:
@@ -181,7 +183,6 @@ def render_side_by_side(image: np.ndarray, depth: np.ndarray) -> np.ndarray:
     The colour scale comes from the full-size depth; the panels are shown at
     :func:`display_size`.
     """
-    from depth_common.evaluation.viz import colorbar, colorize_depth
 
     depth = np.clip(depth, 0.0, None)
     vmax = float(np.percentile(depth, 99)) or 1.0
@@ -236,8 +237,6 @@ def write_examples(
     out_dir: str | Path, count: int = 3, size: tuple[int, int] = (256, 512)
 ) -> list[Path]:
     """``count`` synthetic street scenes (PNG, ``size`` = (H, W) pixels) to use as examples."""
-    from depth_common.data.io import save_png
-    from depth_common.data.synthetic import cityscapes_camera, render_scene
 
     out_dir = Path(out_dir)
     paths = []

@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from depth_common.atomic import write_bytes
+from depth_common.data.io import save_npy, save_png
+from depth_common.data.transforms import prepare_image
+from depth_common.evaluation.viz import colorize_depth
+from depth_common.model.checkpoint import model_from_checkpoint
 from depth_common.serving.camera import (
     CanonicalCamera,
     back_project,
@@ -78,10 +82,6 @@ def predict_files(
     Z forward), written after the PNG and ``.npy``. ``confidence`` also writes
     ``<stem>_confidence.png`` (8-bit, confidence x 255; :mod:`depth_common.serving.confidence`).
     """
-    from depth_common.data.io import save_npy, save_png
-    from depth_common.data.transforms import prepare_image
-    from depth_common.evaluation.viz import colorize_depth
-    from depth_common.model.checkpoint import model_from_checkpoint
 
     paths = [Path(p) for p in images]
     stems = [p.stem for p in paths]

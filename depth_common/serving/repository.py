@@ -39,6 +39,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from depth_common.config.serving import MAX_BATCH, MAX_INSTANCES, MAX_QUEUE_DELAY_US
 from depth_common.errors import RepositoryError
+from depth_common.threads import decide_threads
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,6 @@ def _threads_parameter(config: mc.ModelConfig, intra_op_threads: int) -> str:
     if value.isdigit():
         return value
     # None set: the CPUs this server may use, shared by the model's instances (thread policy).
-    from depth_common.threads import decide_threads
 
     instances = sum(g.count or 1 for g in config.instance_group) or 1
     return str(decide_threads(share=instances).intra_op)

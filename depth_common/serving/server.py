@@ -22,6 +22,8 @@ read) from a temporary directory ``depth-triton-*``. Hardening, each for a failu
 
 from __future__ import annotations
 
+# pytriton is imported where a server starts: local_stack and deploy.local import this
+# module for its settings and paths.
 import atexit
 import errno
 import logging

@@ -12,6 +12,7 @@ from typing import Any
 
 from depth_common.config import Params
 from depth_common.errors import TrainingInterrupted
+from depth_common.registry import tracking
 from depth_common.registry.tracking import TaskContext
 from depth_common.training import distributed
 
@@ -67,8 +68,6 @@ def tracked_run(
     KILLED (SIGTERM) or FAILED (any other exception). Every rank learns rank 0's run id.
     """
     if enabled:
-        from depth_common.registry import tracking
-
         if state.run_id is not None:
             tracking.configure(params.mlflow)
             tracking.set_status(state.run_id, "RUNNING")

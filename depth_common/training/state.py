@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from depth_common.config import Params
-from depth_common.data.dataset import canonical_focal_for
+from depth_common.data.dataset import canonical_focal_for, read_manifest
 from depth_common.errors import ConfigError
 from depth_common.model.checkpoint import load_checkpoint, save_checkpoint
 from depth_common.model.dpt import DPT, build_model
@@ -132,7 +132,6 @@ def new_train_state(
     params: Params, processed_dir: Path, device: torch.device, steps: int
 ) -> TrainState:
     """Model (head bias at the training median depth), AdamW, warmup/cosine, scaler."""
-    from depth_common.data.dataset import read_manifest
 
     t_cfg = params.training
     # Start the head at the training median depth (the manifest's statistics) so the ReLU is

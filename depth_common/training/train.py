@@ -32,9 +32,12 @@ import torch
 
 from depth_common.atomic import claim_dir
 from depth_common.config import Params
-from depth_common.data.digest import file_sha256
+from depth_common.data.dataset import dataset_for, loader_for, read_manifest
+from depth_common.data.digest import file_sha256, manifest_digest
+from depth_common.data.preprocess import manifest_path
 from depth_common.data.samplers import eval_sampler, train_sampler
 from depth_common.errors import ConfigError, TrainingError, TrainingInterrupted
+from depth_common.registry import tracking
 from depth_common.registry.lineage import CHECKPOINT_SHA256
 from depth_common.registry.tracking import TaskContext
 from depth_common.threads import apply_torch_threads
@@ -68,8 +71,6 @@ class TrainResult:
 def _record(state: TrainState, settings: RunSettings, entry: dict[str, float]) -> None:
     state.history.append(entry)
     if settings.log_metrics and state.run_id is not None:
-        from depth_common.registry import tracking
-
         metrics = {k: v for k, v in entry.items() if k != "epoch"}
         tracking.log_metrics(state.run_id, metrics, int(entry["epoch"]))
 
@@ -167,7 +168,6 @@ def _run_epochs(
 # --------------------------------------------------------------------------- set-up
 def _loaders(params: Params, processed_dir: Path, micro: int) -> tuple[Any, Any]:
     """Train and val loaders of this rank (DDP: disjoint shards), each dataset built once."""
-    from depth_common.data.dataset import dataset_for, loader_for
 
     if micro != params.data.batch_size:
         params = params.updated("data", batch_size=micro)
@@ -356,8 +356,6 @@ def _fit(
             "look at train_loss in the history (a learning rate too high, or bad data)"
         )
     if settings.log_metrics and state.run_id is not None:
-        from depth_common.registry import tracking
-
         tracking.log_model(state.run_id, best_path, params.data.img_size)
         tracking.log_artifact(state.run_id, best_path, "checkpoint")
         # The file's digest, not its path: the path is scratch the pipeline step deletes.
@@ -367,10 +365,6 @@ def _fit(
 def _log_dataset(run_id: str, processed_dir: Path, uri: str) -> None:
     """The processed dataset (its manifest's digest and counts) as the run's training and
     validation input."""
-    from depth_common.data import read_manifest
-    from depth_common.data.digest import manifest_digest
-    from depth_common.data.preprocess import manifest_path
-    from depth_common.registry import tracking
 
     manifest = read_manifest(processed_dir)
     digest = manifest_digest(manifest, manifest_path(processed_dir))

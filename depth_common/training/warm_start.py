@@ -21,10 +21,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.artifacts import download_artifacts
 from torch import nn
 
 from depth_common.config import Params
-from depth_common.errors import ConfigError
+from depth_common.errors import CheckpointError, ConfigError
+from depth_common.model.checkpoint import load_checkpoint
+from depth_common.registry.aliases import registry_client, version_by_alias
+from depth_common.registry.store import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +47,10 @@ class InitSource:
 
 def champion_checkpoint(params: Params, dest: Path) -> InitSource | None:
     """Download the ``@champion`` version's checkpoint into ``dest``; ``None`` with no champion."""
-    from depth_common.registry.store import sqlite_path
 
     db = sqlite_path(params.mlflow.tracking_uri)
     if db is not None and not db.is_file():
         return None  # no local store yet, so no champion (and no store created just to look)
-    from mlflow.artifacts import download_artifacts
-
-    from depth_common.registry.aliases import registry_client, version_by_alias
 
     name = params.mlflow.model_name
     client = registry_client(params.mlflow.tracking_uri)
@@ -93,8 +93,6 @@ def resolve_init(params: Params, scratch: Path) -> InitSource | None:
 
 def load_init_weights(model: nn.Module, source: InitSource) -> None:
     """Copy the weights of ``source`` into ``model`` (a DPT of the same description)."""
-    from depth_common.errors import CheckpointError
-    from depth_common.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(source.path)
     if dict(ckpt["model_config"]) != dict(model.config):

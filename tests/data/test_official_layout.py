@@ -25,8 +25,8 @@ from depth_refs import bilinear_reference, manydepth_reference
 from PIL import Image
 
 from depth_common.config import EvaluationConfig, load_params
-from depth_common.data import DepthDataset
 from depth_common.data.convert import gt_path, load_depth_png
+from depth_common.data.dataset import DepthDataset
 from depth_common.data.preprocess import preprocess_dataset
 from depth_common.errors import DataError
 from depth_common.evaluation.metrics import compute_depth_metrics

@@ -15,8 +15,8 @@ import torch
 from depth_refs import bilinear_reference, manydepth_reference
 from PIL import Image
 
-from depth_common.data import DepthDataset
 from depth_common.data.convert import GT_SUFFIX, gt_path, load_depth_png
+from depth_common.data.dataset import DepthDataset
 from depth_common.errors import DataError
 from depth_common.evaluation.evaluate import evaluate, format_metrics_table, median_baseline_metrics
 from depth_common.evaluation.metrics import METRIC_KEYS, compute_depth_metrics

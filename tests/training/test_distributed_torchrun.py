@@ -256,7 +256,7 @@ def test_ddp_training_one_run_one_checkpoint_loss_decreases(ddp_training):
 @pytest.mark.slow
 def test_ddp_validation_equals_single_process_evaluation(ddp_training, processed_data):
     """The 2-process job's all-reduced val metrics == one process evaluating the checkpoint."""
-    from depth_common.data import build_dataloader
+    from depth_common.data.dataset import build_dataloader
     from depth_common.model.checkpoint import model_from_checkpoint
     from depth_common.training.loop import validate
 
