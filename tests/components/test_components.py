@@ -210,7 +210,11 @@ def test_triton_repository_passes_the_optional_plan(tmp_path, monkeypatch, with_
         )
     params = load_params(PARAMS_FILE)
     components.triton_repository.python_func(
-        onnx_model=onnx, params_json=json.dumps(params.to_dict()), version=3, repository=repo, **extra
+        onnx_model=onnx,
+        params_json=json.dumps(params.to_dict()),
+        version=3,
+        repository=repo,
+        **extra,
     )
     assert seen["onnx"] == tmp_path / "onnx" / "model.onnx"
     assert seen["out"] == tmp_path / "repo"
