@@ -14,6 +14,7 @@ def deploy(
     params_json: str,
     version: int,
     run_id: str,
+    kfp_run: str,
     report: Output[Markdown],
 ) -> str:
     """Returns the outcome: promoted, replaced, rolled back or superseded."""
@@ -32,6 +33,7 @@ def deploy(
     from depth_common.export.triton import read_onnx_io
     from depth_common.registry.lineage import record_artifacts, record_serving
     from depth_common.registry.registry import Registry
+    from depth_common.registry.tracking import TaskContext, task_run
 
     record_startup("deploy")
 
@@ -52,14 +54,12 @@ def deploy(
     served = Path(repository.path) / p.export.triton_model_name / str(version) / "model.onnx"
     where = uri if p.deploy.target == "kserve" else repository.uri
     record_artifacts(registry.client, p.mlflow.model_name, int(version), file_sha256(served), where)
+    # The rollout's figures and report go to the pipeline run's deploy child run.
+    tracked = task_run(p, TaskContext(kfp_run=kfp_run), "deploy", {"train_run_id": run_id})
     try:
-        result = deploy_model(
-            p,
-            target,
-            Release(int(version), source, run_id, onnx_file),
-            probes=probes,
-            registry=registry,
-        )
+        with tracked as deploy_run:
+            release = Release(int(version), source, run_id, onnx_file, deploy_run)
+            result = deploy_model(p, target, release, probes=probes, registry=registry)
     except DeployError as exc:
         if exc.result is not None:  # what was observed stays visible in the UI
             with open(report.path, "w") as fh:

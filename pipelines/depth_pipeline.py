@@ -120,6 +120,7 @@ def _export_and_serve(
         params_json=params_json,
         version=version,
         run_id=run_id,
+        kfp_run=KFP_RUN,
     ).set_display_name("deploy")
     served.set_caching_options(False)  # the serving side changes outside the pipeline
     _with_secrets(served, settings)  # it moves the registry's aliases and logs the analysis

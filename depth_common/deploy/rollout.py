@@ -101,7 +101,7 @@ def _conclude(
     elif result.outcome == "rolled back":
         promotion.abandon_challenger(params, version, registry=registry)
     result = replace(result, aliases=registry.format_aliases())
-    _log_to_mlflow(registry, release.run_id, result)
+    _log_to_mlflow(registry, release.tracking_run_id or release.run_id, result)
     return result
 
 
@@ -244,7 +244,7 @@ def deploy_model(
             promotion.abandon_challenger(params, version, registry=registry)
             if exc.result is not None:
                 failed = replace(exc.result, outcome="failed", aliases=registry.format_aliases())
-                _log_to_mlflow(registry, release.run_id, failed)
+                _log_to_mlflow(registry, release.tracking_run_id or release.run_id, failed)
                 exc.result = failed
             raise
         return _conclude(params, registry, result, release)

@@ -33,6 +33,9 @@ class Release:
     source: str
     run_id: str = ""
     onnx_path: Path | None = None
+    #: The MLflow run the rollout logs its figures and report to (a pipeline's deploy task run;
+    #: "" = ``run_id``, the training run the version was registered from).
+    tracking_run_id: str = ""
 
 
 @dataclass(frozen=True)

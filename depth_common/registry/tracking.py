@@ -8,6 +8,8 @@ or different pods — and still write to the same run. Promotion logic lives in
 
 from __future__ import annotations
 
+import contextlib
+
 # torch and timm are imported where a model is logged: monitoring.reference imports this
 # module to write a run and never loads a model.
 import json
@@ -15,7 +17,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,25 @@ def start_task_run(params: Params, context: TaskContext, task: str) -> str | Non
     tags[lineage.PARAMS_SHA256] = lineage.params_sha256(params)
     run_name = lineage.task_run_name(context.kfp_run, task)
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+@contextlib.contextmanager
+def task_run(
+    params: Params, context: TaskContext, task: str, tags: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """The ``<kfp run>/<task>`` child run for the block ("" outside a pipeline): FINISHED when
+    the block ends, FAILED when it raises."""
+    run_id = start_task_run(params, context, task) or ""
+    if run_id and tags:
+        set_tags(run_id, tags)
+    try:
+        yield run_id
+    except BaseException:
+        if run_id:
+            set_status(run_id, "FAILED")
+        raise
+    if run_id:
+        set_status(run_id, "FINISHED")
 
 
 def nest_run(params: Params, run_id: str, context: TaskContext, task: str) -> None:

@@ -98,7 +98,10 @@ def test_two_runs_reproduce_and_the_champion_traces_back(tmp_path: Path, capsys)
         [train_run.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
-    assert {r.info.run_name.rsplit("/", 1)[1] for r in children} == {"train", "evaluate"}
+    assert {r.info.run_name.rsplit("/", 1)[1] for r in children} == {"train", "evaluate", "deploy"}
+    deployed = next(r for r in children if r.info.run_name.endswith("/deploy"))
+    assert deployed.data.tags["train_run_id"] == first.run_id
+    assert deployed.data.tags["deploy.outcome"] == "replaced" and deployed.info.status == "FINISHED"
     evaluated = next(r for r in children if r.info.run_name.endswith("/evaluate"))
     tested = [
         (i.dataset.digest, [t.value for t in i.tags]) for i in evaluated.inputs.dataset_inputs
