@@ -125,18 +125,16 @@ def _log_to_mlflow(
     tracking.log_test_metrics(run_id, metrics)
     for path in files:
         tracking.log_artifact(run_id, path, f"evaluation/{split}")
-    child = tracking.start_task_run(params, context, "evaluate")
-    if child is None:
-        return
-    manifest = read_manifest(processed_dir)
-    digest = manifest_digest(manifest, manifest_path(processed_dir))
-    uri = context.dataset_uri or str(processed_dir.resolve())
-    tracking.log_dataset(child, uri, digest, manifest["counts"], ("testing",))
-    tracking.set_tags(child, {"train_run_id": run_id})
-    tracking.log_metrics(child, metrics)
-    for path in files:
-        tracking.log_artifact(child, path, f"evaluation/{split}")
-    tracking.set_status(child, "FINISHED")
+    with tracking.task_run(params, context, "evaluate", {"train_run_id": run_id}) as child:
+        if not child:  # outside a pipeline: the training run holds it all
+            return
+        manifest = read_manifest(processed_dir)
+        digest = manifest_digest(manifest, manifest_path(processed_dir))
+        uri = context.dataset_uri or str(processed_dir.resolve())
+        tracking.log_dataset(child, uri, digest, manifest["counts"], ("testing",))
+        tracking.log_metrics(child, metrics)
+        for path in files:
+            tracking.log_artifact(child, path, f"evaluation/{split}")
 
 
 def evaluate(
