@@ -92,6 +92,20 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, d
         return exc.code, exc.read(), dict(exc.headers)
 
 
+def _v2_json_outputs(url: str, body: dict) -> dict[str, np.ndarray]:
+    """POST a v2 JSON request to the transformer (200 expected) → its outputs by name."""
+    code, raw, _ = _post(
+        f"{url}/v2/models/depth/infer",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert code == 200, raw
+    return {
+        o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
+        for o in json.loads(raw)["outputs"]
+    }
+
+
 def _v1(url: str, *images: bytes) -> tuple[int, dict]:
     body = {"instances": [{"image_bytes": {"b64": base64.b64encode(i).decode()}} for i in images]}
     code, raw, _ = _post(
@@ -147,14 +161,7 @@ def test_focal_scales_depth_exactly_and_points_follow_it(stack, onnx_path: Path)
                         "data": [base64.b64encode(photo).decode()] * 2},
                        {"name": "focal_px", "shape": [2], "datatype": "FP32", "data": [f, 2 * f]}],
             "outputs": [{"name": n} for n in ("depth", "focal_px", "points")]}  # fmt: skip
-    code, raw, _ = _post(
-        f"{transformer.url}/v2/models/depth/infer",
-        json.dumps(body).encode(),
-        {"Content-Type": "application/json"},
-    )
-    assert code == 200, raw
-    out = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
-           for o in json.loads(raw)["outputs"]}  # fmt: skip
+    out = _v2_json_outputs(transformer.url, body)
     np.testing.assert_array_equal(out["focal_px"], [f, 2 * f])
     np.testing.assert_array_equal(out["depth"][1], 2 * out["depth"][0])  # exactly
     want = image_reference(onnx_path, photo) * (f / camera.default_focal(w))
@@ -197,14 +204,7 @@ def test_confidence_is_the_mirror_agreement_of_onnxruntime(stack, onnx_path: Pat
     body = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
                         "data": [base64.b64encode(photo).decode()]}],
             "outputs": [{"name": "confidence"}, {"name": "depth"}]}  # fmt: skip
-    code, raw, _ = _post(
-        f"{transformer.url}/v2/models/depth/infer",
-        json.dumps(body).encode(),
-        {"Content-Type": "application/json"},
-    )
-    assert code == 200, raw
-    out = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
-           for o in json.loads(raw)["outputs"]}  # fmt: skip
+    out = _v2_json_outputs(transformer.url, body)
     np.testing.assert_allclose(out["confidence"][0], want, atol=1e-5)
     assert out["confidence"].min() >= 0 and out["confidence"].max() <= 1
     np.testing.assert_allclose(out["depth"][0], image_reference(onnx_path, photo), atol=1e-5)
