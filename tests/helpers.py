@@ -24,6 +24,22 @@ from depth_common.scaleout.job import ScaleOutJob, job_from_params
 ROOT = Path(__file__).resolve().parents[1]
 #: The demo overlay (params.demo.yaml) as overrides: what `make run` lays over params.yaml.
 DEMO: tuple[str, ...] = overlay_overrides(ROOT / "params.demo.yaml")
+#: The smallest synthetic set a whole pipeline run learns something from (kfp.local tests).
+TINY_SYNTHETIC = {"cities": 1, "per_split": 8, "size": [64, 128]}
+
+
+def tiny_pipeline_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    """The demo at 32x64 with its MLflow store and serving directory under ``tmp_path``."""
+    return [
+        *DEMO,
+        "data.img_size=[32,64]",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"export.repository_dir={tmp_path / 'serving'}",
+        *extra,
+    ]
+
 
 # -- a tiny depth model served by Triton ------------------------------------------------------
 

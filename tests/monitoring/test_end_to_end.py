@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DEMO
+from helpers import TINY_SYNTHETIC, tiny_pipeline_overrides
 
 from depth_common.monitoring.reference import PROFILE_TAG
 from depth_common.serving.client import DepthClient
@@ -35,20 +35,7 @@ from pipelines.run_local import artifact_metadata, run_local
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SYNTHETIC = {"cities": 1, "per_split": 8, "size": [64, 128]}
 WINDOW = 8
-
-
-def tiny(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        *DEMO,
-        "data.img_size=[32,64]",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"export.repository_dir={tmp_path / 'serving'}",
-        *extra,
-    ]
 
 
 def get_json(url: str) -> dict:
@@ -83,7 +70,7 @@ def reference_of_champion(tmp_path: Path, tracking_uri: str) -> Path:
 
 def start_monitor(tmp_path: Path, reference: Path, raw: str, port: int) -> subprocess.Popen:
     retrain = ["--params", str(PARAMS_FILE), "--data-uri", raw, "--root", str(tmp_path / "re")]
-    for setting in tiny(tmp_path, "training.epochs=3"):
+    for setting in tiny_pipeline_overrides(tmp_path, "training.epochs=3"):
         retrain += ["--set", setting]
     command = [
         sys.executable, "-m", "depth_common", "monitor", "--reference", str(reference),
@@ -99,9 +86,9 @@ def start_monitor(tmp_path: Path, reference: Path, raw: str, port: int) -> subpr
 def test_drift_starts_a_retraining_run_whose_challenger_goes_through_the_canary(tmp_path):
     first = run_local(
         PARAMS_FILE,
-        tiny(tmp_path, "training.epochs=0", "training.init_from=''"),
+        tiny_pipeline_overrides(tmp_path, "training.epochs=0", "training.init_from=''"),
         data_uri="synthetic",
-        synthetic=SYNTHETIC,
+        synthetic=TINY_SYNTHETIC,
         root=tmp_path / "runs",
     )
     assert first.ok and first.decision and first.decision[0], first.stages

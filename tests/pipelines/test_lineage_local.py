@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import DEMO
+from helpers import TINY_SYNTHETIC, tiny_pipeline_overrides
 
 from depth_common.cli.parser import main
 from depth_common.export.onnx import read_metadata
@@ -26,22 +26,16 @@ from pipelines.run_local import LocalRun, run_local
 
 pytestmark = pytest.mark.slow
 
-SYNTHETIC = {"cities": 1, "per_split": 8, "size": [64, 128]}
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _overrides(tmp_path: Path) -> list[str]:
-    return [
-        *DEMO,
-        "data.img_size=[32,64]",
-        "data.batch_size=2",
-        "data.num_workers=0",
+    return tiny_pipeline_overrides(
+        tmp_path,
         "training.epochs=2",
         "training.init_from=''",  # no warm start from the first run's champion
         "training.threads=1",  # pinned: the last bits of a sum depend on the thread count
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"export.repository_dir={tmp_path / 'serving'}",
-    ]
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -58,7 +52,7 @@ def test_two_runs_reproduce_and_the_champion_traces_back(tmp_path: Path, capsys)
             PARAMS_FILE,
             _overrides(tmp_path),
             data_uri="synthetic",
-            synthetic=SYNTHETIC,
+            synthetic=TINY_SYNTHETIC,
             root=tmp_path / f"runs{i}",
         )  # fmt: skip
         for i in range(2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import DEMO
+from helpers import DEMO, TINY_SYNTHETIC, tiny_pipeline_overrides
 
 import components
 from pipelines.depth_pipeline import PARAMS_FILE
@@ -18,19 +18,6 @@ from pipelines.run_local import LocalRun, artifact_metadata, format_summary, run
 pytestmark = pytest.mark.slow
 
 TYPED = {"system.Dataset", "system.Model", "system.Metrics", "system.HTML", "system.Markdown"}
-SYNTHETIC = {"cities": 1, "per_split": 8, "size": [64, 128]}
-
-
-def _tiny(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        *DEMO,
-        "data.img_size=[32,64]",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"export.repository_dir={tmp_path / 'serving'}",
-        *extra,
-    ]
 
 
 def _component(task: str):
@@ -59,9 +46,9 @@ def test_promote_then_keep_champion(tmp_path):
 
     first = run_local(
         PARAMS_FILE,
-        _tiny(tmp_path, "training.epochs=3"),
+        tiny_pipeline_overrides(tmp_path, "training.epochs=3"),
         data_uri="synthetic",
-        synthetic=SYNTHETIC,
+        synthetic=TINY_SYNTHETIC,
         root=tmp_path / "runs",
     )
     assert first.ok, first.stages
@@ -97,7 +84,7 @@ def test_promote_then_keep_champion(tmp_path):
     raw = first.tasks["synthesize"]["artifacts"]["raw"]["artifacts"][0]["uri"]
     second = run_local(
         PARAMS_FILE,
-        _tiny(tmp_path, "training.epochs=0", "training.init_from=''"),
+        tiny_pipeline_overrides(tmp_path, "training.epochs=0", "training.init_from=''"),
         data_uri=raw,
         root=tmp_path / "runs",
     )
@@ -126,7 +113,7 @@ def test_promote_then_keep_champion(tmp_path):
 def test_bad_parameters_fail_in_the_first_task_that_can_know(tmp_path, capfd):
     bad_encoder = run_local(
         PARAMS_FILE,
-        _tiny(tmp_path),
+        tiny_pipeline_overrides(tmp_path),
         arguments={"encoder": "vit_no_such_model"},
         root=tmp_path / "runs",
     )
@@ -137,7 +124,12 @@ def test_bad_parameters_fail_in_the_first_task_that_can_know(tmp_path, capfd):
     assert "pipeline parameter 'encoder' → model.encoder: 'vit_no_such_model'" in out
 
     missing = tmp_path / "no-cityscapes-here"
-    no_data = run_local(PARAMS_FILE, _tiny(tmp_path), data_uri=str(missing), root=tmp_path / "runs")
+    no_data = run_local(
+        PARAMS_FILE,
+        tiny_pipeline_overrides(tmp_path),
+        data_uri=str(missing),
+        root=tmp_path / "runs",
+    )
     assert not no_data.ok
     statuses = {t: s for t, s, _ in no_data.stages}
     assert statuses["configure"] == "SUCCESS" and statuses["preprocess-2"] == "FAILURE"
