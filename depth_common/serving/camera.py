@@ -142,18 +142,21 @@ def scale_depth(depth: np.ndarray, scale: float) -> np.ndarray:
     return (np.asarray(depth, dtype=np.float64) * float(scale)).astype(np.float32)
 
 
-def back_project(depth: np.ndarray, focal_px: float) -> np.ndarray:
+def back_project(depth: np.ndarray, focal_px: float, out: np.ndarray | None = None) -> np.ndarray:
     """Depth (H, W) metres → points (H, W, 3) float32 metres in the camera frame (X right,
-    Y down, Z forward), principal point at the image centre ``((W-1)/2, (H-1)/2)``."""
+    Y down, Z forward), principal point at the image centre ``((W-1)/2, (H-1)/2)``; written
+    into ``out`` (float32 (H, W, 3)) when given."""
     if depth.ndim != 2:
         raise ValueError(f"depth: expected a 2-D map (H, W), got shape {depth.shape}")
     f = check_focal(focal_px)
     h, w = depth.shape
+    if out is not None and (out.shape != (h, w, 3) or out.dtype != np.float32):
+        raise ValueError(f"out: expected float32 {(h, w, 3)}, got {out.dtype} {out.shape}")
     z = np.asarray(depth, dtype=np.float32)
     # float32 throughout, written in place: a 12 MP photo's points are 144 MB in float64.
     u = ((np.arange(w, dtype=np.float64) - (w - 1) / 2.0) / f).astype(np.float32)
     v = ((np.arange(h, dtype=np.float64) - (h - 1) / 2.0) / f).astype(np.float32)
-    points = np.empty((h, w, 3), dtype=np.float32)
+    points = np.empty((h, w, 3), dtype=np.float32) if out is None else out
     np.multiply(z, u[None, :], out=points[..., 0])
     np.multiply(z, v[:, None], out=points[..., 1])
     points[..., 2] = z

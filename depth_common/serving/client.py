@@ -13,8 +13,9 @@ Two modes, one ``predict`` (images of any size in, depth in metres at each image
 
 ``timeout_s`` bounds connecting and every call, over HTTP and gRPC; an unreachable server or a
 timeout raises :class:`DepthConnectionError` naming the URL (``ready()`` returns False
-instead). A client holds one connection; the HTTP flavour (gevent) must be used from the
-thread that created it, so give each thread its own client.
+instead). A client holds one connection and makes one call at a time, so give each thread
+its own client. HTTP calls go over :class:`~depth_common.serving.v2_http.V2HttpConnection`
+(stdlib ``http.client``; tritonclient builds and parses the bodies).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from PIL import Image
 from depth_common.data.transforms import prepare_image
 from depth_common.errors import DepthConnectionError, DepthServingError
 from depth_common.serving.codec import load_rgb, resize_depth_bilinear
+from depth_common.serving.v2_http import V2HttpConnection
 
 try:
     from tritonclient.utils import InferenceServerException
@@ -133,9 +135,8 @@ class DepthClient:
         if protocol == "http":
             import tritonclient.http as tc
 
-            self._client: Any = tc.InferenceServerClient(
-                self.url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
+            # tritonclient.http for its tensors and bodies; the calls go over V2HttpConnection.
+            self._client: Any = V2HttpConnection(self.url, timeout_s)
         else:
             import tritonclient.grpc as tc
 

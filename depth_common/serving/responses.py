@@ -85,7 +85,7 @@ def v2_response(
     outputs, requested = [], []
     for name, binary in batch.outputs.items():
         if name == "depth":
-            data = np.stack(depths).astype(np.float32)
+            data = np.stack(depths).astype(np.float32, copy=False)
             outputs.append(InferOutput("depth", list(data.shape), "FP32", data=data))
         elif name in EXTRA_OUTPUTS:
             data = camera_output(name, batch, depths)
@@ -110,4 +110,8 @@ def camera_output(name: str, batch: ImageBatch, depths: list[np.ndarray]) -> np.
         return np.asarray(batch.focals, dtype=np.float32)
     if name == "confidence":
         return np.stack(batch.confidences).astype(np.float32)
-    return np.stack([back_project(d, f) for d, f in zip(depths, batch.focals, strict=True)])
+    # Written in place into the batch: the answer's largest array is not copied once more.
+    points = np.empty((len(depths), *depths[0].shape, 3), dtype=np.float32)
+    for k, (depth, focal) in enumerate(zip(depths, batch.focals, strict=True)):
+        back_project(depth, focal, out=points[k])
+    return points

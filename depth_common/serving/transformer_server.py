@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse
 
 from depth_common.errors import RequestTooLarge
 from depth_common.serving.codec import DEFAULT_MAX_PIXELS
+from depth_common.serving.heap import keep_large_buffers
 from depth_common.serving.http_guard import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_READ_TIMEOUT_S,
@@ -339,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         log.info("ignoring arguments %s", unknown)
+    keep_large_buffers()  # answers with points are megabytes: see depth_common.serving.heap
     model = DepthTransformer(
         args.model_name,
         args.predictor_model,
