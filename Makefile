@@ -18,7 +18,7 @@ help:
 	@echo "make test     set up .venv, then run the whole test suite"
 	@echo "make train-ddp  train with 2 local processes under torchrun (DDP), NPROC=2"
 	@echo "make serve    serve the last run's Triton repository locally (127.0.0.1:8000/8001)"
-	@echo "make bench    benchmarks: ORT vs Triton HTTP/gRPC, batching, preprocessing"
+	@echo "make bench    benchmarks: ORT vs Triton HTTP/gRPC, batching, the image endpoint, points and confidence, preprocessing"
 	@echo "make lint     ruff check + format check"
 	@echo "make compile  compile every pipeline to pipelines/<name>.yaml"
 	@echo "make images   build the images of images/images.env (IMAGES=\"component cuda transformer\","

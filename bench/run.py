@@ -8,7 +8,8 @@ Parts: (a) serving — in-process ONNX Runtime vs the real local Triton over HTT
 p50/p99 latency and throughput at concurrency 1/4/16, dynamic batching on and off
 (:mod:`bench.bench_serving`); (a2) the image endpoint (the transformer) vs the tensor
 endpoint, JPEG in, on the demo model at concurrency 1 and 8 (:mod:`bench.bench_transformer`);
-(b) preprocessing images/s with 1 vs 2 workers
+(a3) what ``points`` and ``confidence`` cost beside a depth-only request through the
+transformer (:mod:`bench.bench_app_outputs`); (b) preprocessing images/s with 1 vs 2 workers
 (:mod:`bench.bench_preprocess`); (c) PyTorch eager vs ONNX Runtime (:mod:`bench.bench_export`,
 when present). The table gives ratios and checks the issue's performance targets.
 """
@@ -52,6 +53,18 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
         1.25,
         "max",
     ),
+    (
+        "points_p50_vs_depth",
+        "depth + points p50 / depth-only p50 (transformer, demo model, JPEG in, c=1)",
+        1.2,
+        "max",
+    ),
+    (
+        "confidence_p50_vs_depth",
+        "depth + confidence p50 / depth-only p50 (transformer, demo model, JPEG in, c=1)",
+        2.1,
+        "max",
+    ),
 )
 PRIMARY_MODEL = "vit_base@224"
 
@@ -87,6 +100,10 @@ def target_values(results: dict[str, Any], model: str = PRIMARY_MODEL) -> dict[s
         image1, tensor1 = row(transformer, "image", 1), row(transformer, "tensor", 1)
         if image1 and tensor1:
             values["image_p50_vs_tensor"] = _ratio(image1["p50_ms"], tensor1["p50_ms"])
+    app = {r["kind"]: r for r in results.get("app_outputs", {}).get("rows", [])}
+    for kind in ("points", "confidence"):
+        if kind in app and "depth" in app:
+            values[f"{kind}_p50_vs_depth"] = _ratio(app[kind]["p50_ms"], app["depth"]["p50_ms"])
     pre = {r["workers"]: r for r in results.get("preprocess", {}).get("rows", [])}
     if 1 in pre and 2 in pre:
         values["preprocess_2_vs_1"] = _ratio(pre[2]["images_per_s"], pre[1]["images_per_s"])
@@ -144,6 +161,24 @@ def _serving_table(entry: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _app_outputs_table(app: dict[str, Any]) -> list[str]:
+    h, w = app["image_size"]
+    lines = [
+        f"-- {app['model']} behind the transformer, one {h}x{w} JPEG per request, c=1, "
+        f"{app['rounds']} rounds",
+        f"{'request':<20}{'p50 ms':>10}{'p99 ms':>10}{'vs depth':>10}",
+    ]
+    base = next((r["p50_ms"] for r in app["rows"] if r["kind"] == "depth"), None)
+    for r in app["rows"]:
+        ratio = r.get("x_depth_p50") or _ratio(r["p50_ms"], base)  # a client's own depth-only
+        name = " + ".join(dict.fromkeys(("depth", r["kind"])))
+        lines.append(
+            f"{name:<20}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+            f"{(f'{ratio:.2f}x' if ratio is not None else ''):>10}"
+        )
+    return lines
+
+
 def _preprocess_table(pre: dict[str, Any]) -> list[str]:
     rows = pre["rows"]
     base = next((r["images_per_s"] for r in rows if r["workers"] == 1), None)
@@ -185,6 +220,9 @@ def format_table(results: dict[str, Any]) -> str:
 
         lines += ["", "== (a2) image endpoint (transformer) vs tensor endpoint"]
         lines += transformer_table(results["transformer"])
+    if results.get("app_outputs"):
+        lines += ["", "== (a3) points and confidence beside depth only"]
+        lines += _app_outputs_table(results["app_outputs"])
     if results.get("preprocess"):
         lines += ["", "== (b) preprocessing", *_preprocess_table(results["preprocess"])]
     if results.get("export"):
@@ -234,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("serving", "transformer", "preprocess", "export"),
+        choices=("serving", "transformer", "app-outputs", "preprocess", "export"),
     )
     args = parser.parse_args(argv)
 
@@ -254,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import bench_transformer
 
         bench_transformer.run(results, duration_s=1.0 if args.quick else args.duration)
+    if "app-outputs" not in args.skip:
+        from bench import bench_app_outputs
+
+        duration = 3.0 if args.quick else 3 * args.duration
+        results["app_outputs"] = bench_app_outputs.run(duration, rounds=3 if args.quick else 6)
     if "preprocess" not in args.skip:
         kwargs = {"raw_size": (256, 512), "per_split": 2} if args.quick else {}
         bench_preprocess.run(results, **kwargs)

@@ -47,6 +47,7 @@ __all__ = [
     "DepthClient",
     "DepthConnectionError",
     "DepthServingError",
+    "ImageDepth",
     "ModelInfo",
     "resize_depth_bilinear",
 ]
@@ -70,6 +71,16 @@ class ModelInfo:
     width: int
     max_batch_size: int  # 0 = the model does not batch (one image per request)
     datatype: str
+
+
+@dataclass(frozen=True)
+class ImageDepth:
+    """One image's answer (:meth:`DepthClient.predict_image`), at the upright image's size."""
+
+    depth: np.ndarray  # (H, W) float32 metres
+    focal_px: float  # the focal the depth is for, pixels
+    points: np.ndarray | None = None  # (H, W, 3) float32 metres: X right, Y down, Z forward
+    confidence: np.ndarray | None = None  # (H, W) float32 in [0, 1], 1 = sure
 
 
 def _strip_scheme(url: str) -> str:
@@ -253,14 +264,54 @@ class DepthClient:
             inp.set_data_from_numpy(batch)
         return self._infer([inp], [info.output_name]).as_numpy(info.output_name)
 
-    def infer_images(self, images: Sequence[bytes], outputs: Sequence[str] = ("depth",)) -> Any:
+    def infer_images(
+        self,
+        images: Sequence[bytes],
+        outputs: Sequence[str] = ("depth",),
+        focal_px: Sequence[float] | None = None,
+    ) -> Any:
         """Image mode: one v2 request with ``images`` (encoded) as the BYTES input
-        ``image_bytes``; returns tritonclient's result (``as_numpy("depth")`` ...)."""
+        ``image_bytes`` and, if given, one focal length per image (pixels of the upright
+        image) as the FP32 input ``focal_px``; returns tritonclient's result
+        (``as_numpy("depth")`` ...)."""
         data = np.empty(len(images), dtype=object)
         data[:] = list(images)
         inp = self._tc.InferInput("image_bytes", [len(images)], "BYTES")
         inp.set_data_from_numpy(data, binary_data=True)
-        return self._infer([inp], outputs)
+        inputs = [inp]
+        if focal_px is not None:
+            focals = np.asarray(focal_px, dtype=np.float32)
+            if focals.shape != (len(images),):
+                raise ValueError(
+                    f"focal_px: expected one focal per image ({len(images)}), got {focals.shape}"
+                )
+            focal = self._tc.InferInput("focal_px", [len(images)], "FP32")
+            focal.set_data_from_numpy(focals, binary_data=True)
+            inputs.append(focal)
+        return self._infer(inputs, outputs)
+
+    def predict_image(
+        self,
+        image: ImageLike,
+        focal_px: float | None = None,
+        points: bool = False,
+        confidence: bool = False,
+    ) -> ImageDepth:
+        """Image mode: one image's depth in metres and the focal it is for (``focal_px`` if
+        given, else the photo's EXIF, else the model's field of view: the transformer's
+        order), with its points and confidence map when asked."""
+        if self.mode != "image":
+            raise ValueError("predict_image: the camera outputs come from the transformer "
+                             "(mode='image')")  # fmt: skip
+        names = ["depth", "focal_px"] + ["points"] * points + ["confidence"] * confidence
+        focals = None if focal_px is None else [focal_px]
+        result = self.infer_images([encode_for_upload(image)], names, focals)
+        return ImageDepth(
+            depth=result.as_numpy("depth")[0],
+            focal_px=float(result.as_numpy("focal_px")[0]),
+            points=result.as_numpy("points")[0] if points else None,
+            confidence=result.as_numpy("confidence")[0] if confidence else None,
+        )
 
     def predict(self, images: Sequence[ImageLike] | ImageLike) -> list[np.ndarray]:
         """Depth in metres (float32 HxW, each at its input's size) for images of any kind:

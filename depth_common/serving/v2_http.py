@@ -5,10 +5,10 @@ helpers (``InferenceServerClient.generate_request_body``, ``InferResult.from_res
 Why not ``tritonclient.http.InferenceServerClient`` itself: its geventhttpclient reader takes
 an answer in 4 KB ``recv`` calls and copies the body three more times, which is what an app
 paid for ``points`` (a 256 x 512 answer with points is 2.2 MB): side by side on the demo
-model, depth + points cost 1.22x a depth-only request through tritonclient's client and
-1.14x through this one, depth-only requests alike (14.7 ms p50 both). It also ties a client
-to the thread that made it (gevent); this one does not, though one connection still serves
-one call at a time.
+model (``bench/bench_app_outputs.py --tritonclient``), depth + points cost 1.24x a depth-only
+request through tritonclient's client and 1.17x through this one (depth-only p50 14.8 and
+14.6 ms). It also ties a client to the thread that made it (gevent); this one does not,
+though one connection still serves one call at a time.
 
 :class:`V2HttpConnection` has the methods of tritonclient's client that ``DepthClient`` calls,
 with their signatures and their errors: a non-200 answer raises ``InferenceServerException``

@@ -82,6 +82,8 @@ def test_targets_are_ratios_with_pass_and_missed() -> None:
         "batching_speedup_c16": "PASS",  # the threshold itself passes
         "preprocess_2_vs_1": "MISSED",
         "image_p50_vs_tensor": "not run",
+        "points_p50_vs_depth": "not run",
+        "confidence_p50_vs_depth": "not run",
     }
     assert {t["status"] for t in evaluate_targets({})} == {"not run"}
 
@@ -157,3 +159,24 @@ def test_transformer_target_and_table() -> None:
     text = format_table(res)
     image8 = next(ln for ln in text.splitlines() if ln.split()[:2] == ["8", "image"])
     assert "1.33x" in image8 and "0.80x" in image8  # p50 and req/s vs the tensor endpoint
+
+
+def test_app_outputs_targets_and_table() -> None:
+    def row(kind: str, p50: float) -> dict:
+        return {"kind": kind, "concurrency": 1, "requests": 10, "p50_ms": p50,
+                "p99_ms": p50 * 2, "mean_ms": p50, "throughput_rps": 1000 / p50, "wall_s": 4.0}  # fmt: skip
+
+    res = {
+        "app_outputs": {
+            "model": "demo", "img_size": [64, 128], "image_size": [256, 512], "rounds": 6,
+            "rows": [row("depth", 20.0), row("points", 23.0), row("confidence", 44.0)],
+        }
+    }  # fmt: skip
+    values = target_values(res)
+    assert values["points_p50_vs_depth"] == pytest.approx(1.15)
+    assert values["confidence_p50_vs_depth"] == pytest.approx(2.2)
+    status = {t["key"]: t["status"] for t in evaluate_targets(res)}
+    assert (status["points_p50_vs_depth"], status["confidence_p50_vs_depth"]) == ("PASS", "MISSED")
+    text = format_table(res)
+    points = next(ln for ln in text.splitlines() if ln.startswith("depth + points"))
+    assert "23.00" in points and points.rstrip().endswith("1.15x")
