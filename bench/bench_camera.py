@@ -88,6 +88,7 @@ def _run(processed: Path, root: Path, aware: bool, args: argparse.Namespace) -> 
         'training.init_from=""',  # from scratch: no champion to start from
         f"training.seed={args.seed}",
         f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
+        *args.set,
     )
     params = load_params(ROOT / "params.yaml", overrides)
     t0 = time.perf_counter()
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-focal", type=float, nargs=2, default=(0.7, 1.3))
     parser.add_argument("--test-focal", type=float, default=1.8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a params override for both models (e.g. augment.crop_scale=[0.3,1.0])",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_camera.json"))
     parser.add_argument("--keep", help="work in this directory and keep it (data, checkpoints)")
     args = parser.parse_args(argv)
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_split": args.per_split,
             "epochs": args.epochs,
             "seed": args.seed,
+            "overrides": list(args.set),
             "preset": "DEMO (vit_tiny, 64x128), full-resolution ground truth (128x256)",
         },
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",

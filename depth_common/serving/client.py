@@ -27,6 +27,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http.client import HTTPException
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -91,8 +92,9 @@ def _strip_scheme(url: str) -> str:
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    """What tritonclient lets through for a refused/reset connection or a timeout."""
-    errors: list[type[BaseException]] = [OSError, socket.timeout, TimeoutError]
+    """What the transports let through for a refused/reset connection, a timeout or a
+    broken answer (``http.client.HTTPException``: a truncated body, a bad status line)."""
+    errors: list[type[BaseException]] = [OSError, socket.timeout, TimeoutError, HTTPException]
     try:
         import gevent
 

@@ -196,3 +196,16 @@ def test_names_and_versions_are_quoted_into_the_path(scripted) -> None:
     url, heads = scripted(ok)
     V2HttpConnection(url, timeout_s=5).get_model_metadata("depth model", "3")
     assert heads[0].split(b"\r\n")[0] == b"GET /v2/models/depth%20model/versions/3 HTTP/1.1"
+
+
+def test_a_truncated_answer_is_the_clients_connection_error(scripted) -> None:
+    from depth_common.errors import DepthConnectionError
+    from depth_common.serving.client import DepthClient
+
+    def truncated(conn, n: int) -> None:
+        conn.read()
+        conn.send(_answer(200, b"{}")[:-1])  # one byte short of its Content-Length, then closed
+
+    url, _ = scripted(truncated)
+    with pytest.raises(DepthConnectionError, match="IncompleteRead"):
+        DepthClient(url, timeout_s=5).metadata()
