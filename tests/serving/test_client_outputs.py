@@ -14,8 +14,6 @@ from depth_common.errors import DepthServingError
 from depth_common.serving.camera import CanonicalCamera, back_project
 from depth_common.serving.client import DepthClient
 from depth_common.serving.codec import load_rgb
-from depth_common.serving.local_stack import LocalTransformer
-from depth_common.serving.server import LocalTritonServer
 
 pytestmark = pytest.mark.slow
 skimage_data = pytest.importorskip("skimage.data")
@@ -23,13 +21,9 @@ PHOTO = Path(skimage_data.__file__).parent / "rocket.jpg"
 
 
 @pytest.fixture(scope="module")
-def client(tiny: Path, tmp_path_factory: pytest.TempPathFactory):
-    logs = tmp_path_factory.mktemp("logs")
-    with (
-        LocalTritonServer(tiny, log_path=logs / "triton.log") as triton,
-        LocalTransformer(triton.grpc_url, log_path=logs / "transformer.log") as transformer,
-        DepthClient(transformer.url, mode="image") as depth_client,
-    ):
+def client(stack):
+    _, transformer = stack
+    with DepthClient(transformer.url, mode="image") as depth_client:
         yield depth_client
 
 

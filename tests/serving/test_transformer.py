@@ -42,16 +42,6 @@ PHOTOS = Path(skimage_data.__file__).parent
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def stack(tiny: Path, tmp_path_factory: pytest.TempPathFactory):
-    logs = tmp_path_factory.mktemp("logs")
-    with (
-        LocalTritonServer(tiny, log_path=logs / "triton.log") as triton,
-        LocalTransformer(triton.grpc_url, log_path=logs / "transformer.log") as transformer,
-    ):
-        yield triton, transformer
-
-
 def _png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
