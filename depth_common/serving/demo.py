@@ -46,7 +46,7 @@ from depth_common.serving.camera import (
     exif_focal_35mm,
     resolve_focal,
 )
-from depth_common.serving.client import DepthClient, encode_for_upload
+from depth_common.serving.client import DepthClient
 from depth_common.serving.codec import ImageSource, load_rgb, resize_depth_bilinear
 from depth_common.serving.confidence import confidence_from_mirror, mirror_input
 from depth_common.serving.http_guard import guard_uvicorn
@@ -141,8 +141,8 @@ class EndpointPredictor:
         client = DepthClient(self.url, self.protocol, self.model_name, mode=self.mode)
         try:
             if self.mode == "image":
-                result = client.infer_images([encode_for_upload(image)], ("depth", "confidence"))
-                return result.as_numpy("depth")[0], result.as_numpy("confidence")[0]
+                answer = client.predict_image(image, confidence=True)
+                return answer.depth, answer.confidence
             x = prepare_image(rgb, (client.info.height, client.info.width))
             a, b = client.infer_tensor(np.stack([x, mirror_input(x)]))[:, 0]
         finally:
