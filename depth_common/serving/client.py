@@ -120,9 +120,10 @@ def encode_for_upload(image: ImageLike) -> bytes:
 class DepthClient:
     """Depth over a v2 endpoint: ``DepthClient("127.0.0.1:8000").predict([img]) -> [HxW m]``.
 
-    ``url`` is ``host:port`` (a leading ``http://`` is accepted); ``protocol`` is ``"http"``
-    or ``"grpc"`` (image mode: ``"http"``); ``model_version`` ``""`` means the server's
-    latest. ``timeout_s`` bounds connecting and every call (seconds).
+    ``url`` is ``host[:port]`` (a leading ``http://`` is accepted; ``https://`` speaks TLS,
+    checked against the system's CAs; an HTTP port defaults to 80, or 443 with TLS);
+    ``protocol`` is ``"http"`` or ``"grpc"`` (image mode: ``"http"``); ``model_version``
+    ``""`` means the server's latest. ``timeout_s`` bounds connecting and every call (seconds).
     """
 
     def __init__(
@@ -138,9 +139,12 @@ class DepthClient:
             raise ValueError(f"protocol: got {protocol!r}, expected 'http' or 'grpc'")
         if mode not in MODES:
             raise ValueError(f"mode: got {mode!r}, expected one of {MODES}")
+        if url.startswith("https://") and protocol != "http":
+            raise ValueError(f"url {url!r}: https:// is for protocol='http'")
         if mode == "image" and protocol != "http":
             raise ValueError("mode 'image': the transformer speaks HTTP (protocol='http')")
         self.url = _strip_scheme(url)
+        self.tls = url.startswith("https://")
         self.protocol, self.mode = protocol, mode
         self.model_name = model_name
         self.model_version = model_version
@@ -149,7 +153,7 @@ class DepthClient:
             import tritonclient.http as tc
 
             # tritonclient.http for its tensors and bodies; the calls go over V2HttpConnection.
-            self._client: Any = V2HttpConnection(self.url, timeout_s)
+            self._client: Any = V2HttpConnection(self.url, timeout_s, tls=self.tls)
         else:
             import tritonclient.grpc as tc
 
@@ -157,6 +161,11 @@ class DepthClient:
         self._tc = tc
         self._transport = _transport_errors()
         self._info: ModelInfo | None = None
+
+    @property
+    def address(self) -> str:
+        """The server as errors name it: ``http://``, ``https://`` or ``grpc://`` + url."""
+        return f"{'https' if self.tls else self.protocol}://{self.url}"
 
     # -- calls -------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -170,7 +179,7 @@ class DepthClient:
             message = exc.message() or str(exc)
             if status in _UNREACHABLE or (status is None and "timed out" in message.lower()):
                 raise DepthConnectionError(
-                    f"{what}: {self.protocol}://{self.url} unreachable or no answer within "
+                    f"{what}: {self.address} unreachable or no answer within "
                     f"{self.timeout_s:g} s ({status or 'error'}: {message})",
                     status,
                 ) from None
@@ -179,7 +188,7 @@ class DepthClient:
             ) from None
         except self._transport as exc:
             raise DepthConnectionError(
-                f"{what}: {self.protocol}://{self.url} unreachable or no answer within "
+                f"{what}: {self.address} unreachable or no answer within "
                 f"{self.timeout_s:g} s ({type(exc).__name__}: {exc})"
             ) from None
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from tritonclient.utils import InferenceServerException
 
@@ -32,13 +33,29 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class V2HttpConnection:
-    """``host:port`` of a v2 server; ``timeout_s`` bounds connecting and each socket read."""
+    """``host[:port]`` of a v2 server (port 80, or 443 with ``tls``); ``timeout_s`` bounds
+    connecting and each socket read. ``tls`` speaks HTTPS with the system's CAs, or with
+    ``ssl_context`` when given."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
-        host, _, port = url.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"url: expected host:port, got {url!r}")
-        self.host, self.port, self.timeout_s = host.strip("[]"), int(port), timeout_s
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        tls: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        try:
+            parts = urlsplit(f"//{url}")
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ValueError(f"url: expected host[:port], got {url!r} ({exc})") from None
+        if not host or parts.path or parts.query or parts.username:
+            raise ValueError(f"url: expected host[:port], got {url!r}")
+        self.host, self.port, self.timeout_s = host, port or (443 if tls else 80), timeout_s
+        self.tls = tls
+        self._ssl_context = ssl_context if ssl_context is not None else (
+            ssl.create_default_context() if tls else None
+        )  # fmt: skip
         self._conn: http.client.HTTPConnection | None = None
         self._used = False  # the connection has answered before: it may have gone stale
 
@@ -112,7 +129,14 @@ class V2HttpConnection:
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes, str | None]:
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            if self.tls:
+                self._conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout_s, context=self._ssl_context
+                )
+            else:
+                self._conn = http.client.HTTPConnection(
+                    self.host, self.port, timeout=self.timeout_s
+                )
         self._conn.request(method, path, body=body, headers=headers)
         response = self._conn.getresponse()
         answer = response.read()  # one read of Content-Length bytes

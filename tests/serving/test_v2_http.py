@@ -3,16 +3,25 @@ real Triton and transformer cases are in test_client.py and test_transformer.py)
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import tritonclient.http as tc
+from cryptography import x509  # kserve's, kfp's and mlflow's dependency
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from tritonclient.utils import InferenceServerException
 
+from depth_common.errors import DepthConnectionError
+from depth_common.serving.client import DepthClient
 from depth_common.serving.v2_http import V2HttpConnection
 
 Handler = Callable[[socket.socket, int], None]
@@ -49,7 +58,7 @@ def scripted() -> Iterator[Callable[[Handler], tuple[str, list[bytes]]]]:
     returns its ``host:port`` and the request heads it read."""
     servers: list[socket.socket] = []
 
-    def start(handler: Handler) -> tuple[str, list[bytes]]:
+    def start(handler: Handler, tls: ssl.SSLContext | None = None) -> tuple[str, list[bytes]]:
         srv = socket.create_server(("127.0.0.1", 0))
         servers.append(srv)
         heads: list[bytes] = []
@@ -62,6 +71,12 @@ def scripted() -> Iterator[Callable[[Handler], tuple[str, list[bytes]]]]:
                 except OSError:
                     return
                 n += 1
+                try:
+                    if tls is not None:
+                        conn = tls.wrap_socket(conn, server_side=True)
+                except ssl.SSLError:  # the client refused the certificate
+                    conn.close()
+                    continue
                 with conn:
                     handler(_Recorder(conn, heads), n)
 
@@ -182,10 +197,21 @@ def test_a_silent_server_times_out(scripted) -> None:
     stop.set()
 
 
-@pytest.mark.parametrize("url", ["localhost", "localhost:http", ":8000"])
-def test_an_address_without_host_and_port_is_refused(url: str) -> None:
-    with pytest.raises(ValueError, match="host:port"):
+@pytest.mark.parametrize("url", ["localhost:http", ":8000", "host/v2", "user@host:1", ""])
+def test_an_address_that_is_not_host_and_port_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=r"host\[:port\]"):
         V2HttpConnection(url, timeout_s=1)
+
+
+@pytest.mark.parametrize(
+    ("url", "tls", "host", "port"),
+    [("depth.example.com", False, "depth.example.com", 80),
+     ("depth.example.com", True, "depth.example.com", 443),
+     ("[::1]:8000", False, "::1", 8000), ("127.0.0.1:9", True, "127.0.0.1", 9)],
+)  # fmt: skip
+def test_a_port_defaults_to_the_schemes(url: str, tls: bool, host: str, port: int) -> None:
+    conn = V2HttpConnection(url, timeout_s=1, tls=tls)
+    assert (conn.host, conn.port) == (host, port)
 
 
 def test_names_and_versions_are_quoted_into_the_path(scripted) -> None:
@@ -199,9 +225,6 @@ def test_names_and_versions_are_quoted_into_the_path(scripted) -> None:
 
 
 def test_a_truncated_answer_is_the_clients_connection_error(scripted) -> None:
-    from depth_common.errors import DepthConnectionError
-    from depth_common.serving.client import DepthClient
-
     def truncated(conn, n: int) -> None:
         conn.read()
         conn.send(_answer(200, b"{}")[:-1])  # one byte short of its Content-Length, then closed
@@ -209,3 +232,50 @@ def test_a_truncated_answer_is_the_clients_connection_error(scripted) -> None:
     url, _ = scripted(truncated)
     with pytest.raises(DepthConnectionError, match="IncompleteRead"):
         DepthClient(url, timeout_s=5).metadata()
+
+
+def _self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting only it) for a certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_pem = tmp_path / "cert.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = tmp_path / "key.pem"
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_pem, key_pem)
+    return server, ssl.create_default_context(cafile=str(cert_pem))
+
+
+def test_tls_talks_https_and_an_untrusted_certificate_is_refused(scripted, tmp_path) -> None:
+    def ok(conn, n: int) -> None:
+        conn.read()
+        conn.send(_answer(200, b""))
+
+    server_ctx, trusting = _self_signed(tmp_path)
+    url, heads = scripted(ok, tls=server_ctx)
+    assert V2HttpConnection(url, timeout_s=5, tls=True, ssl_context=trusting).is_server_ready()
+    assert heads == [heads[0]] and heads[0].startswith(b"GET /v2/health/ready")
+    with pytest.raises(ssl.SSLCertVerificationError):  # the system's CAs do not know it
+        V2HttpConnection(url, timeout_s=5, tls=True).is_server_ready()
+    with pytest.raises(DepthConnectionError, match=f"https://{url} unreachable"):
+        DepthClient(f"https://{url}", timeout_s=5).metadata()
+    with pytest.raises(ValueError, match="https:// is for protocol='http'"):
+        DepthClient(f"https://{url}", protocol="grpc")
