@@ -31,6 +31,7 @@ from components import (
     triton_repository,
 )
 from depth_common.config import Params, load_params
+from depth_common.registry.running_image import POD_NAME_ENV, POD_NAMESPACE_ENV
 from depth_common.scaleout.job import MLFLOW_SECRET_KEYS, SHARED_MOUNT, STORAGE_SECRET_KEYS
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -59,8 +60,12 @@ KFP_RUN = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
 HF_SECRET = "hf-token"
 
 
-def _with_secrets(task: dsl.PipelineTask, params: Params) -> dsl.PipelineTask:
-    """Mount the MLflow / object-store credentials (if their Secrets are configured)."""
+def _mlflow_task(task: dsl.PipelineTask, params: Params) -> dsl.PipelineTask:
+    """A task that writes to MLflow: the MLflow / object-store credentials (if their Secrets
+    are configured), and its pod's name and namespace (downward API), from which lineage reads
+    the image digest the task runs (depth_common.registry.running_image)."""
+    kubernetes.use_field_path_as_env(task, POD_NAME_ENV, "metadata.name")
+    kubernetes.use_field_path_as_env(task, POD_NAMESPACE_ENV, "metadata.namespace")
     for name, keys in (
         (params.cluster.mlflow_secret, MLFLOW_SECRET_KEYS),
         (params.cluster.storage_secret, STORAGE_SECRET_KEYS),
@@ -87,7 +92,7 @@ def _export_and_serve(
     onnx = export_onnx(
         model=trained.outputs["model"], params_json=params_json, run_id=run_id
     ).set_display_name("export ONNX")
-    _with_secrets(onnx, settings)  # it reads the training run's lineage tags
+    _mlflow_task(onnx, settings)  # it reads the training run's lineage tags
     trt_inputs = {}
     if use_trt:  # compile-time: no GPU task at all when export.tensorrt is false
         trt = export_tensorrt(onnx_model=onnx.outputs["onnx_model"], params_json=params_json)
@@ -123,7 +128,7 @@ def _export_and_serve(
         kfp_run=KFP_RUN,
     ).set_display_name("deploy")
     served.set_caching_options(False)  # the serving side changes outside the pipeline
-    _with_secrets(served, settings)  # it moves the registry's aliases and logs the analysis
+    _mlflow_task(served, settings)  # it moves the registry's aliases and logs the analysis
 
 
 def _train_task(prep: dsl.PipelineTask, params_json: str, settings: Params) -> dsl.PipelineTask:
@@ -138,7 +143,7 @@ def _train_task(prep: dsl.PipelineTask, params_json: str, settings: Params) -> d
     if train_gpu > 0:
         trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_gpu)
         trained.set_container_image(COMPONENT_CUDA_IMAGE)
-    _with_secrets(trained, settings)
+    _mlflow_task(trained, settings)
     if settings.training.shared_pvc:  # scale-out: data and checkpoints move through it
         kubernetes.mount_pvc(
             trained, pvc_name=settings.training.shared_pvc, mount_path=SHARED_MOUNT
@@ -158,12 +163,12 @@ def _evaluate_and_decide(
         run_id=run_id,
         kfp_run=KFP_RUN,
     ).set_display_name("evaluate")
-    _with_secrets(evaluated, settings)
+    _mlflow_task(evaluated, settings)
 
     decided = decide(run_id=run_id, params_json=params_json).set_display_name("decide")
     decided.after(evaluated)  # reads the test_rmse that evaluate logs to MLflow
     decided.set_caching_options(False)  # the registry changes between runs
-    _with_secrets(decided, settings)
+    _mlflow_task(decided, settings)
     return evaluated, decided
 
 
@@ -188,7 +193,7 @@ def _register_and_serve(
         run_id=run_id, params_json=params_json, pipeline_run=KFP_RUN
     ).set_display_name("register challenger")
     registered.set_caching_options(False)
-    _with_secrets(registered, settings)
+    _mlflow_task(registered, settings)
     version = registered.outputs["version"]
     use_trt = settings.export.tensorrt
     # register re-decides under the registry lock: a run crowned meanwhile may win.
@@ -199,7 +204,7 @@ def _register_and_serve(
             version=version,
             params_json=params_json,
         ).set_display_name("log reference profile")
-        _with_secrets(logged.set_caching_options(False), settings)
+        _mlflow_task(logged.set_caching_options(False), settings)
         _export_and_serve(
             trained, evaluated, params_json, version, run_id, hf_repo_id, use_trt, settings
         )

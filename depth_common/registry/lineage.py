@@ -39,6 +39,7 @@ from depth_common.config import Params
 from depth_common.config.container_images import component_image
 from depth_common.errors import LineageNotFound
 from depth_common.registry.aliases import aliases, is_missing
+from depth_common.registry.running_image import running_image_digest
 
 GIT_COMMIT = "git_commit"
 GIT_DIRTY = "git_dirty"
@@ -104,7 +105,8 @@ def code_provenance() -> dict[str, str]:
     Inside an image the build baked them into ``DEPTH_GIT_COMMIT`` / ``DEPTH_GIT_DIRTY`` /
     ``DEPTH_IMAGE`` (``images/build.sh``); outside one, ``git`` answers from the checkout (a
     worktree's ``.git`` is a file, hence ``exists``) and the image is the component image that
-    ``images/images.env`` names (what the compiled pipeline runs). Unknown values are "".
+    ``images/images.env`` names (what the compiled pipeline runs). The digest is what the
+    task's pod runs (:mod:`depth_common.registry.running_image`). Unknown values are "".
     """
 
     commit = os.environ.get("DEPTH_GIT_COMMIT", "")
@@ -123,7 +125,7 @@ def code_provenance() -> dict[str, str]:
         GIT_COMMIT: commit,
         GIT_DIRTY: dirty,
         IMAGE: image,
-        IMAGE_DIGEST: os.environ.get("DEPTH_IMAGE_DIGEST", ""),
+        IMAGE_DIGEST: running_image_digest(),
     }
 
 

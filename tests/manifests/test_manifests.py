@@ -144,14 +144,15 @@ def test_security_contexts(rendered) -> None:
         _assert_locked_down(container["securityContext"], f"runtime {container['name']}")
 
 
-def test_rbac_grants_inferenceservices_and_nothing_more(rendered) -> None:
+def test_rbac_grants_inferenceservices_and_reading_a_pod_and_nothing_more(rendered) -> None:
     role = _one(rendered["rbac"], "Role")
     assert role["rules"] == [
         {
             "apiGroups": ["serving.kserve.io"],
             "resources": ["inferenceservices"],
             "verbs": ["get", "list", "watch", "create", "patch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},  # lineage's image digest
     ]
     assert not [d for d in rendered["rbac"] if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     binding = _one(rendered["rbac"], "RoleBinding")

@@ -285,3 +285,16 @@ def test_no_tensorrt_task_when_disabled(tmp_path):
     assert "exec-export-tensorrt" not in spec["deploymentSpec"]["executors"]
     assert "export-tensorrt" not in _tasks(spec)
     assert "plan" not in _tasks(spec)["triton-repository"]["inputs"].get("artifacts", {})
+
+
+def test_tracking_tasks_get_their_pod_name_and_namespace_for_the_image_digest():
+    _, platform = _docs(ROOT / "pipelines" / "depth_pipeline.yaml")
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    field_envs = {
+        name: {e["name"]: e["fieldPath"] for e in cfg.get("fieldPathAsEnv", [])}
+        for name, cfg in execs.items()
+    }
+    want = {"DEPTH_POD_NAME": "metadata.name", "DEPTH_POD_NAMESPACE": "metadata.namespace"}
+    for task in ("train", "evaluate", "decide", "register", "export-onnx", "deploy"):
+        assert field_envs[f"exec-{task}"] == want, task
+    assert not [n for n in field_envs if "push-hf" in n and field_envs[n]]
