@@ -42,6 +42,9 @@ from depth_common.errors import DataError, FocalError
 from depth_common.serving.codec import ALLOWED_FORMATS
 
 FOCAL_KEY = "focal_px"
+#: The canonical camera's focal (pixels at the model input width) under the name every carrier
+#: uses: checkpoint key, ONNX metadata, Triton model config parameter.
+CANONICAL_FOCAL_PARAMETER = "canonical_focal_px"
 #: A focal outside (MIN_FOCAL_PX, MAX_FOCAL_PX] pixels is refused: below 1 px the field of view
 #: is over 180 degrees for any image; 100000 px is past any real lens on any sensor.
 MIN_FOCAL_PX, MAX_FOCAL_PX = 1.0, 100_000.0

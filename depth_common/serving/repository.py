@@ -39,6 +39,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from depth_common.config.serving import MAX_BATCH, MAX_INSTANCES, MAX_QUEUE_DELAY_US
 from depth_common.errors import RepositoryError
+from depth_common.serving.camera import CANONICAL_FOCAL_PARAMETER
 from depth_common.threads import decide_threads
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ _PLAIN_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 #: The only ``parameters`` the copy carries over: ONNX Runtime intra-op threads (an integer)
 #: and the canonical camera's focal (a number of pixels, read by the transformer).
 THREADS_PARAMETER = "intra_op_thread_count"
-CANONICAL_FOCAL_PARAMETER = "canonical_focal_px"
 PYTHON_MODEL = Path(__file__).with_name("python_backend.py")
 #: Most runs of one warm-up sample, and most warm-up samples of one model.
 MAX_WARMUP_COUNT = 100

@@ -30,7 +30,8 @@ from depth_common.serving.kserve_import import (
     InvalidInput,
     RequestedOutput,
 )
-from depth_common.serving.transformer import DepthTransformer, Prediction, PredictorGeometry
+from depth_common.serving.predictor import PredictorGeometry
+from depth_common.serving.transformer import DepthTransformer, Prediction
 
 CAMERA = CanonicalCamera(100.0, 64)  # 100 px at the 64 px model input
 

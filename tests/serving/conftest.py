@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from depth_common.serving.local_stack import LocalTransformer
-from depth_common.serving.server import LocalTritonServer
-
 
 @pytest.fixture(scope="module")
 def stack(tiny: Path, tmp_path_factory: pytest.TempPathFactory):
+    # Imported here, not at the top: the local server imports tritonclient.grpc, which kserve
+    # cannot be imported beside, and the transformer's request cases run in their own process
+    # under this conftest (test_transformer_requests.py).
+    from depth_common.serving.local_stack import LocalTransformer
+    from depth_common.serving.server import LocalTritonServer
+
     logs = tmp_path_factory.mktemp("logs")
     with (
         LocalTritonServer(tiny, log_path=logs / "triton.log") as triton,
