@@ -20,8 +20,8 @@ its own client. HTTP calls go over :class:`~depth_common.serving.v2_http.V2HttpC
 
 from __future__ import annotations
 
-# tritonclient (and gevent for its gRPC/HTTP pools) are imported where a server is
-# called: deploy.probe and deploy.smoke import this module for its request helpers.
+# tritonclient's http and grpc modules are imported where a client is made: deploy.probe and
+# deploy.smoke import this module for its request helpers.
 import io
 import os
 import socket
@@ -58,6 +58,9 @@ T = TypeVar("T")
 MODES = ("tensor", "image")
 # gRPC statuses (tritonclient's ``status()`` strings) that mean "could not reach it in time".
 _UNREACHABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+#: What the transports let through for a refused or reset connection, a timeout, or a broken
+#: answer (``http.client.HTTPException``: a truncated body, a bad status line).
+_TRANSPORT_ERRORS = (OSError, socket.timeout, TimeoutError, HTTPException)
 
 
 @dataclass(frozen=True)
@@ -89,19 +92,6 @@ def _strip_scheme(url: str) -> str:
         if url.startswith(scheme):
             return url[len(scheme) :].rstrip("/")
     return url.rstrip("/")
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """What the transports let through for a refused/reset connection, a timeout or a
-    broken answer (``http.client.HTTPException``: a truncated body, a bad status line)."""
-    errors: list[type[BaseException]] = [OSError, socket.timeout, TimeoutError, HTTPException]
-    try:
-        import gevent
-
-        errors.append(gevent.Timeout)
-    except ImportError:  # pragma: no cover - tritonclient[http] depends on gevent
-        pass
-    return tuple(errors)
 
 
 def encode_for_upload(image: ImageLike) -> bytes:
@@ -159,7 +149,6 @@ class DepthClient:
 
             self._client = tc.InferenceServerClient(self.url)
         self._tc = tc
-        self._transport = _transport_errors()
         self._info: ModelInfo | None = None
 
     @property
@@ -186,7 +175,7 @@ class DepthClient:
             raise DepthServingError(
                 f"{what}: server answered {status or 'an error'}: {message}", status
             ) from None
-        except self._transport as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise DepthConnectionError(
                 f"{what}: {self.address} unreachable or no answer within "
                 f"{self.timeout_s:g} s ({type(exc).__name__}: {exc})"
