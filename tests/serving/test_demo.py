@@ -27,7 +27,6 @@ from depth_common.serving.client import resize_depth_bilinear
 from depth_common.serving.codec import load_rgb
 from depth_common.serving.demo import (
     DISPLAY_MAX_SIDE,
-    OnnxPredictor,
     build_demo,
     demo_server,
     display_size,
@@ -35,6 +34,7 @@ from depth_common.serving.demo import (
     render_side_by_side,
     write_examples,
 )
+from depth_common.serving.demo_sources import EndpointPredictor, OnnxPredictor
 from depth_common.serving.server import free_port
 
 pytestmark = pytest.mark.slow
@@ -329,7 +329,6 @@ def test_page_loads_and_an_example_runs_in_chromium(
 def test_endpoint_and_transformer_modes_give_the_same_picture_as_onnxruntime(
     model: Path, tmp_path: Path
 ) -> None:
-    from depth_common.serving.demo import EndpointPredictor
     from depth_common.serving.local_stack import LocalTransformer
     from depth_common.serving.server import LocalTritonServer
 
