@@ -204,8 +204,26 @@ def log_dataset(
         )
         for c in contexts
     ]
-    _client().log_inputs(run_id, datasets=inputs)
+    try:
+        _client().log_inputs(run_id, datasets=inputs)
+    except MlflowException as exc:
+        # MLflow's SQL store looks the dataset up, then inserts it: two runs logging the same
+        # dataset at once (two pipelines on one store) can both miss it, and the second insert
+        # breaks the (experiment, name, digest) key. Nothing was written; once more finds it.
+        if not _is_duplicate_key(exc):
+            raise
+        log.info("dataset %s was logged by another run at the same moment: linking it", digest)
+        _client().log_inputs(run_id, datasets=inputs)
     set_tags(run_id, {lineage.DATA_DIGEST: digest, lineage.DATA_URI: uri})
+
+
+def _is_duplicate_key(exc: MlflowException) -> bool:
+    """A unique-key violation from the database under MLflow's SQL store (SQLite, PostgreSQL,
+    MySQL spell it differently)."""
+    text = str(exc)
+    return any(
+        m in text for m in ("UNIQUE constraint failed", "UniqueViolation", "Duplicate entry")
+    )
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -209,3 +209,45 @@ def test_a_run_made_elsewhere_is_nested_afterwards(params: Params) -> None:
     assert run.info.run_name == "depth-pipeline-late/train"
     assert run.data.tags[lineage.PARENT_RUN_TAG] == sibling.data.tags[lineage.PARENT_RUN_TAG]
     assert run.data.tags[lineage.KFP_RUN] == "depth-pipeline-late"
+
+
+def test_a_dataset_logged_by_a_concurrent_run_is_linked_not_lost(
+    params: Params, monkeypatch
+) -> None:
+    """Two pipelines on one store log the same dataset at once: MLflow's look-up-then-insert
+    lets both miss it and the second insert fails its unique key (seen in CI); the run that
+    lost the race links the existing dataset instead of failing."""
+    from mlflow.exceptions import MlflowException
+
+    first = tracking.start_training_run(params, TaskContext("depth-pipeline-x", "/data/processed"))
+    tracking.log_dataset(first, "/data/processed", DIGEST, COUNTS, ("training",))
+    second = tracking.start_training_run(params, TaskContext("depth-pipeline-y", "/data/processed"))
+    real_client = tracking._client()
+    calls = []
+
+    class RacingClient:
+        def log_inputs(self, run_id, datasets):
+            calls.append(run_id)
+            if len(calls) == 1:  # what MLflow raised when the other run's insert came first
+                raise MlflowException(
+                    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                    "datasets.name, datasets.digest"
+                )
+            return real_client.log_inputs(run_id, datasets=datasets)
+
+        def __getattr__(self, name):
+            return getattr(real_client, name)
+
+    monkeypatch.setattr(tracking, "_client", RacingClient)
+    tracking.log_dataset(second, "/data/processed", DIGEST, COUNTS, ("training",))
+    assert calls == [second, second]
+    inputs = real_client.get_run(second).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("processed/training", DIGEST)]
+
+    class BrokenClient(RacingClient):
+        def log_inputs(self, run_id, datasets):
+            raise MlflowException("database is locked")
+
+    monkeypatch.setattr(tracking, "_client", BrokenClient)
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracking.log_dataset(second, "/data/processed", DIGEST, COUNTS, ("testing",))
