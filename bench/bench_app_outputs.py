@@ -16,8 +16,8 @@ With ``--tritonclient`` the ``depth`` and ``points`` requests are also made thro
 ``tritonclient.http.InferenceServerClient`` itself (rows ``depth/tritonclient``,
 ``points/tritonclient``): what an app pays with tritonclient's own HTTP reader instead of
 DepthClient's connection. The kinds take turns (``rounds`` short cells each, merged) so a
-change in machine load affects all alike. Targets (issue 21): confidence p50 <= 2.1x depth, points p50 <= 1.2x.
-Results go to ``bench/results_app_outputs.json``.
+change in machine load affects all alike. Targets (issue 21): confidence p50 <= 2.1x depth,
+points p50 <= 1.2x. Results go to ``bench/results_app_outputs.json``.
 """
 
 from __future__ import annotations
@@ -76,33 +76,17 @@ def _callers(
 
 
 def run(duration_s: float, rounds: int, tritonclient: bool = False) -> dict[str, Any]:
-    from bench.bench_serving import _export, default_models, load_stats, progress, run_load
-    from bench.bench_transformer import IMAGE_SIZE, street_jpeg
-    from depth_common.config import load_params
-    from depth_common.export.triton import build_triton_repository
-    from depth_common.serving.local_stack import LocalTransformer
-    from depth_common.serving.server import LocalTritonServer
+    from bench.bench_serving import default_models, interleaved_load, progress
+    from bench.bench_transformer import IMAGE_SIZE, demo_stack, street_jpeg
 
     spec = next(m for m in default_models() if m.name == "demo")
     work = Path(tempfile.mkdtemp(prefix="bench-app-outputs-"))
     try:
-        onnx_path, (h, w), _ = _export(spec, work)
-        export_cfg = load_params(ROOT / "params.yaml").export
-        repo = build_triton_repository(onnx_path, work / "repo", export_cfg=export_cfg)
         jpeg = street_jpeg()
-        with (
-            LocalTritonServer(repo, log_path=work / "triton.log") as triton,
-            LocalTransformer(triton.grpc_url, log_path=work / "transformer.log") as transformer,
-        ):
+        with demo_stack(work, spec) as ((h, w), _, transformer):
             callers = _callers(transformer.url, jpeg, tritonclient)
-            lat: dict[str, list[float]] = {k: [] for k in callers}
-            wall = dict.fromkeys(callers, 0.0)
-            for _ in range(rounds):
-                for kind, make in callers.items():
-                    cell = run_load(make, 1, duration_s / rounds, 3, keep_latencies=True)
-                    lat[kind] += cell["latencies_s"]
-                    wall[kind] += cell["wall_s"]
-        rows = [{"kind": k, **load_stats(lat[k], wall[k], 1)} for k in callers]
+            stats = interleaved_load(callers, 1, duration_s, rounds)
+        rows = [{"kind": kind, **s} for kind, s in stats.items()]
         p50 = {row["kind"]: row["p50_ms"] for row in rows}
         for row in rows:
             base = p50["depth/tritonclient" if row["kind"].endswith("/tritonclient") else "depth"]

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,24 @@ def run_load(
     flat = [x for per in latencies for x in per]
     stats = load_stats(flat, wall, concurrency)
     return {**stats, "latencies_s": flat} if keep_latencies else stats
+
+
+def interleaved_load(
+    callers: Mapping[str, Callable[[], tuple[Callable[[], Any], Callable[[], None]]]],
+    concurrency: int,
+    duration_s: float,
+    rounds: int,
+) -> dict[str, dict[str, Any]]:
+    """:func:`run_load` for each caller, ``duration_s`` in all, in ``rounds`` turns taken one
+    caller after another (a change in machine load affects all alike), merged → stats by name."""
+    lat: dict[str, list[float]] = {name: [] for name in callers}
+    wall = dict.fromkeys(callers, 0.0)
+    for _ in range(rounds):
+        for name, make in callers.items():
+            cell = run_load(make, concurrency, duration_s / rounds, 3, keep_latencies=True)
+            lat[name] += cell["latencies_s"]
+            wall[name] += cell["wall_s"]
+    return {name: load_stats(lat[name], wall[name], concurrency) for name in callers}
 
 
 def _export(model_spec: BenchModel, work: Path) -> tuple[Path, tuple[int, int], float]:

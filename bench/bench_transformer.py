@@ -20,9 +20,10 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,10 +32,13 @@ from bench.bench_serving import (
     BenchModel,
     _export,
     default_models,
-    load_stats,
+    interleaved_load,
     progress,
-    run_load,
 )
+
+if TYPE_CHECKING:
+    from depth_common.serving.local_stack import LocalTransformer
+    from depth_common.serving.server import LocalTritonServer
 
 CONCURRENCY: tuple[int, ...] = (1, 8)
 IMAGE_SIZE = (256, 512)  # (H, W) of the JPEG sent: larger than the demo model's 64 x 128
@@ -70,6 +74,28 @@ def _callers(triton_grpc: str, transformer_http: str, jpeg: bytes, x: np.ndarray
     return {"tensor": tensor, "image": image, "tensor-raw": tensor_raw}
 
 
+@contextmanager
+def demo_stack(
+    work: Path, spec: BenchModel
+) -> Iterator[tuple[tuple[int, int], LocalTritonServer, LocalTransformer]]:
+    """``spec``'s model exported into ``work`` and served by one local Triton with one
+    transformer in front of it → ((H, W) of the model input, Triton, transformer)."""
+    from depth_common.config import load_params
+    from depth_common.export.triton import build_triton_repository
+    from depth_common.serving.local_stack import LocalTransformer
+    from depth_common.serving.server import LocalTritonServer
+
+    onnx_path, size, _ = _export(spec, work)
+    repo = build_triton_repository(
+        onnx_path, work / "repo", export_cfg=load_params(ROOT / "params.yaml").export
+    )
+    with (
+        LocalTritonServer(repo, log_path=work / "triton.log") as triton,
+        LocalTransformer(triton.grpc_url, log_path=work / "transformer.log") as transformer,
+    ):
+        yield size, triton, transformer
+
+
 def run(
     results: dict[str, Any],
     *,
@@ -81,38 +107,19 @@ def run(
 ) -> dict[str, Any]:
     """Fill ``results["transformer"]``: ``duration_s`` per path and concurrency, in ``rounds``
     turns."""
-    from depth_common.config import load_params
     from depth_common.data.transforms import prepare_image
-    from depth_common.export.triton import build_triton_repository
     from depth_common.serving.codec import load_rgb
-    from depth_common.serving.local_stack import LocalTransformer
-    from depth_common.serving.server import LocalTritonServer
 
     spec = model or next(m for m in default_models() if m.name == "demo")
     work = Path(tempfile.mkdtemp(prefix="bench-transformer-"))
     try:
-        onnx_path, (h, w), _ = _export(spec, work)
-        repo = build_triton_repository(
-            onnx_path, work / "repo", export_cfg=load_params(ROOT / "params.yaml").export
-        )
         jpeg = street_jpeg()
-        x = prepare_image(load_rgb(jpeg), (h, w))[None]
         rows: list[dict[str, Any]] = []
-        with (
-            LocalTritonServer(repo, log_path=work / "triton.log") as triton,
-            LocalTransformer(triton.grpc_url, log_path=work / "transformer.log") as transformer,
-        ):
+        with demo_stack(work, spec) as ((h, w), triton, transformer):
+            x = prepare_image(load_rgb(jpeg), (h, w))[None]
             callers = _callers(triton.grpc_url, transformer.url, jpeg, x)
             for c in concurrency:
-                lat: dict[str, list[float]] = {p: [] for p in callers}
-                wall: dict[str, float] = dict.fromkeys(callers, 0.0)
-                for _ in range(rounds):
-                    for path, make in callers.items():
-                        cell = run_load(make, c, duration_s / rounds, 3, keep_latencies=True)
-                        lat[path] += cell["latencies_s"]
-                        wall[path] += cell["wall_s"]
-                for path in callers:
-                    stats = load_stats(lat[path], wall[path], c)
+                for path, stats in interleaved_load(callers, c, duration_s, rounds).items():
                     rows.append({"path": path, **stats})
                     log(
                         f"[transformer] {path} c={c}: p50 {stats['p50_ms']:.2f} ms, "
