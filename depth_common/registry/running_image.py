@@ -8,8 +8,8 @@ each tracking task its pod's name and namespace through the downward API (``DEPT
 the pod with the task's service account, which needs ``get`` on pods in its namespace (Kubeflow
 gives a profile's ``default-editor`` that), and returns the digest of KFP's ``main`` container.
 
-``DEPTH_IMAGE_DIGEST`` (``sha256:<64 hex>``), when set, is taken as it is. Outside a pod (``make run``, kfp.local)
-the digest is "" (unknown). A pod that cannot be read leaves it "" too, with a warning naming
+``DEPTH_IMAGE_DIGEST`` (``sha256:<64 hex>``), when set, is taken as it is. Outside a pod
+(``make run``, kfp.local) the digest is "" (unknown). A pod that cannot be read leaves it "" too, with a warning naming
 the pod and the reason: a lineage tag never fails a training run.
 """
 

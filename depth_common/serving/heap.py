@@ -6,10 +6,11 @@ fault in and are zeroed again on every request, and a freed block at the top of 
 given back once it passes the trim threshold. Measured on a 256 x 512 answer (depth + points,
 ``to_rest``): 2.5 ms per answer with glibc's defaults, 0.8 ms with both thresholds set, so the
 transformer sets them once at start. Setting either one alone turns off glibc's sliding
-threshold (2.6 ms with only the mmap threshold, 3.5 ms with only the trim one), hence both. The cost is memory: up to ``trim_threshold`` bytes of freed heap are kept. It
-stayed small in practice: 8 clients, 320 requests for depth + points + confidence, half of
-them 2 MP photos, left the transformer at 551 MB resident with the thresholds and 552 MB
-without (peaks 850 and 828 MB).
+threshold (2.6 ms with only the mmap threshold, 3.5 ms with only the trim one), hence both.
+The cost is memory: up to ``trim_threshold`` bytes of freed heap are kept. It stayed small in
+practice: 8 clients, 320 requests for depth + points + confidence, half of them 2 MP photos,
+left the transformer at 551 MB resident with the thresholds and 552 MB without (peaks 850 and
+828 MB).
 """
 
 from __future__ import annotations

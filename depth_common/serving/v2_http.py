@@ -52,10 +52,8 @@ class V2HttpConnection:
         if not host or parts.path or parts.query or parts.username:
             raise ValueError(f"url: expected host[:port], got {url!r}")
         self.host, self.port, self.timeout_s = host, port or (443 if tls else 80), timeout_s
-        self.tls = tls
-        self._ssl_context = ssl_context if ssl_context is not None else (
-            ssl.create_default_context() if tls else None
-        )  # fmt: skip
+        # None: plain HTTP.
+        self._ssl_context = (ssl_context or ssl.create_default_context()) if tls else None
         self._conn: http.client.HTTPConnection | None = None
         self._used = False  # the connection has answered before: it may have gone stale
 
@@ -112,24 +110,20 @@ class V2HttpConnection:
     ) -> tuple[int, bytes, str | None]:
         """(status, body, Inference-Header-Content-Length) of one exchange; a stale reused
         connection is replaced once, any other failure closes it and propagates."""
-        for attempt in (1, 2):
-            reused = self._used
+        for may_retry in (self._used, False):  # only a reused connection can have gone stale
             try:
                 return self._exchange(method, path, body, headers or {})
-            except _STALE:
-                self.close()
-                if not reused or attempt == 2:
-                    raise
-            except BaseException:
+            except BaseException as exc:
                 self.close()  # half a request or half an answer: the connection is unusable
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                if not (may_retry and isinstance(exc, _STALE)):
+                    raise
+        raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
     def _exchange(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes, str | None]:
         if self._conn is None:
-            if self.tls:
+            if self._ssl_context is not None:
                 self._conn = http.client.HTTPSConnection(
                     self.host, self.port, timeout=self.timeout_s, context=self._ssl_context
                 )
